@@ -1,0 +1,25 @@
+"""Errors a user can cause: each carries a one-line message that names the problem and the fix."""
+
+
+class UserError(Exception):
+    """Bad input from the user (a path, a name, a file); the CLI prints it and exits with 2."""
+
+
+class ModelLoadError(UserError):
+    """A model could not be found, loaded or understood."""
+
+
+class SiteError(UserError):
+    """A site name is misspelled or out of range for the model."""
+
+
+class CorpusError(UserError):
+    """A text source is missing, empty, unreadable or not UTF-8."""
+
+
+class SAEFileError(UserError):
+    """An SAE folder is missing files, has bad config keys or corrupt weights, or does not fit the model."""
+
+
+class RunError(UserError):
+    """A run folder is in a state that the command cannot use (e.g. holds a different run)."""
