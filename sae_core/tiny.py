@@ -7,6 +7,7 @@ each supported family.
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 
 import torch
@@ -32,9 +33,16 @@ _TRAINING_TEXT = [
 ]
 
 
-@lru_cache(maxsize=None)
 def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with ChatML special tokens and chat template (no BOS added)."""
+    """A byte-level BPE tokenizer with ChatML special tokens and chat template (no BOS added).
+
+    Each call returns a fresh copy, so one caller's settings (e.g. padding) never leak into another's.
+    """
+    return copy.deepcopy(_trained_tokenizer(vocab_size))
+
+
+@lru_cache(maxsize=None)
+def _trained_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token=None))

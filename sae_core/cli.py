@@ -1,0 +1,143 @@
+"""The `sae-explorer` command: train and evaluate SAEs, list a model's sites, show a run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from .errors import UserError
+
+_EPILOG_TRAIN = """\
+examples:
+  sae-explorer train --sites L15R --tokens 2M --out runs/smol-l15
+  sae-explorer train --model Qwen/Qwen3-1.7B --sites L*R,L*M,L*A --arch topk --k 64 --expansion 16 \\
+                     --tokens 50M --corpus my_chats.jsonl --out runs/qwen3-1.7b
+  sae-explorer train --config configs/demo.yaml --out runs/demo
+
+A killed run resumes from its last checkpoint when the same command is run again.
+"""
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .eval_run import evaluate_run
+    from .report import metrics_table
+    from .training import TrainConfig, config_from_args, train
+
+    cfg: TrainConfig = config_from_args(args)
+    run = train(cfg, stop_after_tokens=args.stop_after)
+    if run.read().get("status") != "complete":  # type: ignore[union-attr]
+        print(f"stopped early; run the same command again to resume {run.path}", file=sys.stderr)
+        return 0
+    if cfg.eval:
+        metrics = evaluate_run(str(run.path))
+        print(metrics_table(metrics))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .eval_run import evaluate_run
+    from .report import metrics_table
+    from .training.config import parse_count
+
+    metrics = evaluate_run(
+        args.run,
+        eval_tokens=parse_count(args.tokens) if args.tokens else None,
+        ce_tokens=parse_count(args.ce_tokens) if args.ce_tokens is not None else None,
+        corpus=args.corpus,
+        device=args.device,
+    )
+    print(metrics_table(metrics))
+    return 0
+
+
+def _sites(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .sites import Site
+
+    loaded = load_model(args.model)
+    n = loaded.layout.n_layers
+    print(f"{loaded.name}: {n} layers, d_model {loaded.layout.d_model}, family {loaded.layout.family}")
+    for kind in ("resid_post", "mlp_out", "attn_out"):
+        first, last = Site(0, kind), Site(n - 1, kind)
+        print(f"  {kind:<10}  {first.short} … {last.short}   ({first.hook_name} … {last.hook_name})")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .eval_run import read_metrics
+    from .report import metrics_table
+    from .runs import RunDir
+
+    info = RunDir(args.run).require()
+    print(f"run {args.run}: {info.get('status')}, model {info.get('model')}, corpus {info.get('corpus')}")
+    print(f"  sites: {', '.join(info.get('sites', []))}")
+    metrics = read_metrics(args.run)
+    print(metrics_table(metrics) if metrics else "  no metrics yet; run `sae-explorer eval` on it")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand (also used to render --help in docs)."""
+    from .training.config import add_config_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="sae-explorer",
+        description="Train, evaluate and browse sparse autoencoders on the activations of any Hugging Face causal LM.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train SAEs at one or more sites from one stream of forward passes",
+        description="Train one SAE per site (residual stream, MLP output, attention output) and save them in "
+        "SAELens format under --out, then evaluate them on held-out text.",
+        epilog=_EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(p)
+    p.add_argument("--stop-after", type=int, default=None, metavar="TOKENS",
+                   help="stop after the first checkpoint at or beyond this many tokens per SAE (resume later)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run's SAEs on held-out text and write metrics.json",
+        description="Reconstruction (FVU, explained variance, MSE), sparsity (L0, dead, dense) and model-level "
+        "recovery (CE-loss recovered vs zero ablation, KL, delta LM loss) on the held-out split.",
+    )
+    p.add_argument("run", help="run folder, e.g. runs/demo")
+    p.add_argument("--tokens", help="held-out tokens for reconstruction metrics, e.g. 64k (default: the run's)")
+    p.add_argument("--ce-tokens", help="held-out tokens for CE loss / KL, e.g. 16k; 0 skips them (default: the run's)")
+    p.add_argument("--corpus", help="evaluate on the held-out split of another text source")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("sites", help="list the sites of a model", description="List the SAE sites of a model and their names.")
+    p.add_argument("--model", help="HF id, local dir or .gguf (default: the embedded SmolLM2-135M-Instruct)")
+    p.set_defaults(func=_sites)
+
+    p = sub.add_parser("info", help="show a run's status and metrics", description="Show a run folder's status and metrics table.")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors print one line and exit 2; Ctrl-C says how to resume."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("SAE_EXPLORER_DEBUG"):
+            raise
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

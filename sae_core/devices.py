@@ -1,0 +1,19 @@
+"""Device selection shared by training, evaluation and the app."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` → cuda when available, else cpu; a CUDA device asked for but absent is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for but no CUDA device is available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r}; use cpu, cuda, cuda:N or auto") from None

@@ -1,0 +1,95 @@
+"""Evaluate the SAEs of a run folder on held-out text and write each SAE's metrics.json."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from .devices import resolve_device
+from .corpus import describe_source, iter_documents
+from .errors import RunError
+from .evals import evaluate_saes
+from .io import read_json, write_json
+from .loading import check_sae_fits, load_sae
+from .models import LoadedModel, load_model
+from .runs import RunDir
+from .sites import parse_site
+from .tokens import token_batches
+
+METRICS_FILE = "metrics.json"
+
+
+def evaluate_run(
+    run_path: str,
+    *,
+    eval_tokens: int | None = None,
+    ce_tokens: int | None = None,
+    corpus: str | None = None,
+    device: str = "auto",
+    loaded: LoadedModel | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate every SAE of `run_path` on the held-out split; write and return metrics per hook name.
+
+    Defaults (tokens, corpus, context size) come from the run's own config; `corpus` may name
+    another text source, whose eval split is then used.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    run = RunDir(run_path)
+    info = run.require()
+    cfg = info.get("config", {})
+    folders = run.sae_dirs()
+    if not folders:
+        raise RunError(f"run {run.path} has no trained SAEs yet (status: {info.get('status', 'unknown')}); finish training first")
+    eval_tokens = eval_tokens or cfg.get("eval_tokens", 65_536)
+    ce_tokens = cfg.get("ce_tokens", 16_384) if ce_tokens is None else ce_tokens
+    corpus = corpus if corpus is not None else cfg.get("corpus")
+
+    if loaded is None:
+        log(f"loading model {info['model']} …")
+        loaded = load_model(cfg.get("model"), device=resolve_device(device))
+    saes = {}
+    for folder in folders:
+        sae = load_sae(folder)
+        check_sae_fits(sae, loaded.layout.d_model)
+        site = parse_site(sae.cfg.hook_name, loaded.layout.n_layers)
+        saes[site] = sae.to(next(loaded.model.parameters()).device)
+
+    docs = iter_documents(corpus, "eval", eval_fraction=cfg.get("eval_fraction", 0.05), text_field=cfg.get("text_field"))
+    batches = token_batches(docs, loaded.tokenizer, cfg.get("context_size", 128), cfg.get("lm_batch_size", 8))
+    log(
+        f"evaluating {len(saes)} SAE(s) on held-out text of {describe_source(corpus)}: "
+        f"{eval_tokens:,} tokens for reconstruction, {ce_tokens:,} for CE loss (1 + 2 x {len(saes)} LM passes)"
+    )
+    with tqdm(total=max(eval_tokens, ce_tokens), unit="tok", unit_scale=True, desc="evaluating", file=sys.stderr, dynamic_ncols=True) as bar:
+        results = evaluate_saes(loaded, saes, batches, eval_tokens=eval_tokens, ce_tokens=ce_tokens, progress=bar.update)
+
+    out: dict[str, dict[str, Any]] = {}
+    for site, metrics in results.items():
+        sae = saes[site]
+        record = {
+            "hook_name": site.hook_name,
+            "site": site.short,
+            "architecture": sae.cfg.architecture,
+            "d_in": sae.cfg.d_in,
+            "d_sae": sae.cfg.d_sae,
+            "k": sae.cfg.k,
+            "training_tokens": sae.cfg.metadata.get("training_tokens"),
+            **metrics,
+            "eval_corpus": describe_source(corpus),
+            "eval_split": "eval",
+            "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json(run.sae_dir(site.hook_name) / METRICS_FILE, record)
+        out[site.hook_name] = record
+    return out
+
+
+def read_metrics(run_path: str) -> dict[str, dict[str, Any]]:
+    """The metrics.json of every SAE in a run that has one, by hook name."""
+    run = RunDir(run_path)
+    return {p.name: read_json(p / METRICS_FILE) for p in run.sae_dirs() if (p / METRICS_FILE).is_file()}
+

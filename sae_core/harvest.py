@@ -1,0 +1,106 @@
+"""Harvest: one LM forward pass feeds every site; activations of real tokens, gathered in chunks.
+
+The forward pass stops after the deepest site it needs (see `hooks.run_to_sites`), and only
+real tokens (not position 0, not special tokens, not padding) are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .hooks import run_to_sites
+from .models import LoadedModel
+from .sites import Site
+from .tokens import TokenBatch
+
+
+class Chunk(NamedTuple):
+    """Activations of the real tokens of several LM batches, per site."""
+
+    acts: dict[Site, Tensor]
+    """`{site: (n_real, d_model)}` float32 rows, in token order."""
+
+    lm_batches: int
+    """How many LM batches (of `lm_batch_size` contexts) went into this chunk."""
+
+    tokens: int
+    """Real tokens in the chunk (rows per site before any filtering)."""
+
+
+def batch_activations(loaded: LoadedModel, sites: list[Site], batch: TokenBatch) -> dict[Site, Tensor]:
+    """Run one token batch to the deepest site; return `{site: (B, T, d_model)}`."""
+    device = next(loaded.model.parameters()).device
+    return run_to_sites(
+        loaded.model,
+        batch.input_ids.to(device),
+        batch.attention_mask.to(device),
+        sites=sites,
+        layout=loaded.layout,
+    )
+
+
+def harvest_chunks(
+    loaded: LoadedModel, sites: list[Site], batches: Iterable[TokenBatch], chunk_tokens: int
+) -> Iterator[Chunk]:
+    """Group LM batches into chunks of at least `chunk_tokens` real tokens, with every site's rows."""
+    parts: dict[Site, list[Tensor]] = {s: [] for s in sites}
+    n_batches = n_tokens = 0
+    for batch in batches:
+        acts = batch_activations(loaded, sites, batch)
+        real = batch.real.to(next(iter(acts.values())).device)
+        for site in sites:
+            parts[site].append(acts[site][real].float())
+        n_batches += 1
+        n_tokens += int(real.sum())
+        if n_tokens >= chunk_tokens:
+            yield Chunk({s: torch.cat(parts[s]) for s in sites}, n_batches, n_tokens)
+            parts = {s: [] for s in sites}
+            n_batches = n_tokens = 0
+    if n_batches:
+        yield Chunk({s: torch.cat(parts[s]) for s in sites}, n_batches, n_tokens)
+
+
+@dataclass(frozen=True)
+class SiteStats:
+    """Per-site activation statistics, estimated once, that training and evaluation share."""
+
+    mean_norm: float
+    """Mean L2 norm of (non-outlier) real-token activations."""
+
+    median_norm: float
+    """Median L2 norm of real-token activations."""
+
+    outlier_threshold: float | None
+    """Norm above which a token counts as an outlier (attention sink); None keeps all."""
+
+    scale: float
+    """Training multiplies activations by this so their mean norm is sqrt(d_in)."""
+
+    @classmethod
+    def estimate(cls, x: Tensor, outlier_factor: float, normalize: bool) -> "SiteStats":
+        """Estimate from a sample `x (N, d)` of real-token activations."""
+        norms = x.norm(dim=-1)
+        median = float(norms.median())
+        threshold = outlier_factor * median if outlier_factor > 0 else None
+        kept = norms if threshold is None else norms[norms <= threshold]
+        mean = float(kept.mean())
+        scale = (x.shape[-1] ** 0.5) / mean if normalize else 1.0
+        return cls(mean, median, threshold, scale)
+
+    def keep_mask(self, x: Tensor) -> Tensor:
+        """`(N,)` bool: rows whose norm is within the outlier threshold."""
+        if self.outlier_threshold is None:
+            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return x.norm(dim=-1) <= self.outlier_threshold
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {
+            "mean_norm": self.mean_norm,
+            "median_norm": self.median_norm,
+            "outlier_threshold": self.outlier_threshold,
+            "scale": self.scale,
+        }

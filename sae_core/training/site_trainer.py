@@ -1,0 +1,121 @@
+"""One SAE being trained on one site: its optimiser, learning-rate schedule and dead-latent counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..harvest import SiteStats
+from ..saes import SAE, TrainOutput
+from ..sites import Site
+from .checkpoint import load_optimizer_tensors, optimizer_tensors
+from .config import TrainConfig
+from .schedule import lr_factor
+
+
+class SiteTrainer:
+    """Feeds shuffled batches of one site's activations to its training SAE, step by step."""
+
+    def __init__(self, site: Site, sae: Any, stats: SiteStats, cfg: TrainConfig):
+        self.site = site
+        self.sae = sae
+        self.stats = stats
+        self.cfg = cfg
+        self.total_steps = -(-cfg.tokens // cfg.batch_size)  # at least the token budget
+        self.base_lr = cfg.resolved_lr(sae.cfg.d_sae)
+        betas = tuple(cfg.adam_betas)
+        self.opt = torch.optim.Adam(sae.parameters(), lr=self.base_lr, betas=betas)  # type: ignore[arg-type]
+        device = next(sae.parameters()).device
+        self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
+        self.carry = torch.empty(0, sae.cfg.d_in, device=device)
+        self.steps = 0
+        self._log: dict[str, float] = {}
+        self._log_n = 0
+
+    @property
+    def done(self) -> bool:
+        return self.steps >= self.total_steps
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.cfg.batch_size
+
+    def feed(self, rows: Tensor, generator: torch.Generator) -> None:
+        """Train on a chunk of raw activations `(N, d_in)`: filter outliers, scale, shuffle, step."""
+        rows = rows[self.stats.keep_mask(rows)] * self.stats.scale
+        perm = torch.randperm(rows.shape[0], generator=generator).to(rows.device)
+        x = torch.cat([self.carry, rows[perm]])
+        used, bs = 0, self.cfg.batch_size
+        while used + bs <= x.shape[0] and not self.done:
+            self.step(x[used : used + bs])
+            used += bs
+        # Rows that do not fill a batch wait for the next chunk (they are part of the checkpoint).
+        self.carry = x[used:].clone() if not self.done else x[:0].clone()
+
+    def step(self, x: Tensor) -> TrainOutput:
+        """One optimiser step on a batch `x (batch_size, d_in)` of normalised activations."""
+        dead = self.since_fired >= self.cfg.dead_tokens
+        out = self.sae.training_forward(
+            x, dead_mask=dead if bool(dead.any()) else None, step_frac=self.steps / max(1, self.total_steps)
+        )
+        loss = sum(out.losses.values())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[union-attr]
+        self.sae.before_optimizer_step()
+        lr = self.base_lr * lr_factor(self.steps, self.total_steps, self.cfg.lr_warmup_frac, self.cfg.lr_decay_frac)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        self.sae.after_optimizer_step()
+        self.since_fired += x.shape[0]
+        self.since_fired[out.fired] = 0
+        self.steps += 1
+        self._accumulate(x, out, lr)
+        return out
+
+    @torch.no_grad()
+    def _accumulate(self, x: Tensor, out: TrainOutput, lr: float) -> None:
+        e = (x - out.x_hat).pow(2).sum()
+        var = (x - x.mean(0)).pow(2).sum()
+        values = {"fvu": float(e / var), "l0": float(out.l0), "lr": lr}
+        values.update({f"loss_{k}": float(v) for k, v in out.losses.items()})
+        for k, v in values.items():
+            self._log[k] = self._log.get(k, 0.0) + v
+        self._log_n += 1
+
+    def pop_log(self) -> dict[str, float]:
+        """Mean training metrics since the last call (plus the current dead fraction)."""
+        record = {k: v / max(1, self._log_n) for k, v in self._log.items()}
+        record["dead_fraction"] = float((self.since_fired >= self.cfg.dead_tokens).float().mean())
+        record["tokens"] = self.tokens
+        self._log, self._log_n = {}, 0
+        return record
+
+    def to_inference(self) -> SAE:
+        """The trained SAE in canonical form, in the model's original activation units."""
+        return self.sae.to_inference(self.stats.scale)
+
+    # Checkpointing -----------------------------------------------------------------------
+
+    def state(self, prefix: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Tensors and JSON metadata that restore this trainer exactly."""
+        tensors = {f"{prefix}sae.{k}": v for k, v in self.sae.state_dict().items()}
+        opt_tensors, opt_meta = optimizer_tensors(self.opt, f"{prefix}opt.")
+        tensors.update(opt_tensors)
+        tensors[f"{prefix}since_fired"] = self.since_fired
+        tensors[f"{prefix}carry"] = self.carry
+        meta = {"steps": self.steps, "stats": self.stats.to_dict(), "optimizer": opt_meta}
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any], prefix: str) -> None:
+        """Restore from `state()` output."""
+        device = self.since_fired.device
+        sae_state = {k[len(prefix) + 4 :]: v for k, v in tensors.items() if k.startswith(prefix + "sae.")}
+        self.sae.load_state_dict(sae_state)
+        opt = {k: v.to(device) for k, v in tensors.items() if k.startswith(prefix + "opt.")}
+        load_optimizer_tensors(self.opt, opt, prefix + "opt.", meta["optimizer"])
+        self.since_fired = tensors[prefix + "since_fired"].to(device)
+        self.carry = tensors[prefix + "carry"].to(device)
+        self.steps = int(meta["steps"])
