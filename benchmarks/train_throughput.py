@@ -107,8 +107,8 @@ def main() -> None:
     for r in range(args.repeats + 1):  # the first round warms up and is discarded
         batch = _batch(loaded.tokenizer, args.batch, args.context, r)
         rates = {
-            "plain forward": _timed(lambda: plain_forward(loaded, batch, deepest), tokens),
-            "harvest (6 sites)": _timed(lambda: batch_activations(loaded, sites, batch), tokens),
+            "plain forward": _timed(lambda b=batch: plain_forward(loaded, b, deepest), tokens),
+            "harvest (6 sites)": _timed(lambda b=batch: batch_activations(loaded, sites, b), tokens),
             "1 SAE step": _timed(lambda: sae_step(*saes[0], cached), args.sae_batch),
         }
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from .devices import resolve_device
 from .corpus import describe_source, iter_documents
+from .devices import resolve_device
 from .errors import RunError
 from .evals import evaluate_saes
 from .io import read_json, write_json

@@ -6,8 +6,9 @@ real tokens (not position 0, not special tokens, not padding) are kept.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -81,7 +82,7 @@ class SiteStats:
     """Training multiplies activations by this so their mean norm is sqrt(d_in)."""
 
     @classmethod
-    def estimate(cls, x: Tensor, outlier_factor: float, normalize: bool) -> "SiteStats":
+    def estimate(cls, x: Tensor, outlier_factor: float, normalize: bool) -> SiteStats:
         """Estimate from a sample `x (N, d)` of real-token activations."""
         norms = x.norm(dim=-1)
         median = float(norms.median())

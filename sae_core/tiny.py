@@ -8,7 +8,7 @@ each supported family.
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
+from functools import cache
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
@@ -41,7 +41,7 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     return copy.deepcopy(_trained_tokenizer(vocab_size))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trained_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -69,9 +69,9 @@ def _trained_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
 def tiny_config(family: str, n_layers: int = 2, d_model: int = 64, vocab_size: int = 512):
     """A small config of one supported family (`FAMILIES`)."""
     from transformers import (
-        GemmaConfig,
         Gemma2Config,
         Gemma3TextConfig,
+        GemmaConfig,
         GPT2Config,
         LlamaConfig,
         MistralConfig,

@@ -110,7 +110,7 @@ def test_init_is_unit_norm_tied_and_deterministic(arch: str) -> None:
     b = create_training_sae(make_cfg(arch), SAETrainingOptions(), torch.Generator().manual_seed(3))
     c = create_training_sae(make_cfg(arch), SAETrainingOptions(), torch.Generator().manual_seed(4))
     torch.testing.assert_close(a.W_dec.norm(dim=1), torch.ones(D_SAE))
-    assert torch.equal(a.W_enc, a.W_dec.T) and a.W_enc.data_ptr() != a.W_dec.data_ptr()
+    assert torch.equal(a.W_enc, a.W_dec.T) and a.W_enc.is_contiguous() and a.W_enc.data_ptr() != a.W_dec.data_ptr()
     assert torch.equal(a.b_enc, torch.zeros(D_SAE))
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.W_dec, c.W_dec)

@@ -15,7 +15,8 @@ import torch
 
 from ..errors import SAEFileError, UserError
 from ..saes import SAE, SAEConfig, create_sae
-from .saelens import CFG_FILE, check_tensors, positive_int, read_cfg, read_tensors
+from .files import check_tensors, positive_int, read_cfg, read_tensors
+from .saelens import CFG_FILE
 
 WEIGHTS_FILE = "sae.safetensors"
 

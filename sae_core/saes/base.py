@@ -54,7 +54,7 @@ class SAEConfig:
                     f"a {self.architecture} SAE needs k between 1 and d_sae={self.d_sae}, got k={self.k!r}; set k"
                 )
 
-    def replace(self, **changes: Any) -> "SAEConfig":
+    def replace(self, **changes: Any) -> SAEConfig:
         """A copy with some fields changed (metadata deep-copied, so the copies never share it)."""
         new = copy.deepcopy(self)
         for name, value in changes.items():
@@ -157,7 +157,7 @@ class SAE(nn.Module):
         """The tensors a file holds, by SAELens name (views of the parameters)."""
         return {name: getattr(self, name).detach() for name in self.tensor_shapes(self.cfg)}
 
-    def load_tensors(self, tensors: dict[str, Tensor]) -> "SAE":
+    def load_tensors(self, tensors: dict[str, Tensor]) -> SAE:
         """Copy `tensors` (SAELens names, matching shapes) into the parameters; returns self."""
         expected = self.tensor_shapes(self.cfg)
         missing = sorted(set(expected) - set(tensors))
@@ -195,7 +195,7 @@ class TrainingSAE(nn.Module):
         self.train_cfg = train_cfg
         W_dec = random_unit_rows(cfg.d_sae, cfg.d_in, generator)
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.T.clone())
+        self.W_enc = nn.Parameter(W_dec.T.clone(memory_format=torch.contiguous_format))
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import itertools
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
