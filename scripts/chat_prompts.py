@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+# fmt: off
 TOPICS: list[str] = [
     # science and nature
     "photosynthesis", "black holes", "the water cycle", "plate tectonics", "volcanoes",
@@ -59,6 +60,7 @@ TOPICS: list[str] = [
     "philosophy", "ethics", "critical thinking", "mathematics", "probability",
     "prime numbers", "statistics", "maps and navigation", "weather forecasting", "the seasons",
 ]
+# fmt: on
 
 TEMPLATES: list[str] = [
     "Explain {topic} to a ten-year-old.",
