@@ -1,0 +1,10 @@
+"""SAE Explorer — the Streamlit app's entry page. Run with `streamlit run app.py`."""
+
+import streamlit as st
+
+st.set_page_config(page_title="SAE Explorer", layout="wide")
+st.title("SAE Explorer")
+st.write(
+    "Browse sparse autoencoders trained with `sae-explorer train`. "
+    "Open **Runs** in the sidebar to see each run's SAEs and their held-out metrics."
+)

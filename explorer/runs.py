@@ -1,0 +1,49 @@
+"""Runs on disk, as the app shows them: which runs exist and their SAEs' metrics as a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from sae_core.eval_run import read_metrics
+from sae_core.runs import RunDir
+
+METRIC_COLUMNS = [
+    "site", "hook_name", "architecture", "d_sae", "k", "l0", "fvu", "explained_variance",
+    "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_div", "delta_lm_loss",
+    "training_tokens", "eval_tokens", "ce_tokens",
+]
+
+
+def list_runs(root: str | Path = "runs") -> list[Path]:
+    """Run folders (those holding a run.json) directly under `root`, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if (p / "run.json").is_file()]
+    return sorted(runs, key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
+
+
+def metrics_frame(run: str | Path) -> pd.DataFrame:
+    """One row per evaluated SAE of `run`, in layer/site order, with the metric columns that exist."""
+    rows = list(read_metrics(str(run)).values())
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    return frame[[c for c in METRIC_COLUMNS if c in frame.columns]]
+
+
+def run_summary(run: str | Path) -> dict:
+    """The run.json facts the app shows above the table."""
+    info = RunDir(run).require()
+    config = info.get("config", {})
+    return {
+        "status": info.get("status"),
+        "model": info.get("model"),
+        "corpus": info.get("corpus"),
+        "sites": len(info.get("sites", [])),
+        "architecture": config.get("arch"),
+        "tokens per SAE": config.get("tokens"),
+        "created": info.get("created"),
+    }

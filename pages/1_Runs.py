@@ -1,0 +1,40 @@
+"""Runs: pick a run folder and see its SAEs' held-out metrics as a table and charts."""
+
+import plotly.express as px
+import streamlit as st
+
+from explorer.runs import list_runs, metrics_frame, run_summary
+from sae_core.errors import UserError
+
+st.title("Runs")
+root = st.sidebar.text_input("runs folder", value=st.query_params.get("root", "runs"))
+runs = list_runs(root)
+if not runs:
+    st.info(f"No runs under `{root}` yet. Train one with `make demo` or `sae-explorer train --out {root}/NAME`.")
+    st.stop()
+
+names = [p.name for p in runs]
+wanted = st.query_params.get("run")
+choice = st.selectbox("run", names, index=names.index(wanted) if wanted in names else 0)
+st.query_params["run"] = choice
+run = runs[names.index(choice)]
+
+try:
+    summary = run_summary(run)
+    frame = metrics_frame(run)
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
+
+st.caption(" · ".join(f"**{k}**: {v}" for k, v in summary.items() if v is not None))
+if frame.empty:
+    st.warning(f"`{run}` has no metrics yet: run `sae-explorer eval {run}`.")
+    st.stop()
+
+st.dataframe(frame, hide_index=True)
+left, right = st.columns(2)
+left.plotly_chart(px.bar(frame, x="site", y="fvu", title="FVU on held-out tokens (lower is better)"))
+if "ce_loss_recovered" in frame:
+    right.plotly_chart(
+        px.bar(frame, x="site", y="ce_loss_recovered", title="CE-loss recovered (higher is better)")
+    )

@@ -1,0 +1,54 @@
+"""The Runs page (Streamlit AppTest) and the explorer.runs helpers it calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from explorer.runs import list_runs, metrics_frame, run_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_run(root: Path, name: str = "r1", with_metrics: bool = True) -> Path:
+    run = root / name
+    sae = run / "saes" / "blocks.3.hook_resid_post"
+    sae.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": "complete", "model": "m", "corpus": "c", "sites": ["blocks.3.hook_resid_post"], "config": {"arch": "topk", "tokens": 1000}}))
+    (sae / "cfg.json").write_text("{}")
+    if with_metrics:
+        (sae / "metrics.json").write_text(json.dumps({"site": "L3R", "hook_name": "blocks.3.hook_resid_post", "fvu": 0.25, "l0": 32.0, "ce_loss_recovered": 0.9}))
+    return run
+
+
+def test_helpers_read_runs_and_metrics(tmp_path):
+    run = _fake_run(tmp_path)
+    assert list_runs(tmp_path) == [run]
+    assert list_runs(tmp_path / "missing") == []
+    frame = metrics_frame(run)
+    assert list(frame["site"]) == ["L3R"] and float(frame["fvu"].iloc[0]) == 0.25
+    assert run_summary(run)["architecture"] == "topk"
+
+
+def _page(root: Path) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / "1_Runs.py"), default_timeout=30)
+    at.query_params["root"] = str(root)
+    return at.run()
+
+
+def test_runs_page_shows_the_metrics_table(tmp_path):
+    _fake_run(tmp_path)
+    at = _page(tmp_path)
+    assert not at.exception
+    assert at.selectbox[0].value == "r1"
+    assert at.dataframe[0].value["fvu"].tolist() == [0.25]
+
+
+def test_runs_page_explains_what_to_do_without_runs_or_metrics(tmp_path):
+    at = _page(tmp_path)
+    assert not at.exception and "No runs under" in at.info[0].value
+    _fake_run(tmp_path, "r2", with_metrics=False)
+    at = _page(tmp_path)
+    assert not at.exception and "has no metrics yet" in at.warning[0].value
