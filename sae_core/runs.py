@@ -94,7 +94,10 @@ class RunDir:
                 f"output folder {self.path} already holds this finished run; evaluate it with "
                 f"`sae-explorer eval {self.path}` or pass --overwrite to train again"
             )
-        return self.checkpoint_path.is_file()
+        if self.checkpoint_path.is_file():
+            return True
+        self.clear()  # an earlier attempt of this run stopped before its first checkpoint: start clean
+        return False
 
     def clear(self) -> None:
         """Remove what a previous run wrote here (and nothing else)."""

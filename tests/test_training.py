@@ -141,3 +141,15 @@ def test_bad_options_fail_before_writing(overrides, message, tiny_model_dir, tin
     with pytest.raises(UserError, match=message):
         train(_cfg(tiny_model_dir, tiny_corpus, out, **overrides), log=lambda _: None)
     assert not out.exists()  # nothing half-written
+
+
+def test_attempt_killed_before_its_first_checkpoint_restarts_clean(tiny_model_dir, tiny_corpus, tmp_path):
+    cfg = _cfg(tiny_model_dir, tiny_corpus, tmp_path / "run", sites="L1R", tokens=1024)
+    run = train(cfg, log=lambda _: None)
+    info = json.loads(run.run_json.read_text())
+    info["status"] = "training"  # as if killed before any checkpoint was written
+    run.run_json.write_text(json.dumps(info))
+    run.log_path.write_text('{"stale": true}\n')
+    train(cfg, log=lambda _: None)
+    assert "stale" not in run.log_path.read_text()
+    assert json.loads(run.run_json.read_text())["status"] == "complete"
