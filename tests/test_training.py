@@ -133,7 +133,8 @@ def test_non_run_folder_is_refused(tiny_model_dir, tiny_corpus, tmp_path):
         ({"sites": "L9R"}, "out of range"),
         ({"sites": "L1X"}, "L1"),
         ({"context_size": 100_000}, "context size"),
-        ({"b_dec_init": "median"}, "b-dec-init"),
+        ({"b_dec_init": "median"}, "b_dec_init"),
+        ({"auxk_alpha": -1.0}, "auxk_alpha"),
     ],
 )
 def test_bad_options_fail_before_writing(overrides, message, tiny_model_dir, tiny_corpus, tmp_path):

@@ -47,8 +47,7 @@ def validate(cfg: TrainConfig, d_in: int) -> int:
         raise UserError(f"--k {cfg.k} must be between 1 and d_sae ({d_sae})")
     if cfg.tokens < cfg.batch_size:
         raise UserError(f"--tokens {cfg.tokens} is less than one batch (--batch-size {cfg.batch_size})")
-    if cfg.b_dec_init not in ("geometric_median", "mean", "zeros"):
-        raise UserError(f"--b-dec-init must be geometric_median, mean or zeros, not {cfg.b_dec_init!r}")
+    _training_options(cfg)  # checks the architecture knobs (b_dec_init, coefficients) before anything is written
     return d_sae
 
 
