@@ -1,0 +1,283 @@
+"""`sae-explorer precompute`: one pass of a corpus through the model and every SAE of a run → features.duckdb.
+
+Stages: record sparse activations (resumable, in shards under `RUN/.precompute/`), then per SAE
+compute statistics, examples, logit effects, neighbours and labels, and write them all into one
+DuckDB file that is renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..corpus import describe_source, iter_documents
+from ..devices import resolve_device
+from ..errors import RunError
+from ..io import read_json
+from ..loading import check_sae_fits, load_sae
+from ..models import LoadedModel, load_model
+from ..runs import RunDir
+from ..saes import SAE
+from ..sites import Site, parse_site
+from ..tokens import check_context_size, token_batches
+from .feature_stats import Examples, FeatureStats, feature_stats, select_examples
+from .labels import make_label, top_tokens
+from .logit_effects import LogitEffects, logit_effects
+from .neighbours import Neighbours, coactivation_neighbours, decoder_cosine_neighbours
+from .record import RecordWriter, read_site, read_token_ids, record_activations
+from .schema import DB_FILE
+from .writer import FeatureDBWriter, list_array
+
+WORK_DIR = ".precompute"
+METRIC_COLUMNS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_div", "delta_lm_loss")
+
+
+@dataclass(frozen=True)
+class PrecomputeOptions:
+    """What to stream and how much of each statistic to keep."""
+
+    tokens: int = 131_072
+    """Real tokens to stream (fewer if the text runs out)."""
+    corpus: str | None = None
+    """Text source; None = the run's own corpus. Its held-out split is used unless `split` says otherwise."""
+    split: str = "eval"
+    window: int = 16
+    """Tokens on each side of an example's token."""
+    n_top: int = 20
+    n_intervals: int = 5
+    per_interval: int = 4
+    n_logits: int = 10
+    n_neighbours: int = 10
+    hist_bins: int = 50
+    shard_tokens: int = 65_536
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class SAEResult:
+    """Everything computed for one SAE, ready to write."""
+
+    site: Site
+    sae: SAE
+    folder: Path
+    stats: FeatureStats
+    examples: Examples
+    logits: LogitEffects
+    cosine: Neighbours
+    coactivation: Neighbours
+    top_token_ids: list[list[int]]
+    labels: list[str]
+
+
+def precompute_run(
+    run_path: str | Path,
+    options: PrecomputeOptions = PrecomputeOptions(),
+    *,
+    loaded: LoadedModel | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Build `RUN/features.duckdb` for every SAE of the run; return its path."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    run = RunDir(run_path)
+    info = run.require()
+    cfg = info.get("config", {})
+    folders = run.sae_dirs()
+    if not folders:
+        raise RunError(f"run {run.path} has no SAEs yet (status: {info.get('status', 'unknown')}); finish training first")
+    if loaded is None:
+        log(f"loading model {info.get('model')} …")
+        loaded = load_model(cfg.get("model"), device=resolve_device(options.device))
+    device = next(loaded.model.parameters()).device
+    saes: dict[Site, SAE] = {}
+    sae_folders: dict[Site, Path] = {}
+    for folder in folders:
+        sae = load_sae(folder, device=device)
+        check_sae_fits(sae, loaded.layout.d_model)
+        site = parse_site(sae.cfg.hook_name, loaded.layout.n_layers)
+        saes[site], sae_folders[site] = sae, folder
+    sites = sorted(saes, key=lambda s: s.order_key)
+    context_size = int(cfg.get("context_size", 128))
+    check_context_size(context_size, loaded.layout.max_positions, loaded.name)
+    corpus = options.corpus if options.corpus is not None else cfg.get("corpus")
+
+    started = time.time()
+    fingerprint = {
+        "model": info.get("model"),
+        "saes": {s.hook_name: _file_stamp(sae_folders[s]) for s in sites},
+        "corpus": describe_source(corpus),
+        "split": options.split,
+        "tokens": options.tokens,
+        "context_size": context_size,
+    }
+    work = run.path / WORK_DIR
+    writer = RecordWriter(work, fingerprint, sites, options.shard_tokens)
+    if not writer.complete:
+        lm_batch_size = int(cfg.get("lm_batch_size", 8))
+        docs = iter_documents(corpus, options.split, eval_fraction=cfg.get("eval_fraction", 0.05), text_field=cfg.get("text_field"))
+        batches = token_batches(docs, loaded.tokenizer, context_size, lm_batch_size)
+        for _ in range(writer.lm_batches):  # resume: skip what the shards already hold
+            next(batches, None)
+        log(
+            f"precomputing {len(sites)} SAE(s) at {', '.join(s.short for s in sites)} on up to {options.tokens:,} tokens "
+            f"of {describe_source(corpus)} ({options.split} split)"
+            + (f", resuming after {writer.counted_tokens:,} tokens" if writer.counted_tokens else "")
+        )
+        with tqdm(total=options.tokens, initial=writer.counted_tokens, unit="tok", unit_scale=True, desc="encoding",
+                  file=sys.stderr, dynamic_ncols=True) as bar:
+            record_activations(loaded, saes, batches, writer, options.tokens, progress=bar.update)
+    if writer.counted_tokens == 0:
+        raise RunError(f"{describe_source(corpus)} has no {options.split} text to precompute on; pass --corpus with more text")
+    stream_seconds = time.time() - started
+
+    token_ids = read_token_ids(work)
+    vocab = _vocab(loaded)
+    out = run.path / DB_FILE
+    with FeatureDBWriter(out) as db:
+        db.insert("vocab", {"token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab})
+        db.insert("contexts", {"context_id": np.arange(token_ids.shape[0], dtype=np.int32), "token_ids": list_array(token_ids, dtype=pa.int32())})
+        for sae_id, site in enumerate(tqdm(sites, desc="feature statistics", unit="SAE", file=sys.stderr, dynamic_ncols=True)):
+            result = _analyse(site, saes[site], sae_folders[site], work, token_ids, loaded, vocab, options)
+            _write_sae(db, sae_id, result, run.path)
+        db.finish({
+            "model": info.get("model"),
+            "run": str(run.path),
+            "corpus": describe_source(corpus),
+            "split": options.split,
+            "tokens": writer.counted_tokens,
+            "contexts": int(token_ids.shape[0]),
+            "context_size": context_size,
+            "options": asdict(options),
+            "sae_explorer_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "stream_seconds": round(stream_seconds, 1),
+            "total_seconds": round(time.time() - started, 1),
+        })
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {len(sites)} SAE(s), {writer.counted_tokens:,} tokens")
+    return out
+
+
+def _analyse(
+    site: Site, sae: SAE, folder: Path, work: Path, token_ids: torch.Tensor, loaded: LoadedModel, vocab: list[str],
+    options: PrecomputeOptions,
+) -> SAEResult:
+    """All statistics of one SAE from its recorded activations and its decoder."""
+    d_sae = sae.cfg.d_sae
+    acts = read_site(work, site)
+    stats = feature_stats(acts, d_sae, options.hist_bins)
+    examples = select_examples(
+        acts, stats.fires, n_top=options.n_top, n_intervals=options.n_intervals, per_interval=options.per_interval,
+        half_width=options.window, seed=options.seed,
+    )
+    W_dec = sae.W_dec.detach()
+    logits = logit_effects(W_dec, loaded.layout, options.n_logits)
+    cosine = decoder_cosine_neighbours(W_dec.cpu(), options.n_neighbours)
+    coactivation = coactivation_neighbours(acts, d_sae, options.n_neighbours)
+    tops = _top_tokens_per_feature(examples, token_ids, d_sae)
+    dead = (stats.fires == 0).tolist()
+    promoted = logits.top_ids.tolist()
+    labels = [make_label(tops[f], promoted[f], vocab, dead[f]) for f in range(d_sae)]
+    top_token_ids = [top_tokens(t, 10) for t in tops]
+    return SAEResult(site, sae, folder, stats, examples, logits, cosine, coactivation, top_token_ids, labels)
+
+
+def _top_tokens_per_feature(examples: Examples, token_ids: torch.Tensor, d_sae: int) -> list[list[int]]:
+    """Per feature, the token at the maximum of each of its top examples, strongest example first."""
+    top = examples.kinds == 0
+    feats = examples.features[top].numpy()
+    tokens = token_ids[examples.contexts[top], examples.positions[top]].numpy()
+    bounds = np.searchsorted(feats, np.arange(d_sae + 1))
+    return [tokens[bounds[f] : bounds[f + 1]].tolist() for f in range(d_sae)]
+
+
+def _write_sae(db: FeatureDBWriter, sae_id: int, r: SAEResult, run_path: Path) -> None:
+    cfg, stats, d_sae = r.sae.cfg, r.stats, r.sae.cfg.d_sae
+    metrics_file = r.folder / "metrics.json"
+    metrics = read_json(metrics_file) if metrics_file.is_file() else {}
+    fires = stats.fires
+    alive = fires > 0
+    l0 = float(fires.sum()) / max(stats.n_tokens, 1)
+    db.insert("saes", {
+        "sae_id": [sae_id], "hook_name": [r.site.hook_name], "short_name": [r.site.short], "layer": [r.site.layer],
+        "site": [r.site.kind], "architecture": [cfg.architecture], "d_in": [cfg.d_in], "d_sae": [d_sae], "k": [cfg.k],
+        "folder": [str(r.folder.relative_to(run_path)) if r.folder.is_relative_to(run_path) else str(r.folder)],
+        "n_tokens": [stats.n_tokens], "l0_precompute": [l0], "dead_fraction_precompute": [1 - float(alive.double().mean())],
+        **{m: [metrics.get(m)] for m in METRIC_COLUMNS},
+        "metrics": [json.dumps(metrics) if metrics else None],
+    })
+    ids = np.full(d_sae, sae_id, dtype=np.int32)
+    feature = np.arange(d_sae, dtype=np.int32)
+    db.insert("features", {
+        "sae_id": ids, "feature": feature, "fires": fires.numpy(), "density": stats.density.numpy(),
+        "max_act": stats.max_act.numpy(), "mean_act": stats.mean_act.numpy(), "dead": (~alive).numpy(),
+        "hist_max": stats.max_act.numpy(), "hist_counts": list_array(stats.hist_counts.to(torch.int32), dtype=pa.int32()),
+        "top_logit_ids": list_array(r.logits.top_ids.to(torch.int32), dtype=pa.int32()),
+        "top_logit_values": list_array(r.logits.top_values),
+        "bottom_logit_ids": list_array(r.logits.bottom_ids.to(torch.int32), dtype=pa.int32()),
+        "bottom_logit_values": list_array(r.logits.bottom_values),
+        "top_token_ids": pa.array(r.top_token_ids, type=pa.list_(pa.int32())),
+        "label": r.labels,
+    })
+    ex = r.examples
+    lengths = (~ex.windows.isnan()).sum(1)
+    db.insert("examples", {
+        "sae_id": np.full(ex.features.numel(), sae_id, dtype=np.int32), "feature": ex.features.to(torch.int32).numpy(),
+        "kind": ex.kinds.to(torch.int8).numpy(), "rank": ex.ranks.to(torch.int16).numpy(),
+        "context_id": ex.contexts.to(torch.int32).numpy(), "position": ex.positions.to(torch.int16).numpy(),
+        "activation": ex.activations.numpy(), "window_start": ex.starts.to(torch.int16).numpy(),
+        "acts": list_array(ex.windows, lengths),
+    })
+    for kind, nb in (("decoder_cosine", r.cosine), ("coactivation", r.coactivation)):
+        n = (nb.ids >= 0).sum(1)
+        db.insert("neighbours", {
+            "sae_id": ids, "feature": feature, "kind": [kind] * d_sae,
+            "ids": list_array(nb.ids.to(torch.int32), n, dtype=pa.int32()),
+            "scores": list_array(nb.scores, n),
+            "counts": list_array(nb.counts.to(torch.int32), n, dtype=pa.int32()) if nb.counts is not None else pa.nulls(d_sae, pa.list_(pa.int32())),
+        })
+    db.insert("site_summary", _site_summary(sae_id, r, l0))
+
+
+def _site_summary(sae_id: int, r: SAEResult, l0: float) -> dict[str, list[Any]]:
+    """One row of per-site figures for the layer comparison page."""
+    stats = r.stats
+    alive = stats.fires > 0
+    density = stats.density[alive]
+    edges = np.linspace(-7.0, 0.0, 29)
+    counts = np.histogram(np.clip(np.log10(density.numpy()), -7.0, 0.0), bins=edges)[0] if alive.any() else np.zeros(28, int)
+    q = (lambda t, p: float(t.quantile(p)) if t.numel() else None)  # noqa: E731
+    return {
+        "sae_id": [sae_id], "hook_name": [r.site.hook_name], "short_name": [r.site.short], "layer": [r.site.layer],
+        "site": [r.site.kind], "d_sae": [r.sae.cfg.d_sae], "n_tokens": [stats.n_tokens], "alive": [int(alive.sum())],
+        "dead_fraction": [1 - float(alive.double().mean())], "l0": [l0],
+        "density_p10": [q(density, 0.1)], "density_median": [q(density, 0.5)], "density_p90": [q(density, 0.9)],
+        "max_act_median": [q(stats.max_act[alive].double(), 0.5)],
+        "log10_density_edges": [edges.tolist()], "log10_density_counts": [counts.astype(int).tolist()],
+    }
+
+
+def _vocab(loaded: LoadedModel) -> list[str]:
+    """Display string of every id the unembedding has (ids past the tokenizer show as `<id>`)."""
+    n = loaded.layout.unembed.weight.shape[0]
+    known = min(n, len(loaded.tokenizer))
+    texts = loaded.tokenizer.batch_decode([[i] for i in range(known)])
+    return texts + [f"<{i}>" for i in range(known, n)]
+
+
+def _file_stamp(folder: Path) -> list[Any]:
+    """Names, sizes and modification times of an SAE folder's files: changes when the SAE does."""
+    return sorted([p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in folder.iterdir() if p.is_file() and p.name != "metrics.json")

@@ -1,0 +1,209 @@
+"""The one pass over the corpus: LM forward to the deepest site, encode with every SAE, keep sparse activations.
+
+Every later statistic (density, histograms, top examples, co-activation) is computed from this
+record, so the LM runs once. The record is written to disk in shards as it grows, which is what
+lets a long precompute resume after it is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ..harvest import batch_activations
+from ..io import atomic_path, write_json
+from ..models import LoadedModel
+from ..saes import SAE
+from ..sites import Site
+from ..tokens import TokenBatch
+
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class SparseActivations:
+    """The non-zero activations of one SAE over the recorded tokens (COO, any order)."""
+
+    values: Tensor
+    """(nnz,) float32 activation values, all > 0."""
+    latents: Tensor
+    """(nnz,) int64 feature index of each value."""
+    tokens: Tensor
+    """(nnz,) int64 global token index `context * context_size + position`."""
+    counted: Tensor
+    """(n_contexts, context_size) bool: tokens that count (real text, not an outlier for this SAE)."""
+
+
+def encode_sparse(sae: SAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`x (N, d_in)` -> `(rows, latents, values)` of the non-zero activations, without a dense copy for TopK."""
+    if hasattr(sae, "encode_topk"):
+        values, latents = sae.encode_topk(x)  # type: ignore[operator]
+        rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(latents)
+        keep = values > 0
+        return rows[keep], latents[keep], values[keep]
+    acts = sae.encode(x)
+    rows, latents = acts.nonzero(as_tuple=True)
+    return rows, latents, acts[rows, latents]
+
+
+def _outlier_threshold(sae: SAE) -> float | None:
+    value = sae.cfg.metadata.get("outlier_norm_threshold")
+    return float(value) if value is not None else None
+
+
+class RecordWriter:
+    """Encodes LM batches with every SAE and appends shards of sparse activations to a work folder.
+
+    The folder holds `state.json` (what is being recorded, a fingerprint) and `shard-NNNNN.safetensors`
+    files. A folder with a different fingerprint is cleared; one with the same resumes after its shards.
+    """
+
+    def __init__(self, folder: Path, fingerprint: dict[str, Any], sites: list[Site], shard_tokens: int):
+        self.folder, self.sites, self.shard_tokens = folder, sites, shard_tokens
+        state = _read_state(folder)
+        if state is None or state.get("fingerprint") != fingerprint:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            state = {"fingerprint": fingerprint, "shards": [], "complete": False}
+            write_json(folder / STATE_FILE, state)
+        self.state = state
+        self._reset_buffer()
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.state["complete"])
+
+    @property
+    def lm_batches(self) -> int:
+        """LM batches already recorded in shards (to skip when resuming)."""
+        return sum(s["lm_batches"] for s in self.state["shards"])
+
+    @property
+    def contexts(self) -> int:
+        return sum(s["contexts"] for s in self.state["shards"])
+
+    @property
+    def counted_tokens(self) -> int:
+        return sum(s["tokens"] for s in self.state["shards"])
+
+    def _reset_buffer(self) -> None:
+        self._ids: list[Tensor] = []
+        self._parts: dict[Site, list[tuple[Tensor, Tensor, Tensor, Tensor]]] = {s: [] for s in self.sites}
+        self._batches = self._contexts = self._tokens = 0
+
+    @torch.no_grad()
+    def add(self, loaded: LoadedModel, saes: dict[Site, SAE], batch: TokenBatch) -> int:
+        """Run and encode one LM batch; return its number of real tokens. Writes a shard when one is full."""
+        acts = batch_activations(loaded, self.sites, batch)
+        B, T = batch.input_ids.shape
+        base = (self.contexts + self._contexts) * T
+        for site in self.sites:
+            x = acts[site].reshape(B * T, -1).float()
+            counted = batch.real.reshape(-1).to(x.device)
+            threshold = _outlier_threshold(saes[site])
+            if threshold is not None:
+                counted = counted & (x.norm(dim=-1) <= threshold)
+            idx = counted.nonzero().squeeze(1)
+            rows, latents, values = encode_sparse(saes[site], x[idx])
+            tokens = base + idx[rows]
+            self._parts[site].append(
+                (values.float().cpu(), latents.to(torch.int32).cpu(), tokens.cpu(), counted.view(B, T).cpu())
+            )
+        self._ids.append(batch.input_ids.to(torch.int32).cpu())
+        self._batches += 1
+        self._contexts += B
+        real = int(batch.real.sum())
+        self._tokens += real
+        if self._tokens >= self.shard_tokens:
+            self.flush()
+        return real
+
+    def flush(self) -> None:
+        """Write what is buffered as one shard (atomically) and note it in state.json."""
+        if not self._batches:
+            return
+        tensors = {"token_ids": torch.cat(self._ids)}
+        for site in self.sites:
+            values, latents, tokens, counted = (torch.cat(t) for t in zip(*self._parts[site]))
+            key = site.hook_name
+            tensors |= {f"{key}.values": values, f"{key}.latents": latents, f"{key}.tokens": tokens, f"{key}.counted": counted}
+        name = f"shard-{len(self.state['shards']):05d}.safetensors"
+        with atomic_path(self.folder / name) as tmp:
+            save_file(tensors, str(tmp))
+        self.state["shards"].append(
+            {"file": name, "lm_batches": self._batches, "contexts": self._contexts, "tokens": self._tokens}
+        )
+        write_json(self.folder / STATE_FILE, self.state)
+        self._reset_buffer()
+
+    def finish(self) -> None:
+        self.flush()
+        self.state["complete"] = True
+        write_json(self.folder / STATE_FILE, self.state)
+
+
+def record_activations(
+    loaded: LoadedModel,
+    saes: dict[Site, SAE],
+    batches: Iterable[TokenBatch],
+    writer: RecordWriter,
+    max_tokens: int,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Feed batches to `writer` until `max_tokens` real tokens are recorded (or the text runs out)."""
+    seen = writer.counted_tokens
+    for batch in batches:
+        if seen >= max_tokens:
+            break
+        n = writer.add(loaded, saes, batch)
+        seen += n
+        if progress:
+            progress(n)
+    writer.finish()
+
+
+def read_token_ids(folder: Path) -> Tensor:
+    """`(n_contexts, context_size)` int32 token ids of everything recorded."""
+    state = _require_state(folder)
+    parts = []
+    for shard in state["shards"]:
+        with safe_open(str(folder / shard["file"]), framework="pt") as f:
+            parts.append(f.get_tensor("token_ids"))
+    return torch.cat(parts)
+
+
+def read_site(folder: Path, site: Site) -> SparseActivations:
+    """The sparse activations of one SAE over every shard (loaded one site at a time to bound memory)."""
+    state = _require_state(folder)
+    key = site.hook_name
+    values, latents, tokens, counted = [], [], [], []
+    for shard in state["shards"]:
+        with safe_open(str(folder / shard["file"]), framework="pt") as f:
+            values.append(f.get_tensor(f"{key}.values"))
+            latents.append(f.get_tensor(f"{key}.latents"))
+            tokens.append(f.get_tensor(f"{key}.tokens"))
+            counted.append(f.get_tensor(f"{key}.counted"))
+    return SparseActivations(torch.cat(values), torch.cat(latents).long(), torch.cat(tokens), torch.cat(counted))
+
+
+def _read_state(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _require_state(folder: Path) -> dict[str, Any]:
+    state = _read_state(folder)
+    if state is None or not state["shards"]:
+        raise ValueError(f"no recorded activations in {folder}")
+    return state

@@ -1,0 +1,94 @@
+"""The features.duckdb schema: tables, indexes and the version check every reader does.
+
+One file per run holds every SAE. Rows of `features`, `examples` and `neighbours` are written in
+(sae_id, feature) order and indexed on it, so one feature page is a few indexed lookups.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from ..errors import UserError
+
+SCHEMA_VERSION = 1
+DB_FILE = "features.duckdb"
+
+TABLES = """
+CREATE TABLE meta (key VARCHAR, value VARCHAR);  -- values are JSON
+CREATE TABLE saes (
+    sae_id INTEGER, hook_name VARCHAR, short_name VARCHAR, layer INTEGER, site VARCHAR,
+    architecture VARCHAR, d_in INTEGER, d_sae INTEGER, k INTEGER, folder VARCHAR,
+    n_tokens BIGINT, l0_precompute DOUBLE, dead_fraction_precompute DOUBLE,
+    fvu DOUBLE, explained_variance DOUBLE, l0 DOUBLE, dead_fraction DOUBLE, dense_fraction DOUBLE,
+    ce_loss_recovered DOUBLE, kl_div DOUBLE, delta_lm_loss DOUBLE,
+    metrics VARCHAR  -- the SAE's metrics.json, if it has one
+);
+CREATE TABLE vocab (token_id INTEGER, token VARCHAR);
+CREATE TABLE contexts (context_id INTEGER, token_ids INTEGER[]);
+CREATE TABLE features (
+    sae_id INTEGER, feature INTEGER,
+    fires BIGINT, density DOUBLE, max_act FLOAT, mean_act FLOAT, dead BOOLEAN,
+    hist_max FLOAT, hist_counts INTEGER[],  -- equal bins of (0, hist_max]
+    top_logit_ids INTEGER[], top_logit_values FLOAT[], bottom_logit_ids INTEGER[], bottom_logit_values FLOAT[],
+    top_token_ids INTEGER[],  -- distinct tokens at the maxima of the top examples, most frequent first
+    label VARCHAR
+);
+CREATE TABLE examples (
+    sae_id INTEGER, feature INTEGER,
+    kind TINYINT,       -- 0: top example; j >= 1: sample from quantile interval j (higher = stronger)
+    rank SMALLINT,      -- order within (feature, kind)
+    context_id INTEGER, position SMALLINT, activation FLOAT,
+    window_start SMALLINT, acts FLOAT[]  -- the feature on tokens window_start … window_start + len(acts) - 1
+);
+CREATE TABLE neighbours (
+    sae_id INTEGER, feature INTEGER,
+    kind VARCHAR,       -- 'decoder_cosine' or 'coactivation'
+    ids INTEGER[], scores FLOAT[], counts INTEGER[]
+);
+CREATE TABLE site_summary (
+    sae_id INTEGER, hook_name VARCHAR, short_name VARCHAR, layer INTEGER, site VARCHAR, d_sae INTEGER,
+    n_tokens BIGINT, alive INTEGER, dead_fraction DOUBLE, l0 DOUBLE,
+    density_p10 DOUBLE, density_median DOUBLE, density_p90 DOUBLE, max_act_median DOUBLE,
+    log10_density_edges DOUBLE[], log10_density_counts INTEGER[]  -- histogram of alive features' log10 density
+);
+"""
+
+INDEXES = """
+CREATE UNIQUE INDEX saes_id ON saes (sae_id);
+CREATE UNIQUE INDEX vocab_id ON vocab (token_id);
+CREATE UNIQUE INDEX contexts_id ON contexts (context_id);
+CREATE UNIQUE INDEX features_id ON features (sae_id, feature);
+CREATE INDEX examples_feature ON examples (sae_id, feature);
+CREATE INDEX neighbours_feature ON neighbours (sae_id, feature);
+"""
+
+
+class FeatureDBError(UserError):
+    """A features.duckdb file is missing, unreadable or of another schema version."""
+
+
+def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """Open a features.duckdb file read-only after checking that it exists and has this schema version."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / DB_FILE
+    if not path.is_file():
+        raise FeatureDBError(f"{path} does not exist; build it with `sae-explorer precompute RUN`")
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as e:
+        raise FeatureDBError(f"cannot open {path} as a DuckDB file ({e}); rebuild it with `sae-explorer precompute`") from None
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.Error:
+        row = None
+    version = int(row[0]) if row else None
+    if version != SCHEMA_VERSION:
+        con.close()
+        raise FeatureDBError(
+            f"{path} has schema version {version if version is not None else 'unknown'}, this sae-explorer reads "
+            f"version {SCHEMA_VERSION}; rebuild it with `sae-explorer precompute` (or use the matching sae-explorer)"
+        )
+    return con
