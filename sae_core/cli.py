@@ -52,6 +52,55 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precompute_options(args: argparse.Namespace):
+    from .features.precompute import PrecomputeOptions
+    from .training.config import parse_count
+
+    return PrecomputeOptions(
+        tokens=parse_count(args.tokens), corpus=args.corpus, split=args.split, window=args.window, n_top=args.top,
+        n_intervals=args.intervals, per_interval=args.per_interval, device=args.device,
+    )
+
+
+def _precompute(args: argparse.Namespace) -> int:
+    from .features.precompute import precompute_run
+
+    precompute_run(args.run, _precompute_options(args))
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
+    from .features.precompute import precompute_run
+    from .import_saes import import_saes
+    from .models import load_model
+
+    options = _precompute_options(args)  # checks the flags before any work
+    loaded = load_model(args.model, device=resolve_device(args.device))
+    run = import_saes(args.saes, args.out, loaded, model=args.model, corpus=args.corpus, overwrite=args.overwrite,
+                      log=lambda m: print(m, file=sys.stderr))
+    if args.eval:
+        from .eval_run import evaluate_run
+        from .report import metrics_table
+
+        print(metrics_table(evaluate_run(str(run.path), corpus=args.corpus, loaded=loaded)))
+    if args.precompute:
+        precompute_run(run.path, options, loaded=loaded)
+    return 0
+
+
+def _add_precompute_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokens", default="128k", help="real tokens to stream through the model, e.g. 128k, 2M (default: 128k)")
+    p.add_argument("--corpus", help="text source (file, folder, hf:NAME); default: the run's own corpus")
+    p.add_argument("--split", default="eval", choices=["eval", "train", "all"],
+                   help="which split of the corpus: eval = held-out text, never seen in training (default)")
+    p.add_argument("--window", type=int, default=16, help="tokens shown on each side of an example's token (default: 16)")
+    p.add_argument("--top", type=int, default=20, help="top activating contexts kept per feature (default: 20)")
+    p.add_argument("--intervals", type=int, default=5, help="activation-quantile intervals sampled per feature (default: 5)")
+    p.add_argument("--per-interval", type=int, default=4, help="examples sampled per interval (default: 4)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+
+
 def _sites(args: argparse.Namespace) -> int:
     from .models import load_model
     from .sites import Site
@@ -113,6 +162,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="evaluate on the held-out split of another text source")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "precompute",
+        help="precompute feature statistics of a run's SAEs into RUN/features.duckdb",
+        description="Stream text through the model once, encode it with every SAE of the run and write "
+        "RUN/features.duckdb: firing density, max/mean activation, activation histograms, top and quantile-interval "
+        "examples, logit effects, decoder-cosine and co-activation neighbours, labels, per-site summaries. "
+        "The file is replaced only when the new one is complete; a killed run resumes when run again.",
+    )
+    p.add_argument("run", help="run folder, e.g. runs/demo")
+    _add_precompute_arguments(p)
+    p.set_defaults(func=_precompute)
+
+    p = sub.add_parser(
+        "import",
+        help="make a run from SAELens or sparsify SAE folders (then precompute it)",
+        description="Check SAELens / sparsify SAE folders against their model (d_in, site), save them as a run "
+        "folder and precompute its features.duckdb, so any published SAE becomes browsable.",
+        epilog="example:\n  sae-explorer import ~/saes/blocks.6.hook_resid_post ~/sparsify-run/layers.8 "
+        "--model Qwen/Qwen3-1.7B --out runs/qwen-imported",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("saes", nargs="+", metavar="SAE_FOLDER", help="SAELens or sparsify SAE folders (one per site)")
+    p.add_argument("--out", required=True, help="run folder to create, e.g. runs/imported")
+    p.add_argument("--model", help="the model the SAEs belong to: HF id, local dir or .gguf (default: the embedded SmolLM2)")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=False,
+                   help="also evaluate the SAEs on held-out text (metrics.json; default: no)")
+    p.add_argument("--precompute", action=argparse.BooleanOptionalAction, default=True,
+                   help="precompute features.duckdb after importing (default: yes)")
+    _add_precompute_arguments(p)
+    p.set_defaults(func=_import)
 
     p = sub.add_parser("sites", help="list the sites of a model", description="List the SAE sites of a model and their names.")
     p.add_argument("--model", help="HF id, local dir or .gguf (default: the embedded SmolLM2-135M-Instruct)")

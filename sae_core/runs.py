@@ -15,7 +15,7 @@ from .errors import RunError
 from .io import read_json, write_json
 
 RUN_FILE = "run.json"
-_RUN_ENTRIES = (RUN_FILE, "saes", "checkpoints", "train_log.jsonl")
+_RUN_ENTRIES = (RUN_FILE, "saes", "checkpoints", "train_log.jsonl", "features.duckdb", ".precompute")
 
 
 class RunDir:

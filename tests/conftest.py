@@ -6,7 +6,14 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
+from sae_core.features.precompute import PrecomputeOptions, precompute_run
+from sae_core.import_saes import import_saes
+from sae_core.loading import save_sae
+from sae_core.models import load_model
+from sae_core.saes import SAEConfig, create_sae
+from sae_core.sites import parse_site
 from sae_core.tiny import tiny_model, tiny_tokenizer
 
 _WORDS = (
@@ -44,3 +51,57 @@ def tiny_corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text("\n\n".join(make_text(1000)), encoding="utf-8")
     return path
+
+
+SITES = {"L0R": "topk", "L1M": "jumprelu", "L1A": "topk"}
+"""The published SAEs of the shared precomputed run: site -> architecture."""
+DEAD_FEATURE = 5
+"""A feature of the L0R SAE that can never fire."""
+PRECOMPUTE_OPTIONS = PrecomputeOptions(
+    tokens=2_000, window=4, n_top=5, n_intervals=5, per_interval=2, shard_tokens=700, device="cpu"
+)
+
+
+def random_sae(site: str, arch: str, d_in: int = 64, d_sae: int = 48, seed: int = 0):
+    """An inference SAE with random weights (unit-norm decoder rows) at `site`."""
+    cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, k=6 if arch == "topk" else None, hook_name=parse_site(site).hook_name)
+    g = torch.Generator().manual_seed(seed)
+    tensors = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g) / 4,
+        "b_enc": torch.randn(d_sae, generator=g) * 0.1,
+        "W_dec": torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=g), dim=-1),
+        "b_dec": torch.zeros(d_in),
+    }
+    if arch == "jumprelu":
+        tensors["threshold"] = torch.full((d_sae,), 0.3)
+    return create_sae(cfg).load_tensors(tensors)
+
+
+@pytest.fixture(scope="session")
+def published_saes(tmp_path_factory) -> list[Path]:
+    """SAELens folders of random SAEs at `SITES` of the tiny model, one with a dead feature."""
+    root = tmp_path_factory.mktemp("published")
+    folders = []
+    for i, (site, arch) in enumerate(SITES.items()):
+        sae = random_sae(site, arch, seed=i)
+        if site == "L0R":
+            sae.b_enc.data[DEAD_FEATURE] = -1e6
+        folder = root / sae.cfg.hook_name
+        save_sae(sae, folder)
+        folders.append(folder)
+    return folders
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir):
+    """The tiny model, loaded once."""
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def precomputed_run(tmp_path_factory, published_saes, tiny_loaded, tiny_model_dir, tiny_corpus) -> Path:
+    """A run imported from `published_saes` with its features.duckdb (read-only for tests: copy it to modify)."""
+    run = import_saes(published_saes, tmp_path_factory.mktemp("runs") / "imported", tiny_loaded,
+                      model=str(tiny_model_dir), corpus=str(tiny_corpus), context_size=32, log=lambda m: None)
+    precompute_run(run.path, PRECOMPUTE_OPTIONS, loaded=tiny_loaded, log=lambda m: None)
+    return run.path

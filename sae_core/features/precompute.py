@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..corpus import describe_source, iter_documents
 from ..devices import resolve_device
-from ..errors import RunError
+from ..errors import RunError, UserError
 from ..io import read_json
 from ..loading import check_sae_fits, load_sae
 from ..models import LoadedModel, load_model
@@ -65,6 +65,14 @@ class PrecomputeOptions:
     shard_tokens: int = 65_536
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "n_top", "n_intervals", "n_logits", "hist_bins", "shard_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"precompute option {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("window", "per_interval", "n_neighbours"):
+            if getattr(self, name) < 0:
+                raise UserError(f"precompute option {name} must not be negative, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

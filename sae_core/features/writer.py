@@ -15,7 +15,6 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import torch
 from torch import Tensor
 
 from .schema import INDEXES, SCHEMA_VERSION, TABLES
