@@ -73,7 +73,7 @@ def random_sae(site: str, arch: str, d_in: int = 64, d_sae: int = 48, seed: int 
         "b_dec": torch.zeros(d_in),
     }
     if arch == "jumprelu":
-        tensors["threshold"] = torch.full((d_sae,), 0.3)
+        tensors["threshold"] = torch.full((d_sae,), 0.01)
     return create_sae(cfg).load_tensors(tensors)
 
 

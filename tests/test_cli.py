@@ -19,7 +19,7 @@ def _train_args(model_dir, corpus, out, *extra):
     ]
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["sites"], ["info"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["precompute"], ["import"], ["sites"], ["info"]])
 def test_help_explains_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -126,3 +126,48 @@ def test_eval_reports_corrupt_or_mismatched_sae_files(trained_run, tmp_path, cap
 def test_eval_of_a_missing_run_is_one_line_error(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "none")]) == 2
     assert "does not exist" in _error(capsys)
+
+
+def test_precompute_of_a_trained_run_writes_the_feature_file(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["precompute", str(run), "--tokens", "1k", "--top", "3", "--window", "2", "--device", "cpu"]) == 0
+    from sae_core.features.reader import FeatureStore
+
+    with FeatureStore(run) as store:
+        assert list(store.saes().short_name) == ["L1M", "L1R"]
+        assert store.meta["tokens"] >= 1000 and store.meta["split"] == "eval"
+        assert store.saes().fvu.notna().all()  # the run's metrics travel with the SAEs
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_precompute_bad_options_and_missing_run_are_one_line_errors(tmp_path, capsys):
+    assert main(["precompute", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["precompute", str(tmp_path), "--top", "0"]) == 2
+    assert "n_top must be at least 1" in capsys.readouterr().err
+
+
+def test_import_then_precompute_from_the_command_line(published_saes, tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "imported"
+    args = ["import", *map(str, published_saes), "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus),
+            "--out", str(out), "--tokens", "500", "--device", "cpu"]
+    assert main(args) == 0
+    assert (out / "features.duckdb").is_file()
+    assert json.loads((out / "run.json").read_text())["status"] == "imported"
+    assert main(args) == 2
+    assert "is not empty; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--no-precompute"]) == 0
+    assert not (out / "features.duckdb").exists()
+
+
+def test_import_of_a_mismatched_sae_is_one_line_error(tiny_model_dir, tmp_path, capsys):
+    from sae_core.loading import save_sae
+
+    from conftest import random_sae
+
+    save_sae(random_sae("L0R", "topk", d_in=16), tmp_path / "narrow")
+    assert main(["import", str(tmp_path / "narrow"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "run")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "d_in 16 does not match the model's width 64" in errors[0]
+    assert not (tmp_path / "run").exists()

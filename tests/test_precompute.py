@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -182,3 +183,16 @@ def test_import_refuses_an_sae_that_does_not_fit(tmp_path, loaded):
 def test_import_refuses_two_saes_of_one_site(tmp_path, loaded, sae_folders):
     with pytest.raises(SAEFileError, match="one SAE per site"):
         import_saes([sae_folders[0], sae_folders[0]], tmp_path / "run", loaded, model=None, log=lambda m: None)
+
+
+def test_import_of_a_sparsify_folder_precomputes_like_any_run(tmp_path, loaded, tiny_corpus):
+    sparsify = pytest.importorskip("sparsify") if os.environ.get("CI") != "true" else __import__("sparsify")
+    coder = sparsify.SparseCoder(64, sparsify.SparseCoderConfig(num_latents=32, k=4))
+    coder.save_to_disk(tmp_path / "layers.1.mlp")  # sparsify names the folder after its hookpoint
+    run = import_saes([tmp_path / "layers.1.mlp"], tmp_path / "run", loaded, model=None, corpus=str(tiny_corpus),
+                      context_size=32, log=lambda m: None)
+    assert (run.path / "saes" / "blocks.1.hook_mlp_out" / "sae_weights.safetensors").is_file()
+    precompute_run(run.path, OPTIONS, loaded=loaded, log=lambda m: None)
+    features = query(run.path, "SELECT count(*) AS n, sum(fires) AS fires FROM features")
+    assert features.n[0] == 32 and features.fires[0] > 0
+    assert query(run.path, "SELECT short_name, architecture FROM saes").values.tolist() == [["L1M", "topk"]]
