@@ -14,7 +14,7 @@ JOBS   ?= auto
 .PHONY: install demo clean-demo test bench clean help
 
 help:
-	@echo "make demo   - set up .venv and train + evaluate SAEs on the embedded model"
+	@echo "make demo   - set up .venv, train + evaluate SAEs on the embedded model, precompute their features"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 	@echo "make clean-demo - remove the demo run so the next make demo trains again"
@@ -34,8 +34,11 @@ install: $(STAMP)
 DEMO_RUN   ?= runs/demo
 DEMO_ARGS  ?=
 
-# Trains (or resumes) the demo run, evaluates it on held-out text and prints the metrics table;
-# once it is complete, `make demo` just shows its metrics again (`make clean-demo` to retrain).
+DEMO_PRECOMPUTE_ARGS ?= --tokens 64k
+
+# Trains (or resumes) the demo run, evaluates it on held-out text and prints the metrics table, then
+# precomputes its feature statistics into runs/demo/features.duckdb. Steps already done are not redone
+# (`make clean-demo` to start over).
 demo: install
 	@if $(PY) -c "import json,sys; sys.exit(json.load(open('$(DEMO_RUN)/run.json')).get('status') != 'complete')" 2>/dev/null; then \
 		echo "$(DEMO_RUN) is already trained (make clean-demo to train it again):"; \
@@ -43,12 +46,19 @@ demo: install
 	else \
 		$(VENV)/bin/sae-explorer train --config configs/demo.yaml --out $(DEMO_RUN) $(DEMO_ARGS); \
 	fi
+	@if [ -f $(DEMO_RUN)/features.duckdb ]; then \
+		echo "$(DEMO_RUN)/features.duckdb is already built"; \
+	else \
+		$(VENV)/bin/sae-explorer precompute $(DEMO_RUN) $(DEMO_PRECOMPUTE_ARGS); \
+	fi
 
 test: install
 	$(PY) -m pytest -q -ra
 
 bench: install
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/precompute_throughput.py
+	$(PY) benchmarks/feature_db_queries.py
 
 clean-demo:
 	rm -rf $(DEMO_RUN)

@@ -15,60 +15,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from common import plain_forward, random_batch, timed, tiny_or_embedded
 
 from sae_core.harvest import batch_activations
-from sae_core.models import load_model
 from sae_core.saes import SAEConfig, SAETrainingOptions, create_training_sae
 from sae_core.sites import Site, parse_sites
-from sae_core.tokens import TokenBatch, real_token_mask
-
-
-def _loaded(name: str):
-    if name == "tiny":
-        import tempfile
-
-        from sae_core.tiny import tiny_model, tiny_tokenizer
-
-        path = tempfile.mkdtemp()
-        tiny_model("qwen3", n_layers=4, d_model=64).save_pretrained(path)
-        tiny_tokenizer().save_pretrained(path)
-        return load_model(path)
-    return load_model(name)
-
-
-def _batch(tokenizer, batch: int, context: int, seed: int) -> TokenBatch:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(100, len(tokenizer), (batch, context), generator=g)
-    return TokenBatch(ids, torch.ones_like(ids), real_token_mask(ids, tokenizer.all_special_ids))
-
-
-@torch.no_grad()
-def plain_forward(loaded, batch: TokenBatch, deepest: int) -> None:
-    """The model's own layers up to `deepest`, with nothing captured: a truncated copy of the layer list."""
-    layers = loaded.layout.layers
-    kept = torch.nn.ModuleList(list(layers)[: deepest + 1])
-    parent = loaded.layout.base_model
-    name = next(n for n, m in parent.named_children() if m is layers)
-    setattr(parent, name, kept)
-    try:
-        parent(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    finally:
-        setattr(parent, name, layers)
-
-
-def _timed(fn, tokens: int) -> float:
-    start = time.perf_counter()
-    fn()
-    return tokens / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model (default: embedded SmolLM2; 'tiny' for a smoke test)")
-    parser.add_argument("--sites", default="L3R,L3M,L15R,L15A,L26R,L26M", help="six sites across three layers")
+    parser.add_argument("--sites", default=None,
+                        help="six sites across three layers (default: R+M at 10%%, R+A at 50%%, R+M at 87%% depth, "
+                        "i.e. L3R,L3M,L15R,L15A,L26R,L26M on the embedded model)")
     parser.add_argument("--batch", type=int, default=8, help="contexts per LM forward")
     parser.add_argument("--context", type=int, default=128, help="tokens per context")
     parser.add_argument("--expansion", type=int, default=16)
@@ -79,8 +40,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    loaded = _loaded(args.model) if args.model else load_model(None)
-    sites = parse_sites(args.sites, loaded.layout.n_layers)
+    loaded = tiny_or_embedded(args.model)
+    n = loaded.layout.n_layers
+    early, middle, late = n // 10, n // 2, int(n * 0.87)
+    default = f"L{early}R,L{early}M,L{middle}R,L{middle}A,L{late}R,L{late}M"
+    sites = parse_sites(args.sites or default, n)
     deepest = max(s.layer for s in sites)
     tokens = args.batch * args.context
     d_in = loaded.layout.d_model
@@ -105,24 +69,24 @@ def main() -> None:
 
     results: dict[str, list[float]] = {"plain forward": [], "harvest (6 sites)": [], "1 SAE step": [], "6 SAEs + harvest": []}
     for r in range(args.repeats + 1):  # the first round warms up and is discarded
-        batch = _batch(loaded.tokenizer, args.batch, args.context, r)
+        batch = random_batch(loaded.tokenizer, args.batch, args.context, r)
         rates = {
-            "plain forward": _timed(lambda b=batch: plain_forward(loaded, b, deepest), tokens),
-            "harvest (6 sites)": _timed(lambda b=batch: batch_activations(loaded, sites, b), tokens),
-            "1 SAE step": _timed(lambda: sae_step(*saes[0], cached), args.sae_batch),
+            "plain forward": timed(lambda b=batch: plain_forward(loaded, b, deepest), tokens),
+            "harvest (6 sites)": timed(lambda b=batch: batch_activations(loaded, sites, b), tokens),
+            "1 SAE step": timed(lambda: sae_step(*saes[0], cached), args.sae_batch),
         }
 
         def harvest_and_train():
             n_fwd = max(1, args.sae_batch // tokens)
             rows: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
             for i in range(n_fwd):
-                acts = batch_activations(loaded, sites, _batch(loaded.tokenizer, args.batch, args.context, 1000 + i))
+                acts = batch_activations(loaded, sites, random_batch(loaded.tokenizer, args.batch, args.context, 1000 + i))
                 for s in sites:
                     rows[s].append(acts[s].flatten(0, 1))
             for (sae, opt), s in zip(saes, sites):
                 sae_step(sae, opt, torch.cat(rows[s]) / rows[s][0].norm(dim=-1).mean() * d_in**0.5)
 
-        rates["6 SAEs + harvest"] = _timed(harvest_and_train, max(1, args.sae_batch // tokens) * tokens)
+        rates["6 SAEs + harvest"] = timed(harvest_and_train, max(1, args.sae_batch // tokens) * tokens)
         if r:
             for key, value in rates.items():
                 results[key].append(value)

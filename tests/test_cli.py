@@ -162,9 +162,9 @@ def test_import_then_precompute_from_the_command_line(published_saes, tiny_model
 
 
 def test_import_of_a_mismatched_sae_is_one_line_error(tiny_model_dir, tmp_path, capsys):
-    from sae_core.loading import save_sae
-
     from conftest import random_sae
+
+    from sae_core.loading import save_sae
 
     save_sae(random_sae("L0R", "topk", d_in=16), tmp_path / "narrow")
     assert main(["import", str(tmp_path / "narrow"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "run")]) == 2

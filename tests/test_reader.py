@@ -8,12 +8,11 @@ import shutil
 
 import duckdb
 import pytest
+from conftest import DEAD_FEATURE
 
 from sae_core.errors import UserError
 from sae_core.features.reader import FeatureNotFound, FeatureStore
 from sae_core.features.schema import DB_FILE, FeatureDBError
-
-from conftest import DEAD_FEATURE
 
 
 @pytest.fixture(scope="module")

@@ -239,6 +239,7 @@ def _write_sae(db: FeatureDBWriter, sae_id: int, r: SAEResult, run_path: Path) -
         "bottom_logit_values": list_array(r.logits.bottom_values),
         "top_token_ids": pa.array(r.top_token_ids, type=pa.list_(pa.int32())),
         "label": r.labels,
+        "label_lower": [label.lower() for label in r.labels],
     })
     ex = r.examples
     lengths = (~ex.windows.isnan()).sum(1)

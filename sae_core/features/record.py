@@ -100,7 +100,7 @@ class RecordWriter:
         self._parts: dict[Site, list[tuple[Tensor, Tensor, Tensor, Tensor]]] = {s: [] for s in self.sites}
         self._batches = self._contexts = self._tokens = 0
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def add(self, loaded: LoadedModel, saes: dict[Site, SAE], batch: TokenBatch) -> int:
         """Run and encode one LM batch; return its number of real tokens. Writes a shard when one is full."""
         acts = batch_activations(loaded, self.sites, batch)
@@ -112,9 +112,13 @@ class RecordWriter:
             threshold = _outlier_threshold(saes[site])
             if threshold is not None:
                 counted = counted & (x.norm(dim=-1) <= threshold)
-            idx = counted.nonzero().squeeze(1)
-            rows, latents, values = encode_sparse(saes[site], x[idx])
-            tokens = base + idx[rows]
+            if bool(counted.all()):
+                rows, latents, values = encode_sparse(saes[site], x)
+                tokens = base + rows
+            else:
+                idx = counted.nonzero().squeeze(1)
+                rows, latents, values = encode_sparse(saes[site], x[idx])
+                tokens = base + idx[rows]
             self._parts[site].append(
                 (values.float().cpu(), latents.to(torch.int32).cpu(), tokens.cpu(), counted.view(B, T).cpu())
             )

@@ -1,0 +1,86 @@
+"""Query latency of features.duckdb at the paper's scale: a synthetic file with 1,048,576 features.
+
+Builds (once, or with --rebuild) a schema-valid file of 64 SAEs × 16,384 features with realistic
+example rows (20 top + 5 intervals × 4 per feature, ±16-token windows), then times through the
+reader API what the app does: everything one feature page needs, a label search, a token search,
+and a sorted, filtered feature list. Prints p50 / p95 latencies, the file size and build time.
+
+    python benchmarks/feature_db_queries.py                      # 64 × 16,384 features
+    python benchmarks/feature_db_queries.py --saes 4 --d-sae 1024  # quick smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sae_core.features.reader import FeatureStore
+from sae_core.features.synthetic import build_synthetic
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    ms = sorted(s * 1000 for s in seconds)
+    return statistics.median(ms), ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--saes", type=int, default=64)
+    parser.add_argument("--d-sae", type=int, default=16_384)
+    parser.add_argument("--path", help="where the synthetic file goes (default: a temp folder, kept for reruns)")
+    parser.add_argument("--rebuild", action="store_true", help="build the file again even if it exists")
+    parser.add_argument("--pages", type=int, default=200, help="random feature pages to fetch")
+    parser.add_argument("--searches", type=int, default=50, help="random label / token searches")
+    parser.add_argument("--threads", type=int, default=2, help="DuckDB and torch threads (the machine has 2 cores)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    path = Path(args.path or Path(tempfile.gettempdir()) / "sae-explorer-bench" / f"synthetic-{args.saes}x{args.d_sae}.duckdb")
+
+    if args.rebuild or not path.exists():
+        start = time.perf_counter()
+        build_synthetic(path, n_saes=args.saes, d_sae=args.d_sae)
+        print(f"built {path} in {time.perf_counter() - start:.0f} s")
+    size = os.path.getsize(path)
+    store = FeatureStore(path)
+    store._con.execute(f"SET threads = {args.threads}")
+    n_features = int(store.saes().d_sae.sum())
+    print(f"{path}: {n_features:,} features in {args.saes} SAEs, {size / 2**30:.2f} GiB, "
+          f"{store._rows('SELECT count(*) FROM examples')[0][0]:,} example rows, {args.threads} threads")
+    rng = random.Random(0)
+    store.feature(0, 0)  # first call loads the vocabulary
+
+    timings: dict[str, list[float]] = {"feature page (all of it)": [], "label search": [], "token search": [], "sorted list (100 rows)": []}
+    for _ in range(args.pages):
+        sae, feature = rng.randrange(args.saes), rng.randrange(args.d_sae)
+        start = time.perf_counter()
+        page = store.feature(sae, feature)
+        timings["feature page (all of it)"].append(time.perf_counter() - start)
+        assert len(page.examples) and len(page.neighbours)
+    for _ in range(args.searches):
+        word = rng.choice(store.vocab).strip()
+        text = word[: rng.randint(2, max(2, len(word)))]
+        start = time.perf_counter()
+        store.search_label(text)
+        timings["label search"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        store.search_token(word)
+        timings["token search"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        store.list_features(saes=[rng.randrange(args.saes)], min_density=1e-4, sort_by="max_act", limit=100)
+        timings["sorted list (100 rows)"].append(time.perf_counter() - start)
+
+    print(f"\n{'query':<26} {'p50 ms':>8} {'p95 ms':>8}  runs")
+    for key, values in timings.items():
+        p50, p95 = percentiles(values)
+        print(f"{key:<26} {p50:>8.1f} {p95:>8.1f}  {len(values)}")
+
+
+if __name__ == "__main__":
+    main()
