@@ -34,7 +34,7 @@ install: $(STAMP)
 DEMO_RUN   ?= runs/demo
 DEMO_ARGS  ?=
 
-DEMO_PRECOMPUTE_ARGS ?= --tokens 64k
+DEMO_PRECOMPUTE_ARGS ?= --tokens 32k
 
 # Trains (or resumes) the demo run, evaluates it on held-out text and prints the metrics table, then
 # precomputes its feature statistics into runs/demo/features.duckdb. Steps already done are not redone

@@ -116,6 +116,8 @@ def _sites(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from .eval_run import read_metrics
+    from .features.reader import FeatureStore
+    from .features.schema import DB_FILE
     from .report import metrics_table
     from .runs import RunDir
 
@@ -124,6 +126,13 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  sites: {', '.join(info.get('sites', []))}")
     metrics = read_metrics(args.run)
     print(metrics_table(metrics) if metrics else "  no metrics yet; run `sae-explorer eval` on it")
+    db = RunDir(args.run).path / DB_FILE
+    if db.is_file():
+        with FeatureStore(db) as store:
+            n = int(store.saes().d_sae.sum())
+            print(f"features: {db} ({n:,} features, {store.meta.get('tokens', 0):,} tokens of {store.meta.get('corpus')})")
+    else:
+        print(f"features: none yet; run `sae-explorer precompute {args.run}` to browse them")
     return 0
 
 

@@ -48,6 +48,7 @@ def test_train_evaluates_and_prints_a_metrics_table(trained_run, capsys):
     out = capsys.readouterr().out
     assert "L1R" in out and "L1M" in out and "FVU" in out
     assert main(["info", str(trained_run)]) == 0
+    assert "features: none yet; run `sae-explorer precompute" in capsys.readouterr().out
 
 
 def test_sites_lists_the_model_sites(tiny_model_dir, capsys):
@@ -139,6 +140,8 @@ def test_precompute_of_a_trained_run_writes_the_feature_file(trained_run, tmp_pa
         assert store.meta["tokens"] >= 1000 and store.meta["split"] == "eval"
         assert store.saes().fvu.notna().all()  # the run's metrics travel with the SAEs
     assert "wrote" in capsys.readouterr().err
+    assert main(["info", str(run)]) == 0
+    assert "features: " in capsys.readouterr().out
 
 
 def test_precompute_bad_options_and_missing_run_are_one_line_errors(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sae_core.features.neighbours import coactivation_neighbours, decoder_cosine_neighbours
@@ -35,18 +36,18 @@ def test_coactivation_neighbours_rank_by_jaccard_with_exact_counts():
     fires[:, 11] = False  # dead
     tok, feat = fires.nonzero(as_tuple=True)
     acts = SparseActivations(torch.ones(tok.numel()), feat, tok * 3, torch.ones(n_tokens, 3, dtype=torch.bool))
-    nb = coactivation_neighbours(acts, d_sae, n=4, block=5)
+    nb = coactivation_neighbours(acts, d_sae, n=4, max_block_elements=5 * d_sae)  # blocks of 5 rows
     A = fires.float()
     both = A.T @ A
     n = A.sum(0)
     jaccard = both / (n[:, None] + n[None, :] - both).clamp_min(1)
     for f in range(d_sae):
-        candidates = [(float(jaccard[f, o]), -o) for o in range(d_sae) if o != f and both[f, o] > 0]
-        expected = [-o for _, o in sorted(candidates, reverse=True)[:4]]
+        candidates = sorted((float(jaccard[f, o]) for o in range(d_sae) if o != f and both[f, o] > 0), reverse=True)
         got = [i for i in nb.ids[f].tolist() if i >= 0]
-        assert got == expected
+        assert len(got) == min(4, len(candidates)) and len(set(got)) == len(got) and f not in got
+        assert nb.scores[f, : len(got)].tolist() == pytest.approx(candidates[: len(got)])  # the true top scores
         for i, o in enumerate(got):
             assert nb.counts[f, i] == both[f, o]
             assert abs(float(nb.scores[f, i]) - float(jaccard[f, o])) < 1e-6
     assert nb.ids[4, 0] == 5 and nb.scores[4, 0] == 1.0
-    assert (nb.ids[11] == -1).all()
+    assert (nb.ids[11] == -1).all() and nb.scores[11].isnan().all()

@@ -40,37 +40,36 @@ def decoder_cosine_neighbours(W_dec: Tensor, n: int = 10, block: int = 2048) -> 
     return _pad(torch.cat(ids), torch.cat(scores), None, n)
 
 
-def coactivation_neighbours(acts: SparseActivations, d_sae: int, n: int = 10, block: int = 1024) -> Neighbours:
+def coactivation_neighbours(acts: SparseActivations, d_sae: int, n: int = 10, max_block_elements: int = 2**24) -> Neighbours:
     """Top-`n` features by Jaccard index of the sets of tokens they fire on (|A∩B| / |A∪B|).
 
     Jaccard rather than the raw count, so that features that fire everywhere do not top every list;
-    the count of shared tokens is kept alongside. Computed as a sparse `Aᵀ A` in row blocks.
+    the count of shared tokens is kept alongside. Counts come from a sparse `Aᵀ A`, computed for a
+    block of rows at a time that is made dense (at most `max_block_elements` entries) for a top-k.
     """
     tokens = acts.tokens.numpy()
     _, token_rows = np.unique(tokens, return_inverse=True)
     A = sp.csr_matrix(
-        (np.ones(tokens.size, dtype=np.float32), (token_rows, acts.latents.numpy())),
+        (np.ones(tokens.size), (token_rows, acts.latents.numpy())),  # float64: exact counts
         shape=(int(token_rows.max()) + 1 if tokens.size else 0, d_sae),
     )
     At = A.T.tocsr()
-    fires = np.asarray(A.sum(0)).ravel()
-    out_ids = np.full((d_sae, n), -1, dtype=np.int64)
-    out_scores = np.full((d_sae, n), np.nan, dtype=np.float32)
-    out_counts = np.zeros((d_sae, n), dtype=np.int64)
+    fires = torch.from_numpy(np.asarray(A.sum(0)).ravel())
+    k = min(n, d_sae - 1)
+    block = max(1, min(d_sae, max_block_elements // max(d_sae, 1)))
+    ids, scores, counts = [], [], []
     for start in range(0, d_sae, block):
-        C = (At[start : start + block] @ A).tocoo()
-        row, col, count = C.row, C.col, C.data
-        other = row + start != col
-        row, col, count = row[other], col[other], count[other]
-        jaccard = count / (fires[row + start] + fires[col] - count)
-        order = np.lexsort((col, -jaccard, row))  # by row, then best score, then lowest id
-        row, col, count, jaccard = row[order], col[order], count[order], jaccard[order]
-        first = np.r_[0, np.flatnonzero(np.diff(row)) + 1]
-        rank = np.arange(row.size) - np.repeat(first, np.diff(np.r_[first, row.size]))
-        keep = rank < n
-        r, c = row[keep] + start, rank[keep]
-        out_ids[r, c], out_scores[r, c], out_counts[r, c] = col[keep], jaccard[keep], count[keep]
-    return Neighbours(torch.from_numpy(out_ids), torch.from_numpy(out_scores), torch.from_numpy(out_counts))
+        both = torch.from_numpy((At[start : start + block] @ A).toarray())  # (b, d_sae) shared-token counts
+        rows = torch.arange(both.shape[0])
+        both[rows, rows + start] = 0  # not its own neighbour
+        jaccard = both / (fires[start : start + block, None] + fires[None, :] - both).clamp_min(1)
+        jaccard[both == 0] = -1.0  # never fire together: not a neighbour
+        top = jaccard.topk(k, dim=-1)  # sorted: the -1 (none) entries come last
+        found = top.values > 0
+        ids.append(torch.where(found, top.indices, -1))
+        scores.append(torch.where(found, top.values, float("nan")).float())
+        counts.append(torch.where(found, both.gather(1, top.indices), 0).long())
+    return _pad(torch.cat(ids), torch.cat(scores), torch.cat(counts), n)
 
 
 def _pad(ids: Tensor, scores: Tensor, counts: Tensor | None, n: int) -> Neighbours:
@@ -79,4 +78,6 @@ def _pad(ids: Tensor, scores: Tensor, counts: Tensor | None, n: int) -> Neighbou
     if missing > 0:
         ids = torch.cat([ids, torch.full((ids.shape[0], missing), -1, dtype=ids.dtype)], 1)
         scores = torch.cat([scores, torch.full((scores.shape[0], missing), float("nan"))], 1)
+        if counts is not None:
+            counts = torch.cat([counts, torch.zeros((counts.shape[0], missing), dtype=counts.dtype)], 1)
     return Neighbours(ids, scores, counts)

@@ -112,13 +112,9 @@ class RecordWriter:
             threshold = _outlier_threshold(saes[site])
             if threshold is not None:
                 counted = counted & (x.norm(dim=-1) <= threshold)
-            if bool(counted.all()):
-                rows, latents, values = encode_sparse(saes[site], x)
-                tokens = base + rows
-            else:
-                idx = counted.nonzero().squeeze(1)
-                rows, latents, values = encode_sparse(saes[site], x[idx])
-                tokens = base + idx[rows]
+            idx = counted.nonzero().squeeze(1)
+            rows, latents, values = encode_sparse(saes[site], x[idx])
+            tokens = base + idx[rows]
             self._parts[site].append(
                 (values.float().cpu(), latents.to(torch.int32).cpu(), tokens.cpu(), counted.view(B, T).cpu())
             )
