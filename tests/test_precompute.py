@@ -196,3 +196,16 @@ def test_import_of_a_sparsify_folder_precomputes_like_any_run(tmp_path, loaded, 
     features = query(run.path, "SELECT count(*) AS n, sum(fires) AS fires FROM features")
     assert features.n[0] == 32 and features.fires[0] > 0
     assert query(run.path, "SELECT short_name, architecture FROM saes").values.tolist() == [["L1M", "topk"]]
+
+
+def test_a_corpus_without_held_out_text_is_a_clear_error(built_run, loaded, tmp_path):
+    from dataclasses import replace
+
+    from sae_core.errors import UserError
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(UserError, match="empty"):
+        precompute_run(built_run, replace(OPTIONS, corpus=str(empty)), loaded=loaded, log=lambda m: None)
+    assert not (built_run / ".precompute").exists()
+    assert (built_run / DB_FILE).is_file()  # the earlier file is untouched

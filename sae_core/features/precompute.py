@@ -146,8 +146,14 @@ def precompute_run(
         )
         with tqdm(total=options.tokens, initial=writer.counted_tokens, unit="tok", unit_scale=True, desc="encoding",
                   file=sys.stderr, dynamic_ncols=True) as bar:
-            record_activations(loaded, saes, batches, writer, options.tokens, progress=bar.update)
+            try:
+                record_activations(loaded, saes, batches, writer, options.tokens, progress=bar.update)
+            except UserError:
+                if not writer.lm_batches:  # bad text before anything was recorded: leave no work folder behind
+                    shutil.rmtree(work, ignore_errors=True)
+                raise
     if writer.counted_tokens == 0:
+        shutil.rmtree(work, ignore_errors=True)
         raise RunError(f"{describe_source(corpus)} has no {options.split} text to precompute on; pass --corpus with more text")
     stream_seconds = time.time() - started
 
