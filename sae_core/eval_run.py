@@ -10,14 +10,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .corpus import describe_source, iter_documents
-from .devices import resolve_device
-from .errors import RunError
 from .evals import evaluate_saes
 from .io import read_json, write_json
-from .loading import check_sae_fits, load_sae
-from .models import LoadedModel, load_model
+from .models import LoadedModel
+from .run_saes import open_run_saes
 from .runs import RunDir
-from .sites import parse_site
 from .tokens import token_batches
 
 METRICS_FILE = "metrics.json"
@@ -39,25 +36,11 @@ def evaluate_run(
     another text source, whose eval split is then used.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    run = RunDir(run_path)
-    info = run.require()
-    cfg = info.get("config", {})
-    folders = run.sae_dirs()
-    if not folders:
-        raise RunError(f"run {run.path} has no trained SAEs yet (status: {info.get('status', 'unknown')}); finish training first")
+    opened = open_run_saes(run_path, loaded=loaded, device=device, log=log)
+    run, cfg, loaded, saes = opened.run, opened.config, opened.loaded, opened.saes
     eval_tokens = eval_tokens or cfg.get("eval_tokens", 65_536)
     ce_tokens = cfg.get("ce_tokens", 16_384) if ce_tokens is None else ce_tokens
     corpus = corpus if corpus is not None else cfg.get("corpus")
-
-    if loaded is None:
-        log(f"loading model {info['model']} …")
-        loaded = load_model(cfg.get("model"), device=resolve_device(device))
-    saes = {}
-    for folder in folders:
-        sae = load_sae(folder)
-        check_sae_fits(sae, loaded.layout.d_model)
-        site = parse_site(sae.cfg.hook_name, loaded.layout.n_layers)
-        saes[site] = sae.to(next(loaded.model.parameters()).device)
 
     docs = iter_documents(corpus, "eval", eval_fraction=cfg.get("eval_fraction", 0.05), text_field=cfg.get("text_field"))
     batches = token_batches(docs, loaded.tokenizer, cfg.get("context_size", 128), cfg.get("lm_batch_size", 8))

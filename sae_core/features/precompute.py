@@ -24,14 +24,12 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..corpus import describe_source, iter_documents
-from ..devices import resolve_device
 from ..errors import RunError, UserError
 from ..io import read_json
-from ..loading import check_sae_fits, load_sae
-from ..models import LoadedModel, load_model
-from ..runs import RunDir
+from ..models import LoadedModel
+from ..run_saes import open_run_saes
 from ..saes import SAE
-from ..sites import Site, parse_site
+from ..sites import Site
 from ..tokens import check_context_size, token_batches
 from .feature_stats import Examples, FeatureStats, feature_stats, select_examples
 from .labels import make_label, top_tokens
@@ -100,24 +98,10 @@ def precompute_run(
 ) -> Path:
     """Build `RUN/features.duckdb` for every SAE of the run; return its path."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    run = RunDir(run_path)
-    info = run.require()
-    cfg = info.get("config", {})
-    folders = run.sae_dirs()
-    if not folders:
-        raise RunError(f"run {run.path} has no SAEs yet (status: {info.get('status', 'unknown')}); finish training first")
-    if loaded is None:
-        log(f"loading model {info.get('model')} …")
-        loaded = load_model(cfg.get("model"), device=resolve_device(options.device))
-    device = next(loaded.model.parameters()).device
-    saes: dict[Site, SAE] = {}
-    sae_folders: dict[Site, Path] = {}
-    for folder in folders:
-        sae = load_sae(folder, device=device)
-        check_sae_fits(sae, loaded.layout.d_model)
-        site = parse_site(sae.cfg.hook_name, loaded.layout.n_layers)
-        saes[site], sae_folders[site] = sae, folder
-    sites = sorted(saes, key=lambda s: s.order_key)
+    opened = open_run_saes(run_path, loaded=loaded, device=options.device, log=log)
+    run, info, cfg, loaded = opened.run, opened.info, opened.config, opened.loaded
+    saes, sae_folders = opened.saes, opened.folders
+    sites = list(saes)
     context_size = int(cfg.get("context_size", 128))
     check_context_size(context_size, loaded.layout.max_positions, loaded.name)
     corpus = options.corpus if options.corpus is not None else cfg.get("corpus")

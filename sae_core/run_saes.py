@@ -1,0 +1,62 @@
+"""Open a run folder together with its model and SAEs, each SAE checked against the model and placed at its site."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .devices import resolve_device
+from .errors import RunError
+from .loading import check_sae_fits, load_sae
+from .models import LoadedModel, load_model
+from .runs import RunDir
+from .saes import SAE
+from .sites import Site, parse_site
+
+
+@dataclass(frozen=True)
+class RunSAEs:
+    """A run's folder, run.json, model and SAEs (in forward-pass order of their sites)."""
+
+    run: RunDir
+    info: dict[str, Any]
+    loaded: LoadedModel
+    saes: dict[Site, SAE]
+    folders: dict[Site, Path]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's config from run.json (empty for runs that have none)."""
+        return self.info.get("config", {})
+
+
+def open_run_saes(
+    run_path: str | Path,
+    *,
+    loaded: LoadedModel | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> RunSAEs:
+    """Load the SAEs of a run (and its model unless `loaded` is given); a clear error for a run without SAEs."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    run = RunDir(run_path)
+    info = run.require()
+    folders = run.sae_dirs()
+    if not folders:
+        raise RunError(f"run {run.path} has no SAEs yet (status: {info.get('status', 'unknown')}); finish training first")
+    if loaded is None:
+        log(f"loading model {info.get('model')} …")
+        loaded = load_model(info.get("config", {}).get("model"), device=resolve_device(device))
+    model_device = next(loaded.model.parameters()).device
+    saes: dict[Site, SAE] = {}
+    where: dict[Site, Path] = {}
+    for folder in folders:
+        sae = load_sae(folder, device=model_device)
+        check_sae_fits(sae, loaded.layout.d_model)
+        site = parse_site(sae.cfg.hook_name, loaded.layout.n_layers)
+        saes[site], where[site] = sae, folder
+    order = sorted(saes, key=lambda s: s.order_key)
+    return RunSAEs(run, info, loaded, {s: saes[s] for s in order}, {s: where[s] for s in order})
