@@ -6,5 +6,6 @@ st.set_page_config(page_title="SAE Explorer", layout="wide")
 st.title("SAE Explorer")
 st.write(
     "Browse sparse autoencoders trained with `sae-explorer train`. "
-    "Open **Runs** in the sidebar to see each run's SAEs and their held-out metrics."
+    "Open **Runs** in the sidebar to see each run's SAEs and their held-out metrics, and **Features** to "
+    "search and browse the features of a precomputed run (`sae-explorer precompute RUN`)."
 )

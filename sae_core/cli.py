@@ -101,6 +101,30 @@ def _add_precompute_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
 
 
+def _app(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from .features.schema import DB_FILE
+    from .runs import RunDir
+
+    run = RunDir(args.run)
+    run.require()
+    if not (run.path / DB_FILE).is_file():
+        print(f"note: {run.path / DB_FILE} does not exist yet; the Features page needs "
+              f"`sae-explorer precompute {args.run}`", file=sys.stderr)
+    script = Path(__file__).resolve().parents[1] / "app.py"
+    if not script.is_file():
+        raise UserError(f"the app's files are not next to this package ({script} is missing); "
+                        "run it from a source checkout installed with `pip install -e .`")
+    url = f"http://{args.host}:{args.port}"
+    print(f"SAE Explorer on {url} (run {run.path}); Ctrl-C stops it", file=sys.stderr, flush=True)
+    env = {**os.environ, "SAE_EXPLORER_RUN": str(run.path.resolve())}
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", args.host,
+               "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    return subprocess.call(command, env=env, cwd=script.parent)
+
+
 def _sites(args: argparse.Namespace) -> int:
     from .models import load_model
     from .sites import Site
@@ -203,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precompute features.duckdb after importing (default: yes)")
     _add_precompute_arguments(p)
     p.set_defaults(func=_import)
+
+    p = sub.add_parser(
+        "app",
+        help="open the explorer app on a run (Streamlit, on this machine only by default)",
+        description="Start the Streamlit app on RUN and print its URL. It binds to 127.0.0.1 unless --host says otherwise.",
+    )
+    p.add_argument("run", help="run folder, e.g. runs/demo")
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default: 8501)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.set_defaults(func=_app)
 
     p = sub.add_parser("sites", help="list the sites of a model", description="List the SAE sites of a model and their names.")
     p.add_argument("--model", help="HF id, local dir or .gguf (default: the embedded SmolLM2-135M-Instruct)")

@@ -19,7 +19,7 @@ def _train_args(model_dir, corpus, out, *extra):
     ]
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["precompute"], ["import"], ["sites"], ["info"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["precompute"], ["import"], ["app"], ["sites"], ["info"]])
 def test_help_explains_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -174,3 +174,8 @@ def test_import_of_a_mismatched_sae_is_one_line_error(tiny_model_dir, tmp_path, 
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "d_in 16 does not match the model's width 64" in errors[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_app_of_a_missing_run_is_one_line_error(tmp_path, capsys):
+    assert main(["app", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,31 @@
+"""Shared page state: which run the app shows and its cached feature store (Streamlit resources live here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from sae_core.features.reader import FeatureStore
+from sae_core.features.schema import DB_FILE
+
+RUN_ENV = "SAE_EXPLORER_RUN"
+"""`sae-explorer app RUN` passes the run folder to the app in this environment variable."""
+
+
+def current_run() -> Path:
+    """The run folder: `?run=` in the URL, else the one `sae-explorer app` was started with, else runs/demo."""
+    return Path(st.query_params.get("run") or os.environ.get(RUN_ENV) or "runs/demo")
+
+
+@st.cache_resource(show_spinner="opening the feature file …")
+def _store(path: str, mtime: float) -> FeatureStore:
+    return FeatureStore(path)
+
+
+def feature_store(run: Path) -> FeatureStore:
+    """The run's features.duckdb, opened read-only once per file version (reopened when it is rebuilt)."""
+    db = run / DB_FILE
+    mtime = db.stat().st_mtime if db.is_file() else 0.0
+    return _store(str(db), mtime)

@@ -1,0 +1,92 @@
+"""The Features page (Streamlit AppTest) on the precomputed tiny run, and the explorer.feature_view helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer.feature_view import escape_markdown, example_groups, feature_link, shade_tokens_html
+from explorer.state import RUN_ENV
+from sae_core.features.reader import FeatureStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _page(monkeypatch, run: Path, **params) -> AppTest:
+    monkeypatch.setenv(RUN_ENV, str(run))
+    at = AppTest.from_file(str(ROOT / "pages" / "2_Features.py"), default_timeout=60)
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+@pytest.fixture(scope="module")
+def busiest(precomputed_run) -> tuple[str, int, str]:
+    with FeatureStore(precomputed_run) as store:
+        row = store.list_features(saes=[store.sae_id("L1M")], sort_by="fires", limit=1).iloc[0]
+        return row["sae"], int(row["feature"]), row["label"]
+
+
+def test_shaded_tokens_escape_html_and_show_values():
+    out = shade_tokens_html(["<b>", " x"], [2.0, 0.0], scale=2.0, focus=0)
+    assert "&lt;b&gt;" in out and "<b>" not in out
+    assert "rgba(255,140,0,1.00)" in out and "rgba(255,140,0,0.00)" in out and ": 2.000" in out
+    assert feature_link("L1M", 7) == "Features?sae=L1M&feature=7"
+    assert escape_markdown('"a*" → [x](y) $1') == '"a\\*" → \\[x\\]\\(y\\) \\$1'
+
+
+def test_list_shows_features_with_links(monkeypatch, precomputed_run):
+    at = _page(monkeypatch, precomputed_run)
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) > 0 and all(link.startswith("Features?sae=") for link in table["feature"])
+    assert set(table["sae"]) <= {"L0R", "L1A", "L1M"}
+
+
+def test_label_search_finds_a_known_feature(monkeypatch, precomputed_run, busiest):
+    sae, feature, label = busiest
+    at = _page(monkeypatch, precomputed_run)
+    at.text_input[0].set_value(label).run()
+    assert not at.exception
+    links = list(at.dataframe[0].value["feature"])
+    assert feature_link(sae, feature) in links
+
+
+def test_feature_deep_link_renders_the_whole_page(monkeypatch, precomputed_run, busiest):
+    sae, feature, label = busiest
+    at = _page(monkeypatch, precomputed_run, sae=sae, feature=str(feature))
+    assert not at.exception
+    assert at.subheader[0].value == f"{sae} · feature {feature}"
+    assert any(escape_markdown(label) in m.value for m in at.markdown)
+    assert len(at.expander) >= 2  # top activations + at least one interval
+    assert len(at.dataframe) == 4  # promotes, suppresses, two neighbour lists
+
+
+def test_examples_html_matches_the_stored_activations(precomputed_run, busiest):
+    sae, feature, _ = busiest
+    with FeatureStore(precomputed_run) as store:
+        page = store.feature(sae, feature)
+    groups = example_groups(page)
+    assert groups[0][0] == "Top activations" and len(groups[0][1]) == len(page.examples[page.examples.kind == 0])
+    top = page.examples.iloc[0]
+    assert f": {top.activation:.3f}" in groups[0][1][0]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"sae": "L1M", "feature": "999"}, "L1M has no feature 999"),
+    ({"sae": "L9Z", "feature": "1"}, "no SAE 'L9Z'"),
+    ({"sae": "L1M", "feature": "abc"}, "feature must be a number"),
+])
+def test_bad_deep_links_show_a_message(monkeypatch, precomputed_run, params, message):
+    at = _page(monkeypatch, precomputed_run, **params)
+    assert not at.exception
+    assert any(message in e.value for e in at.error)
+
+
+def test_missing_feature_file_says_how_to_build_it(monkeypatch, tmp_path):
+    at = _page(monkeypatch, tmp_path)
+    assert not at.exception
+    assert "does not exist" in at.error[0].value
+    assert "sae-explorer precompute" in at.info[0].value
