@@ -2,8 +2,9 @@
 
 Builds (once, or with --rebuild) a schema-valid file of 64 SAEs × 16,384 features with realistic
 example rows (20 top + 5 intervals × 4 per feature, ±16-token windows), then times through the
-reader API what the app does: everything one feature page needs, a label search, a token search,
-and a sorted, filtered feature list. Prints p50 / p95 latencies, the file size and build time.
+reader API what the app does: everything one feature page needs (the queries alone, then the
+queries plus the page's figure, shaded-example HTML and tables, i.e. the Features page's server-side
+work), a label search, a token search, and a sorted, filtered feature list. Prints p50 / p95 latencies, the file size and build time.
 
     python benchmarks/feature_db_queries.py                      # 64 × 16,384 features
     python benchmarks/feature_db_queries.py --saes 4 --d-sae 1024  # quick smoke test
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from explorer.feature_view import example_groups, histogram_figure, logit_table, neighbour_table, summary_line
 from sae_core.features.reader import FeatureStore
 from sae_core.features.synthetic import build_synthetic
 
@@ -56,13 +58,20 @@ def main() -> None:
     rng = random.Random(0)
     store.feature(0, 0)  # first call loads the vocabulary
 
-    timings: dict[str, list[float]] = {"feature page (all of it)": [], "label search": [], "token search": [], "sorted list (100 rows)": []}
+    timings: dict[str, list[float]] = {"feature page (all of it)": [], "+ figures and HTML": [], "label search": [], "token search": [], "sorted list (100 rows)": []}
     for _ in range(args.pages):
         sae, feature = rng.randrange(args.saes), rng.randrange(args.d_sae)
         start = time.perf_counter()
         page = store.feature(sae, feature)
         timings["feature page (all of it)"].append(time.perf_counter() - start)
         assert len(page.examples) and len(page.neighbours)
+        start = time.perf_counter()
+        page = store.feature(sae, feature)
+        short = page.sae["short_name"]
+        summary_line(page), histogram_figure(page).to_json(), example_groups(page)
+        logit_table(page.top_logits), logit_table(page.bottom_logits)
+        [neighbour_table(frame, short) for frame in page.neighbours.values()]
+        timings["+ figures and HTML"].append(time.perf_counter() - start)
     for _ in range(args.searches):
         word = rng.choice(store.vocab).strip()
         text = word[: rng.randint(2, max(2, len(word)))]
