@@ -1,4 +1,4 @@
-"""SAE Explorer — the Streamlit app's entry page. Run with `streamlit run app.py`."""
+"""SAE Explorer — the Streamlit app's entry page. Start it with `sae-explorer app RUN` (or `streamlit run app.py`)."""
 
 import streamlit as st
 

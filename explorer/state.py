@@ -15,8 +15,9 @@ RUN_ENV = "SAE_EXPLORER_RUN"
 
 
 def current_run() -> Path:
-    """The run folder: `?run=` in the URL, else the one `sae-explorer app` was started with, else runs/demo."""
-    return Path(st.query_params.get("run") or os.environ.get(RUN_ENV) or "runs/demo")
+    """The run folder: `?run=PATH` in the URL, else the one picked on the Runs page, else the one
+    `sae-explorer app` was started with, else runs/demo."""
+    return Path(st.query_params.get("run") or st.session_state.get("run") or os.environ.get(RUN_ENV) or "runs/demo")
 
 
 @st.cache_resource(show_spinner="opening the feature file …")

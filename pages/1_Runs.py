@@ -4,20 +4,23 @@ import plotly.express as px
 import streamlit as st
 
 from explorer.runs import list_runs, metrics_frame, run_summary
+from explorer.state import current_run
 from sae_core.errors import UserError
 
 st.title("Runs")
-root = st.sidebar.text_input("runs folder", value=st.query_params.get("root", "runs"))
+started_on = current_run()
+root = st.sidebar.text_input("runs folder", value=st.query_params.get("root", str(started_on.parent)))
 runs = list_runs(root)
 if not runs:
     st.info(f"No runs under `{root}` yet. Train one with `make demo` or `sae-explorer train --out {root}/NAME`.")
     st.stop()
 
 names = [p.name for p in runs]
-wanted = st.query_params.get("run")
+wanted = started_on.name
 choice = st.selectbox("run", names, index=names.index(wanted) if wanted in names else 0)
-st.query_params["run"] = choice
 run = runs[names.index(choice)]
+st.session_state["run"] = str(run)  # the other pages show this run from now on
+st.query_params["run"] = str(run)
 
 try:
     summary = run_summary(run)

@@ -52,3 +52,13 @@ def test_runs_page_explains_what_to_do_without_runs_or_metrics(tmp_path):
     _fake_run(tmp_path, "r2", with_metrics=False)
     at = _page(tmp_path)
     assert not at.exception and "has no metrics yet" in at.warning[0].value
+
+
+def test_the_run_picked_here_is_the_one_the_other_pages_show(tmp_path):
+    _fake_run(tmp_path, "r1")
+    second = _fake_run(tmp_path, "r2")
+    at = _page(tmp_path)
+    at.selectbox[0].set_value("r2").run()
+    assert not at.exception
+    assert at.session_state["run"] == str(second)
+    assert at.query_params["run"] == [str(second)] or at.query_params["run"] == str(second)
