@@ -7,6 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from sae_core.errors import UserError
 from sae_core.features.reader import FeatureStore
 from sae_core.features.schema import DB_FILE
 
@@ -30,3 +31,15 @@ def feature_store(run: Path) -> FeatureStore:
     db = run / DB_FILE
     mtime = db.stat().st_mtime if db.is_file() else 0.0
     return _store(str(db), mtime)
+
+
+def open_feature_store_or_stop() -> tuple[Path, FeatureStore]:
+    """The current run and its feature store; without a usable file, say how to build one and stop the page."""
+    run = current_run()
+    try:
+        return run, feature_store(run)
+    except UserError as exc:
+        st.error(f"{exc}")
+        st.info(f"Build it with `sae-explorer precompute {run}`, or open another run with `?run=PATH` in the URL.")
+        st.stop()
+        raise  # st.stop() does not return; this keeps type checkers content

@@ -11,18 +11,12 @@ from explorer.feature_view import (
     neighbour_table,
     summary_line,
 )
-from explorer.state import current_run, feature_store
+from explorer.state import open_feature_store_or_stop
 from sae_core.errors import UserError
 from sae_core.features.reader import SORTABLE
 
 st.title("Features")
-run = current_run()
-try:
-    store = feature_store(run)
-except UserError as exc:
-    st.error(f"{exc}")
-    st.info(f"Build it with `sae-explorer precompute {run}`, or open another run with `?run=PATH` in the URL.")
-    st.stop()
+run, store = open_feature_store_or_stop()
 
 saes = store.saes()
 names = list(saes.short_name)

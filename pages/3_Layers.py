@@ -3,17 +3,10 @@
 import streamlit as st
 
 from explorer.layers_view import METRICS, density_histograms, metric_by_layer, sparsity_fidelity
-from explorer.state import current_run, feature_store
-from sae_core.errors import UserError
+from explorer.state import open_feature_store_or_stop
 
 st.title("Layers")
-run = current_run()
-try:
-    store = feature_store(run)
-except UserError as exc:
-    st.error(f"{exc}")
-    st.info(f"Build it with `sae-explorer precompute {run}`, or open another run with `?run=PATH` in the URL.")
-    st.stop()
+run, store = open_feature_store_or_stop()
 
 summary = store.layer_summary()
 st.caption(f"run `{run}` · {len(summary)} SAEs · metrics on held-out text; L0 and dead fraction on "
