@@ -7,6 +7,6 @@ st.title("SAE Explorer")
 st.write(
     "Browse sparse autoencoders trained with `sae-explorer train`. "
     "Open **Runs** in the sidebar to see each run's SAEs and their held-out metrics, and **Features** to "
-    "search and browse the features of a precomputed run (`sae-explorer precompute RUN`), and **Layers** to "
-    "compare its SAEs across layers and sites."
+    "search and browse the features of a precomputed run (`sae-explorer precompute RUN`), **Prompt** to see "
+    "which features fire on your own text, and **Layers** to compare the SAEs across layers and sites."
 )

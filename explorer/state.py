@@ -10,6 +10,7 @@ import streamlit as st
 from sae_core.errors import UserError
 from sae_core.features.reader import FeatureStore
 from sae_core.features.schema import DB_FILE
+from sae_core.run_saes import RunSAEs, open_run_saes
 
 RUN_ENV = "SAE_EXPLORER_RUN"
 """`sae-explorer app RUN` passes the run folder to the app in this environment variable."""
@@ -43,3 +44,13 @@ def open_feature_store_or_stop() -> tuple[Path, FeatureStore]:
         st.info(f"Build it with `sae-explorer precompute {run}`, or open another run with `?run=PATH` in the URL.")
         st.stop()
         raise  # st.stop() does not return; this keeps type checkers content
+
+
+@st.cache_resource(show_spinner="loading the model and SAEs …")
+def _run_saes(run: str) -> RunSAEs:
+    return open_run_saes(run, log=lambda message: None)
+
+
+def run_saes(run: Path) -> RunSAEs:
+    """The run's model and SAEs, loaded once per run and kept (live pages share them)."""
+    return _run_saes(str(run))

@@ -195,6 +195,14 @@ class FeatureStore:
             })
         return out
 
+    def labels(self, sae: str | int, features: list[int]) -> dict[int, str]:
+        """Labels of some features of one SAE (missing ids are left out)."""
+        rows = self._rows(
+            "SELECT feature, label FROM features WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
+            [self.sae_id(sae), [int(f) for f in features]],
+        )
+        return {int(f): label for f, label in rows}
+
     def _logits(self, ids: Any, values: Any) -> pd.DataFrame:
         ids = [int(i) for i in ids]
         return pd.DataFrame({"token_id": ids, "token": [self.vocab[i] for i in ids], "value": list(values)})

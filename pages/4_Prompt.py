@@ -1,0 +1,81 @@
+"""Prompt: paste text (or a chat message) and see which features fire on each token, at several sites at once."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from explorer.feature_view import shade_tokens_html
+from explorer.prompt_view import heatmap_figure, token_feature_table, token_labels
+from explorer.state import current_run, feature_store, run_saes
+from sae_core.errors import UserError
+from sae_core.prompt_features import prompt_activations, strongest_features, tokenize_prompt
+
+st.title("Prompt")
+run = current_run()
+try:
+    opened = run_saes(run)
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
+try:
+    store = feature_store(run)
+except UserError:
+    store = None
+    st.caption(f"No feature file for `{run}`: features show without labels (`sae-explorer precompute {run}` adds them).")
+
+sites = {site.short: site for site in opened.saes}
+names = list(sites)
+with st.form("prompt"):
+    text = st.text_area("prompt", value="The Department of Agriculture reported record harvests this year.", height=110)
+    chat = st.checkbox("render as a user message in the model's chat template")
+    chosen = st.multiselect("sites", names, default=names[:3])
+    n_features = st.slider("features per site", 5, 50, 20)
+    st.form_submit_button("show activations")
+
+
+@st.cache_data(show_spinner="running the model …", max_entries=32)
+def activations(run_path: str, text: str, chat: bool, shorts: tuple[str, ...]):
+    model = run_saes(Path(run_path))
+    prompt = tokenize_prompt(model.loaded, text, chat=chat)
+    acts = prompt_activations(model.loaded, {sites[s]: model.saes[sites[s]] for s in shorts}, prompt)
+    return prompt.tokens, prompt.truncated_from, {site.short: a for site, a in acts.items()}
+
+
+if not chosen:
+    st.warning("Pick at least one site.")
+    st.stop()
+try:
+    tokens, truncated_from, acts = activations(str(run), text, chat, tuple(chosen))
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
+if truncated_from:
+    st.warning(f"The prompt has {truncated_from:,} tokens; only the first {len(tokens):,} are shown (the model's limit).")
+
+prompt_key = abs(hash((text, chat)))  # widgets below start afresh for a new prompt
+for tab, short in zip(st.tabs(chosen), chosen):
+    with tab:
+        site_acts = acts[short]
+        features = strongest_features(site_acts, n_features)
+        if not features:
+            st.info("No feature fires on this prompt at this site.")
+            continue
+        labels = store.labels(short, features) if store is not None else {}
+        st.plotly_chart(heatmap_figure(site_acts, tokens, features, labels, f"{short}: strongest features"), width="stretch")
+        left, right = st.columns(2)
+        with left:
+            names = {f"#{f} {labels.get(f, '')}".strip(): f for f in features}
+            feature = names[st.selectbox("shade the text by feature", list(names), key=f"feature-{short}-{prompt_key}")]
+            column = site_acts[:, feature]
+            st.markdown(shade_tokens_html(tokens, column.tolist(), float(column.max())), unsafe_allow_html=True)
+            st.markdown(f"[open feature #{feature}](Features?sae={short}&feature={feature})")
+        with right:
+            positions = token_labels(tokens)
+            position = positions.index(st.selectbox("features at token", positions, index=len(tokens) - 1,
+                                                    key=f"token-{short}-{prompt_key}"))
+            table = token_feature_table(site_acts, position, 10, labels, short)
+            if table.empty:
+                st.write("no feature fires on this token (position 0 and special tokens never count)")
+            else:
+                st.dataframe(table, hide_index=True, column_config={
+                    "feature": st.column_config.LinkColumn("feature", display_text=r"feature=(\d+)")})
