@@ -26,7 +26,7 @@ def test_charts_have_one_line_per_site(precomputed_run):
 
 def test_layers_page_renders_and_asks_for_metrics(monkeypatch, precomputed_run):
     monkeypatch.setenv(RUN_ENV, str(precomputed_run))
-    at = AppTest.from_file(str(ROOT / "pages" / "3_Layers.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "4_Layers.py"), default_timeout=60).run()
     assert not at.exception
     assert "sae-explorer eval" in at.warning[0].value
     assert len(at.dataframe[0].value) == 3
@@ -34,5 +34,5 @@ def test_layers_page_renders_and_asks_for_metrics(monkeypatch, precomputed_run):
 
 def test_layers_page_without_a_feature_file(monkeypatch, tmp_path):
     monkeypatch.setenv(RUN_ENV, str(tmp_path))
-    at = AppTest.from_file(str(ROOT / "pages" / "3_Layers.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "pages" / "4_Layers.py"), default_timeout=60).run()
     assert not at.exception and "does not exist" in at.error[0].value

@@ -48,7 +48,7 @@ def test_long_prompts_are_truncated_and_empty_ones_refused(opened):
 
 def _page(monkeypatch, run: Path) -> AppTest:
     monkeypatch.setenv(RUN_ENV, str(run))
-    return AppTest.from_file(str(ROOT / "pages" / "4_Prompt.py"), default_timeout=60)
+    return AppTest.from_file(str(ROOT / "pages" / "3_Prompt.py"), default_timeout=60)
 
 
 def test_prompt_page_heatmap_values_equal_a_direct_encode(monkeypatch, precomputed_run, opened):
