@@ -32,6 +32,7 @@ def show_feature(sae: str, feature: int) -> None:
     st.subheader(f"{page.sae['short_name']} · feature {feature}")
     st.markdown(f"**{escape_markdown(page.feature['label'])}**")
     st.caption(f"{page.sae['hook_name']} · {summary_line(page)}")
+    st.markdown(f"[see it on your own text →]({feature_link(page.sae['short_name'], feature, page='Prompt')})")
     if page.feature["dead"]:
         st.warning("This feature never fired on the precompute tokens: it has no examples.")
     left, right = st.columns([3, 2])

@@ -25,10 +25,13 @@ except UserError:
 
 sites = {site.short: site for site in opened.saes}
 names = list(sites)
+# ?sae=L14R&feature=123 (from a feature page): show that site, and that feature first
+focus_sae = st.query_params.get("sae") if st.query_params.get("sae") in sites else None
+focus_feature = int(st.query_params["feature"]) if focus_sae and st.query_params.get("feature", "").isdigit() else None
 with st.form("prompt"):
     text = st.text_area("prompt", value="The Department of Agriculture reported record harvests this year.", height=110)
     chat = st.checkbox("render as a user message in the model's chat template")
-    chosen = st.multiselect("sites", names, default=names[:3])
+    chosen = st.multiselect("sites", names, default=[focus_sae] if focus_sae else names[:3])
     n_features = st.slider("features per site", 5, 50, 20)
     st.form_submit_button("show activations")
 
@@ -57,6 +60,8 @@ for tab, short in zip(st.tabs(chosen), chosen):
     with tab:
         site_acts = acts[short]
         features = strongest_features(site_acts, n_features)
+        if short == focus_sae and focus_feature is not None and focus_feature < site_acts.shape[1]:
+            features = [focus_feature] + [f for f in features if f != focus_feature]
         if not features:
             st.info("No feature fires on this prompt at this site.")
             continue

@@ -80,3 +80,13 @@ def test_prompt_page_explains_bad_input(monkeypatch, precomputed_run):
 def test_prompt_page_without_a_run(monkeypatch, tmp_path):
     at = _page(monkeypatch, tmp_path / "nope").run()
     assert not at.exception and "does not exist" in at.error[0].value
+
+
+def test_a_feature_link_opens_its_site_and_shades_by_it(monkeypatch, precomputed_run):
+    at = _page(monkeypatch, precomputed_run)
+    at.query_params["sae"] = "L1A"
+    at.query_params["feature"] = "7"
+    at.run()
+    assert not at.exception
+    assert at.multiselect[0].value == ["L1A"]
+    assert at.selectbox[0].value.startswith("#7")
