@@ -36,6 +36,25 @@ class Target:
         return out - logits[self.position, self.minus_token] if self.minus_token is not None else out
 
 
+def token_id(tokenizer, text: str) -> int:
+    """The id of one token given as its text (leading space included, e.g. " Paris") or as `#123`."""
+    if text.startswith("#") and text[1:].isdigit():
+        return int(text[1:])
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        shown = " | ".join(tokenizer.batch_decode([[i] for i in ids])) or "nothing"
+        raise UserError(f"{text!r} is {len(ids)} tokens ({shown}); give exactly one token, or an id as #123")
+    return int(ids[0])
+
+
+def top_predictions(loaded: LoadedModel, prompt: PromptTokens, position: int, n: int = 5) -> list[tuple[int, float]]:
+    """The model's `n` most likely next tokens after `position`, with probabilities."""
+    with torch.no_grad():
+        logits = _run(loaded, prompt, {})[position]
+    probs = logits.softmax(-1).topk(n)
+    return [(int(i), float(p)) for i, p in zip(probs.indices, probs.values)]
+
+
 def _check(prompt: PromptTokens, target: Target, vocab: int) -> None:
     if not 0 <= target.position < len(prompt.ids):
         raise UserError(f"target position {target.position} is outside the prompt (0 … {len(prompt.ids) - 1})")
@@ -84,7 +103,7 @@ def attribute(
             rows.append((site.short, p, prompt.tokens[p], f, float(acts[p, f]), float(grads[p, f]), float(scores[p, f])))
     table = pd.DataFrame(rows, columns=["site", "position", "token", "feature", "activation", "gradient", "attribution"])
     table = table.reindex(table["attribution"].abs().sort_values(ascending=False).index).head(top).reset_index(drop=True)
-    return float(value), table
+    return float(value.detach()), table
 
 
 @torch.no_grad()

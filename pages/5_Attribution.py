@@ -1,0 +1,84 @@
+"""Attribution: which features at which tokens drive a prediction (activation × gradient), checked by ablation."""
+
+import streamlit as st
+
+from explorer.feature_view import feature_link, shade_tokens_html
+from explorer.prompt_view import token_labels
+from explorer.state import current_run, feature_store, run_saes
+from sae_core.attribution import Target, ablate, attribute, token_id, top_predictions
+from sae_core.errors import UserError
+from sae_core.prompt_features import tokenize_prompt
+from sae_core.sites import parse_site
+
+st.title("Attribution")
+run = current_run()
+try:
+    opened = run_saes(run)
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
+try:
+    store = feature_store(run)
+except UserError:
+    store = None
+names = [site.short for site in opened.saes]
+loaded = opened.loaded
+
+text = st.text_area("prompt", value="The capital of France is", height=90)
+chat = st.checkbox("render as a user message in the model's chat template")
+chosen = st.multiselect("sites", names, default=names[:3])
+try:
+    prompt = tokenize_prompt(loaded, text, chat=chat)
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
+if prompt.truncated_from:
+    st.warning(f"The prompt has {prompt.truncated_from:,} tokens; only the first {len(prompt.ids):,} are used.")
+if not chosen:
+    st.warning("Pick at least one site.")
+    st.stop()
+
+labels = token_labels(prompt.tokens)
+position = labels.index(st.selectbox("predict the token after", labels, index=len(labels) - 1))
+predictions = top_predictions(loaded, prompt, position)
+st.caption("model's top predictions: " + ", ".join(f"{loaded.tokenizer.decode([i])!r} {p:.1%}" for i, p in predictions))
+left, right = st.columns(2)
+target_text = left.text_input("target token (text with its leading space, or #id)", value=f"#{predictions[0][0]}")
+minus_text = right.text_input("minus the logit of (optional)", value="")
+rows = st.slider("rows", 10, 100, 25)
+try:
+    target = Target(position, token_id(loaded.tokenizer, target_text),
+                    token_id(loaded.tokenizer, minus_text) if minus_text.strip() else None)
+    saes = {parse_site(s): opened.saes[parse_site(s)] for s in chosen}
+    with st.spinner("computing gradients …"):
+        value, table = attribute(loaded, saes, prompt, target, top=rows)
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
+
+what = repr(loaded.tokenizer.decode([target.token])) + (
+    f" − {loaded.tokenizer.decode([target.minus_token])!r}" if target.minus_token is not None else "")
+st.metric(f"target: logit of {what} after token {position}", f"{value:.3f}")
+if table.empty:
+    st.info("No feature at these sites contributes to the target.")
+    st.stop()
+
+totals = [0.0] * len(prompt.tokens)
+for p, a in zip(table["position"], table["attribution"]):
+    totals[p] += abs(a)
+st.markdown("tokens shaded by the total |attribution| of their features:")
+st.markdown(shade_tokens_html(prompt.tokens, totals, max(totals), focus=position), unsafe_allow_html=True)
+if store is not None:
+    table["label"] = [store.labels(s, [f]).get(f, "") for s, f in zip(table["site"], table["feature"])]
+table["feature"] = [feature_link(s, f) for s, f in zip(table["site"], table["feature"])]
+st.dataframe(table, hide_index=True, column_config={"feature": st.column_config.LinkColumn("feature", display_text=r"feature=(\d+)")})
+
+n_ablate = st.number_input("ablate the top features", min_value=1, max_value=len(table), value=min(5, len(table)))
+if st.button("ablate"):
+    chosen_rows = table.head(int(n_ablate))
+    features = [(parse_site(s), int(p), int(link.rsplit("=", 1)[1]))
+                for s, p, link in zip(chosen_rows["site"], chosen_rows["position"], chosen_rows["feature"])]
+    before, after = ablate(loaded, saes, prompt, target, features)
+    predicted = float(chosen_rows["attribution"].sum())
+    st.metric("target after ablation", f"{after:.3f}", delta=f"{after - before:+.3f}")
+    st.caption(f"activation × gradient predicted a change of {-predicted:+.3f} (first-order estimate)")
