@@ -54,3 +54,19 @@ def _run_saes(run: str) -> RunSAEs:
 def run_saes(run: Path) -> RunSAEs:
     """The run's model and SAEs, loaded once per run and kept (live pages share them)."""
     return _run_saes(str(run))
+
+
+def open_live_run_or_stop() -> tuple[Path, RunSAEs, FeatureStore | None]:
+    """The current run, its model and SAEs (or a message and a stopped page), and its feature store if built."""
+    run = current_run()
+    try:
+        opened = run_saes(run)
+    except UserError as exc:
+        st.error(str(exc))
+        st.stop()
+        raise  # st.stop() does not return
+    try:
+        store = feature_store(run)
+    except UserError:
+        store = None
+    return run, opened, store

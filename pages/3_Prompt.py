@@ -6,21 +6,13 @@ import streamlit as st
 
 from explorer.feature_view import shade_tokens_html
 from explorer.prompt_view import heatmap_figure, token_feature_table, token_labels
-from explorer.state import current_run, feature_store, run_saes
+from explorer.state import open_live_run_or_stop, run_saes
 from sae_core.errors import UserError
 from sae_core.prompt_features import prompt_activations, strongest_features, tokenize_prompt
 
 st.title("Prompt")
-run = current_run()
-try:
-    opened = run_saes(run)
-except UserError as exc:
-    st.error(str(exc))
-    st.stop()
-try:
-    store = feature_store(run)
-except UserError:
-    store = None
+run, opened, store = open_live_run_or_stop()
+if store is None:
     st.caption(f"No feature file for `{run}`: features show without labels (`sae-explorer precompute {run}` adds them).")
 
 sites = {site.short: site for site in opened.saes}
