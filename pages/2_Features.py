@@ -32,7 +32,9 @@ def show_feature(sae: str, feature: int) -> None:
     st.subheader(f"{page.sae['short_name']} · feature {feature}")
     st.markdown(f"**{escape_markdown(page.feature['label'])}**")
     st.caption(f"{page.sae['hook_name']} · {summary_line(page)}")
-    st.markdown(f"[see it on your own text →]({feature_link(page.sae['short_name'], feature, page='Prompt')})")
+    short = page.sae["short_name"]
+    st.markdown(f"[see it on your own text →]({feature_link(short, feature, page='Prompt')}) · "
+                f"[steer with it →]({feature_link(short, feature, page='Steering')})")
     if page.feature["dead"]:
         st.warning("This feature never fired on the precompute tokens: it has no examples.")
     left, right = st.columns([3, 2])
