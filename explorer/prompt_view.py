@@ -24,7 +24,7 @@ def heatmap_figure(acts: Tensor, tokens: list[str], features: list[int], labels:
     fig = go.Figure(go.Heatmap(z=values, x=columns, y=token_labels(tokens), colorscale="Oranges", customdata=hover,
                                hovertemplate="%{customdata}<br>activation %{z:.3f}<extra></extra>"))
     fig.update_layout(title=title, height=max(300, 18 * len(tokens) + 120), margin=dict(l=10, r=10, t=40, b=10),
-                      yaxis=dict(autorange="reversed"), xaxis=dict(side="top"))
+                      yaxis=dict(autorange="reversed", type="category"), xaxis=dict(side="top", type="category"))
     return fig
 
 
