@@ -20,6 +20,7 @@ from .models import LoadedModel
 from .prompt_features import PromptTokens
 from .saes import SAE
 from .sites import Site
+from .tokens import decode_each
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def token_id(tokenizer, text: str) -> int:
         return int(text[1:])
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1:
-        shown = " | ".join(tokenizer.batch_decode([[i] for i in ids])) or "nothing"
+        shown = " | ".join(decode_each(tokenizer, ids)) or "nothing"
         raise UserError(f"{text!r} is {len(ids)} tokens ({shown}); give exactly one token, or an id as #123")
     return int(ids[0])
 

@@ -136,8 +136,8 @@ class CEAccumulator:
         }
 
 
-def _keep(x: Tensor, threshold: float | None) -> Tensor:
-    """`(..., )` bool: activations whose norm is within the outlier threshold."""
+def non_outliers(x: Tensor, threshold: float | None) -> Tensor:
+    """`(..., )` bool: activations whose norm is within the outlier threshold (all of them when there is none)."""
     if threshold is None:
         return torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
     return x.norm(dim=-1) <= threshold
@@ -147,7 +147,7 @@ def _splice_fn(real: Tensor, threshold: float | None, new: Callable[[Tensor], Te
     """A splice function: `new(x)` at real tokens `(B, T)` whose norm is within the threshold, `x` elsewhere."""
 
     def fn(x: Tensor) -> Tensor:
-        mask = (real.to(x.device) & _keep(x, threshold))[..., None]
+        mask = (real.to(x.device) & non_outliers(x, threshold))[..., None]
         return torch.where(mask, new(x), x)
 
     return fn
@@ -186,7 +186,7 @@ def evaluate_saes(
             acts = batch_activations(loaded, sites, batch)
             for s in sites:
                 x = acts[s][real.to(acts[s].device)]
-                keep = _keep(x, thresholds[s])
+                keep = non_outliers(x, thresholds[s])
                 x = x[keep]
                 latents = saes[s].encode(x)
                 recon[s].update(x, latents, saes[s].decode(latents), n_outliers=int((~keep).sum()))

@@ -16,7 +16,7 @@ from .hooks import run_to_sites
 from .models import LoadedModel
 from .saes import SAE
 from .sites import Site
-from .tokens import real_token_mask, render_chat, special_token_ids
+from .tokens import decode_each, real_token_mask, render_chat, special_token_ids
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -51,7 +51,7 @@ def tokenize_prompt(loaded: LoadedModel, text: str, *, chat: bool = False, max_t
     truncated_from = len(ids) if len(ids) > limit else None
     ids_t = torch.tensor(ids[:limit], dtype=torch.long)
     real = real_token_mask(ids_t[None], special_token_ids(tokenizer))[0]
-    return PromptTokens(ids_t, tokenizer.batch_decode([[i] for i in ids_t.tolist()]), real, truncated_from)
+    return PromptTokens(ids_t, decode_each(tokenizer, ids_t.tolist()), real, truncated_from)
 
 
 @torch.no_grad()

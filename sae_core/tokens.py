@@ -51,6 +51,11 @@ def document_ids(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[int]
     return _encode([doc], tokenizer)[0]
 
 
+def decode_each(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
+    """Each token id decoded on its own, as the text that token shows (e.g. " the")."""
+    return tokenizer.batch_decode([[int(i)] for i in ids])
+
+
 def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Ids never counted as real text: `all_special_ids` plus every added token marked special."""
     ids = set(tokenizer.all_special_ids)

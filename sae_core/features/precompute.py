@@ -30,7 +30,7 @@ from ..models import LoadedModel
 from ..run_saes import open_run_saes
 from ..saes import SAE
 from ..sites import Site
-from ..tokens import check_context_size, token_batches
+from ..tokens import check_context_size, decode_each, token_batches
 from .feature_stats import Examples, FeatureStats, feature_stats, select_examples
 from .labels import make_label, top_tokens
 from .logit_effects import LogitEffects, logit_effects
@@ -273,7 +273,7 @@ def _vocab(loaded: LoadedModel) -> list[str]:
     """Display string of every id the unembedding has (ids past the tokenizer show as `<id>`)."""
     n = loaded.layout.unembed.weight.shape[0]
     known = min(n, len(loaded.tokenizer))
-    texts = loaded.tokenizer.batch_decode([[i] for i in range(known)])
+    texts = decode_each(loaded.tokenizer, range(known))
     return texts + [f"<{i}>" for i in range(known, n)]
 
 

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ..evals import non_outliers, outlier_threshold
 from ..harvest import batch_activations
 from ..io import atomic_path, write_json
 from ..models import LoadedModel
@@ -53,11 +54,6 @@ def encode_sparse(sae: SAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     acts = sae.encode(x)
     rows, latents = acts.nonzero(as_tuple=True)
     return rows, latents, acts[rows, latents]
-
-
-def _outlier_threshold(sae: SAE) -> float | None:
-    value = sae.cfg.metadata.get("outlier_norm_threshold")
-    return float(value) if value is not None else None
 
 
 class RecordWriter:
@@ -108,10 +104,7 @@ class RecordWriter:
         base = (self.contexts + self._contexts) * T
         for site in self.sites:
             x = acts[site].reshape(B * T, -1).float()
-            counted = batch.real.reshape(-1).to(x.device)
-            threshold = _outlier_threshold(saes[site])
-            if threshold is not None:
-                counted = counted & (x.norm(dim=-1) <= threshold)
+            counted = batch.real.reshape(-1).to(x.device) & non_outliers(x, outlier_threshold(saes[site]))
             idx = counted.nonzero().squeeze(1)
             rows, latents, values = encode_sparse(saes[site], x[idx])
             tokens = base + idx[rows]
