@@ -105,3 +105,16 @@ def precomputed_run(tmp_path_factory, published_saes, tiny_loaded, tiny_model_di
                       model=str(tiny_model_dir), corpus=str(tiny_corpus), context_size=32, log=lambda m: None)
     precompute_run(run.path, PRECOMPUTE_OPTIONS, loaded=tiny_loaded, log=lambda m: None)
     return run.path
+
+
+def app_page(monkeypatch, page: str, run: Path, timeout: float = 60, **params: str):
+    """An AppTest of `pages/<page>` showing run `run` (as `sae-explorer app RUN` would), with URL query `params`; not yet run."""
+    from streamlit.testing.v1 import AppTest
+
+    from explorer.state import RUN_ENV
+
+    monkeypatch.setenv(RUN_ENV, str(run))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / page), default_timeout=timeout)
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at

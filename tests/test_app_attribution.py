@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import app_page
 from streamlit.testing.v1 import AppTest
 
-from explorer.state import RUN_ENV
-
-ROOT = Path(__file__).resolve().parents[1]
 TEXT = "the river city music science history ocean language learning light"
 
 
 def _page(monkeypatch, run: Path) -> AppTest:
-    monkeypatch.setenv(RUN_ENV, str(run))
-    at = AppTest.from_file(str(ROOT / "pages" / "5_Attribution.py"), default_timeout=60).run()
+    at = app_page(monkeypatch, "5_Attribution.py", run).run()
     at.text_area[0].set_value(TEXT).run()
     return at
 

@@ -5,21 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import app_page
 from streamlit.testing.v1 import AppTest
 
 from explorer.feature_view import escape_markdown, example_groups, feature_link, shade_tokens_html
-from explorer.state import RUN_ENV
 from sae_core.features.reader import FeatureStore
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _page(monkeypatch, run: Path, **params) -> AppTest:
-    monkeypatch.setenv(RUN_ENV, str(run))
-    at = AppTest.from_file(str(ROOT / "pages" / "2_Features.py"), default_timeout=60)
-    for key, value in params.items():
-        at.query_params[key] = value
-    return at.run()
+    return app_page(monkeypatch, "2_Features.py", run, **params).run()
 
 
 @pytest.fixture(scope="module")

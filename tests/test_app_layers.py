@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from streamlit.testing.v1 import AppTest
+from conftest import app_page
 
 from explorer.layers_view import metric_by_layer, sparsity_fidelity
-from explorer.state import RUN_ENV
 from sae_core.features.reader import FeatureStore
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_charts_have_one_line_per_site(precomputed_run):
@@ -25,14 +20,12 @@ def test_charts_have_one_line_per_site(precomputed_run):
 
 
 def test_layers_page_renders_and_asks_for_metrics(monkeypatch, precomputed_run):
-    monkeypatch.setenv(RUN_ENV, str(precomputed_run))
-    at = AppTest.from_file(str(ROOT / "pages" / "4_Layers.py"), default_timeout=60).run()
+    at = app_page(monkeypatch, "4_Layers.py", precomputed_run).run()
     assert not at.exception
     assert "sae-explorer eval" in at.warning[0].value
     assert len(at.dataframe[0].value) == 3
 
 
 def test_layers_page_without_a_feature_file(monkeypatch, tmp_path):
-    monkeypatch.setenv(RUN_ENV, str(tmp_path))
-    at = AppTest.from_file(str(ROOT / "pages" / "4_Layers.py"), default_timeout=60).run()
+    at = app_page(monkeypatch, "4_Layers.py", tmp_path).run()
     assert not at.exception and "does not exist" in at.error[0].value

@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import app_page
 from streamlit.testing.v1 import AppTest
 
-from explorer.state import RUN_ENV
 from sae_core.errors import UserError
 from sae_core.hooks import run_to_sites
 from sae_core.prompt_features import prompt_activations, strongest_features, tokenize_prompt
 from sae_core.run_saes import open_run_saes
 
-ROOT = Path(__file__).resolve().parents[1]
 TEXT = "the river city music science history ocean language learning light"
 
 
@@ -47,8 +46,7 @@ def test_long_prompts_are_truncated_and_empty_ones_refused(opened):
 
 
 def _page(monkeypatch, run: Path) -> AppTest:
-    monkeypatch.setenv(RUN_ENV, str(run))
-    return AppTest.from_file(str(ROOT / "pages" / "3_Prompt.py"), default_timeout=60)
+    return app_page(monkeypatch, "3_Prompt.py", run)
 
 
 def test_prompt_page_heatmap_values_equal_a_direct_encode(monkeypatch, precomputed_run, opened):

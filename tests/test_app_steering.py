@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import app_page
 from streamlit.testing.v1 import AppTest
-
-from explorer.state import RUN_ENV
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _page(monkeypatch, run: Path, **params) -> AppTest:
-    monkeypatch.setenv(RUN_ENV, str(run))
-    at = AppTest.from_file(str(ROOT / "pages" / "6_Steering.py"), default_timeout=120)
-    for key, value in params.items():
-        at.query_params[key] = value
-    return at.run()
+    return app_page(monkeypatch, "6_Steering.py", run, timeout=120, **params).run()
 
 
 def test_steering_changes_the_answer(monkeypatch, precomputed_run):

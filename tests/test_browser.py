@@ -6,16 +6,14 @@ skipped without them on a user's machine, never in CI (CI=true). Screenshots go 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from explorer.serve import running_app, wait_until_rendered
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "tests" / "output" / "screenshots"
@@ -24,46 +22,23 @@ PAGES = ["Runs", "Features", "Prompt", "Layers", "Attribution", "Steering"]
 
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None or __import__("importlib").util.find_spec("playwright") is None:
+    if path is None or importlib.util.find_spec("playwright") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI needs chromium (apt-get install -y chromium) and playwright (pip install playwright)")
         pytest.skip("headless browser test needs Debian's chromium and the playwright package")
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(precomputed_run):
     chromium = _chromium()
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sae_core.cli", "app", str(precomputed_run), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"the app did not start: {proc.stdout.read().decode()[-2000:]}")
-    yield url, chromium
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app(precomputed_run) as url:
+        yield url, chromium
 
 
 def _open(page, url: str, name: str) -> None:
     page.goto(url)
-    page.wait_for_selector("h1", timeout=90_000)  # every page starts with its title
-    page.wait_for_timeout(1500)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=90_000)
-    page.wait_for_timeout(500)
+    wait_until_rendered(page)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
     assert page.locator("[data-testid='stException']").count() == 0, f"Streamlit exception on {name}"

@@ -1,0 +1,59 @@
+"""Run the real app in a subprocess (for the browser test and the README screenshots) and wait for pages to render.
+
+No Streamlit or Playwright import here: `running_app` starts `sae-explorer app`, `wait_until_rendered`
+takes a Playwright page.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_app(run: str | Path, timeout_s: float = 60.0) -> Iterator[str]:
+    """`sae-explorer app RUN` on a free port; yields its URL once it answers, stops it afterwards."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sae_core.cli", "app", str(run), "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    proc.kill()
+                    output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                    raise RuntimeError(f"the app did not start: {output[-2000:]}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def wait_until_rendered(page: Any, timeout_ms: int = 120_000) -> None:
+    """Wait until a Streamlit page has drawn its title and finished running its script."""
+    page.wait_for_selector("h1", timeout=timeout_ms)  # every page starts with its title
+    page.wait_for_timeout(1500)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+    page.wait_for_timeout(500)
