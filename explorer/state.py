@@ -11,8 +11,9 @@ from sae_core.errors import UserError
 from sae_core.features.reader import FeatureStore
 from sae_core.features.schema import DB_FILE
 from sae_core.run_saes import RunSAEs, open_run_saes
+from sae_core.runs import APP_RUN_ENV
 
-RUN_ENV = "SAE_EXPLORER_RUN"
+RUN_ENV = APP_RUN_ENV
 """`sae-explorer app RUN` passes the run folder to the app in this environment variable."""
 
 

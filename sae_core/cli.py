@@ -106,7 +106,7 @@ def _app(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .features.schema import DB_FILE
-    from .runs import RunDir
+    from .runs import APP_RUN_ENV, RunDir
 
     run = RunDir(args.run)
     run.require()
@@ -119,7 +119,7 @@ def _app(args: argparse.Namespace) -> int:
                         "run it from a source checkout installed with `pip install -e .`")
     url = f"http://{args.host}:{args.port}"
     print(f"SAE Explorer on {url} (run {run.path}); Ctrl-C stops it", file=sys.stderr, flush=True)
-    env = {**os.environ, "SAE_EXPLORER_RUN": str(run.path.resolve())}
+    env = {**os.environ, APP_RUN_ENV: str(run.path.resolve())}
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", args.host,
                "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     return subprocess.call(command, env=env, cwd=script.parent)
@@ -145,12 +145,13 @@ def _info(args: argparse.Namespace) -> int:
     from .report import metrics_table
     from .runs import RunDir
 
-    info = RunDir(args.run).require()
+    run = RunDir(args.run)
+    info = run.require()
     print(f"run {args.run}: {info.get('status')}, model {info.get('model')}, corpus {info.get('corpus')}")
     print(f"  sites: {', '.join(info.get('sites', []))}")
     metrics = read_metrics(args.run)
     print(metrics_table(metrics) if metrics else "  no metrics yet; run `sae-explorer eval` on it")
-    db = RunDir(args.run).path / DB_FILE
+    db = run.path / DB_FILE
     if db.is_file():
         with FeatureStore(db) as store:
             n = int(store.saes().d_sae.sum())
