@@ -59,6 +59,7 @@ bench: install
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/precompute_throughput.py
 	$(PY) benchmarks/feature_db_queries.py
+	$(PY) benchmarks/prompt_page_latency.py --random-saes 16
 
 clean-demo:
 	rm -rf $(DEMO_RUN)

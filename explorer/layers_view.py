@@ -1,4 +1,5 @@
-"""The Layers page's charts: the paper's comparison of SAEs across layers and sites, from `layer_summary()`.
+"""The Layers page's charts: the paper's comparison of SAEs across layers and sites, from `layer_summary()`,
+and one prompt's active features side by side across layers.
 
 No Streamlit here; the page renders these figures and tests call them directly.
 """
@@ -8,6 +9,13 @@ from __future__ import annotations
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+import torch
+from torch import Tensor
+
+from sae_core.features.labels import display_token
+
+from .feature_view import feature_link
+from .prompt_view import token_heatmap
 
 SITE_NAMES = {"resid_post": "residual stream", "mlp_out": "MLP output", "attn_out": "attention output"}
 METRICS = {
@@ -59,3 +67,29 @@ def density_histograms(summary: pd.DataFrame) -> go.Figure:
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), title="feature density (log10, alive features)",
                       xaxis_title="log10 density", yaxis_title="features")
     return fig
+
+
+def strongest_per_token(acts: dict[str, Tensor], tokens: list[str], labels: dict[str, dict[int, str]]) -> go.Figure:
+    """Tokens (rows) × SAEs (columns, in layer order): each cell names the SAE's strongest feature at that token,
+    coloured by its activation relative to the SAE's peak on the prompt; the label and value show on hover."""
+    values, features = zip(*(a.max(dim=1) for a in acts.values()))
+    z = torch.stack([v / v.max().clamp_min(1e-9) for v in values], dim=1).numpy()
+    names = list(acts)
+    text = [[f"#{int(features[j][i])}" if values[j][i] > 0 else "" for j in range(len(names))] for i in range(len(tokens))]
+    hover = [[f"{text[i][j]} {labels.get(name, {}).get(int(features[j][i]), '')} · {float(values[j][i]):.3f}"
+              if text[i][j] else "no feature fires" for j, name in enumerate(names)] for i in range(len(tokens))]
+    return token_heatmap(z, names, tokens, "strongest feature at each token (colour: share of the SAE's peak)",
+                         colorscale="Oranges", zmin=0, zmax=1, text=text, texttemplate="%{text}", customdata=hover,
+                         hovertemplate="%{y} · %{x}<br>%{customdata}<extra></extra>")
+
+
+def prompt_features_table(acts: Tensor, tokens: list[str], features: list[int], labels: dict[int, str], sae: str) -> pd.DataFrame:
+    """Some of one SAE's features on a prompt: link, peak activation, the token where it peaks, tokens active, label."""
+    peak_at = acts[:, features].argmax(dim=0).tolist() if features else []
+    return pd.DataFrame({
+        "feature": [feature_link(sae, f) for f in features],
+        "peak": [round(float(acts[p, f]), 3) for f, p in zip(features, peak_at)],
+        "at": [display_token(tokens[p]) for p in peak_at],
+        "tokens": [int((acts[:, f] > 0).sum()) for f in features],
+        "label": [labels.get(f, "") for f in features],
+    })

@@ -16,16 +16,20 @@ def token_labels(tokens: list[str]) -> list[str]:
     return [f"{i}: {display_token(t)}" for i, t in enumerate(tokens)]
 
 
-def heatmap_figure(acts: Tensor, tokens: list[str], features: list[int], labels: dict[int, str], title: str) -> go.Figure:
-    """Tokens (rows) × the given features (columns), coloured by activation; hover shows token, feature, label, value."""
-    values = acts[:, features].numpy()
-    columns = [f"#{f}" for f in features]
-    hover = [[f"{display_token(t)} · #{f} {labels.get(f, '')}" for f in features] for t in tokens]
-    fig = go.Figure(go.Heatmap(z=values, x=columns, y=token_labels(tokens), colorscale="Oranges", customdata=hover,
-                               hovertemplate="%{customdata}<br>activation %{z:.3f}<extra></extra>"))
-    fig.update_layout(title=title, height=max(300, 18 * len(tokens) + 120), margin=dict(l=10, r=10, t=40, b=10),
+def token_heatmap(z, columns: list[str], tokens: list[str], title: str, **trace: object) -> go.Figure:
+    """A tokens (rows, in order) × `columns` heatmap with the column names on top, under the title."""
+    fig = go.Figure(go.Heatmap(z=z, x=columns, y=token_labels(tokens), **trace))
+    fig.update_layout(title=dict(text=title, y=0.995, yanchor="top", yref="container"),
+                      height=max(300, 18 * len(tokens) + 150), margin=dict(l=10, r=10, t=100, b=10),
                       yaxis=dict(autorange="reversed", type="category"), xaxis=dict(side="top", type="category"))
     return fig
+
+
+def heatmap_figure(acts: Tensor, tokens: list[str], features: list[int], labels: dict[int, str], title: str) -> go.Figure:
+    """Tokens (rows) × the given features (columns), coloured by activation; hover shows token, feature, label, value."""
+    hover = [[f"{display_token(t)} · #{f} {labels.get(f, '')}" for f in features] for t in tokens]
+    return token_heatmap(acts[:, features].numpy(), [f"#{f}" for f in features], tokens, title, colorscale="Oranges",
+                         customdata=hover, hovertemplate="%{customdata}<br>activation %{z:.3f}<extra></extra>")
 
 
 def token_feature_table(acts: Tensor, position: int, n: int, labels: dict[int, str], sae: str) -> pd.DataFrame:

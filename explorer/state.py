@@ -10,11 +10,18 @@ import streamlit as st
 from sae_core.errors import UserError
 from sae_core.features.reader import FeatureStore
 from sae_core.features.schema import DB_FILE
+from sae_core.prompt_features import prompt_activations, tokenize_prompt
 from sae_core.run_saes import RunSAEs, open_run_saes
 from sae_core.runs import APP_RUN_ENV
 
 RUN_ENV = APP_RUN_ENV
 """`sae-explorer app RUN` passes the run folder to the app in this environment variable."""
+
+
+def page_header(title: str) -> None:
+    """Every page's start: the wide layout (heatmaps and side-by-side tables need the room) and its title."""
+    st.set_page_config(page_title=f"{title} · SAE Explorer", layout="wide")
+    st.title(title)
 
 
 def current_run() -> Path:
@@ -71,3 +78,14 @@ def open_live_run_or_stop() -> tuple[Path, RunSAEs, FeatureStore | None]:
     except UserError:
         store = None
     return run, opened, store
+
+
+@st.cache_data(show_spinner="running the model …", max_entries=32)
+def live_activations(run: str, text: str, chat: bool, shorts: tuple[str, ...]):
+    """`(tokens, truncated_from, {short: (T, d_sae) activations})` of the run's SAEs `shorts` on a prompt, cached
+    per prompt; raises `UserError` for an empty prompt."""
+    opened = _run_saes(run)
+    sites = {site.short: site for site in opened.saes}
+    prompt = tokenize_prompt(opened.loaded, text, chat=chat)
+    acts = prompt_activations(opened.loaded, {sites[s]: opened.saes[sites[s]] for s in shorts}, prompt)
+    return prompt.tokens, prompt.truncated_from, {site.short: a for site, a in acts.items()}

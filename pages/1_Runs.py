@@ -4,10 +4,10 @@ import plotly.express as px
 import streamlit as st
 
 from explorer.runs import list_runs, metrics_frame, run_summary
-from explorer.state import current_run
+from explorer.state import current_run, page_header
 from sae_core.errors import UserError
 
-st.title("Runs")
+page_header("Runs")
 started_on = current_run()
 root = st.sidebar.text_input("runs folder", value=st.query_params.get("root", str(started_on.parent)))
 runs = list_runs(root)

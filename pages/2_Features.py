@@ -11,11 +11,11 @@ from explorer.feature_view import (
     neighbour_table,
     summary_line,
 )
-from explorer.state import open_feature_store_or_stop
+from explorer.state import open_feature_store_or_stop, page_header
 from sae_core.errors import UserError
 from sae_core.features.reader import SORTABLE
 
-st.title("Features")
+page_header("Features")
 run, store = open_feature_store_or_stop()
 
 saes = store.saes()

@@ -1,16 +1,14 @@
 """Prompt: paste text (or a chat message) and see which features fire on each token, at several sites at once."""
 
-from pathlib import Path
-
 import streamlit as st
 
 from explorer.feature_view import shade_tokens_html
 from explorer.prompt_view import heatmap_figure, token_feature_table, token_labels
-from explorer.state import open_live_run_or_stop, run_saes
+from explorer.state import live_activations, open_live_run_or_stop, page_header
 from sae_core.errors import UserError
-from sae_core.prompt_features import prompt_activations, strongest_features, tokenize_prompt
+from sae_core.prompt_features import strongest_features
 
-st.title("Prompt")
+page_header("Prompt")
 run, opened, store = open_live_run_or_stop()
 if store is None:
     st.caption(f"No feature file for `{run}`: features show without labels (`sae-explorer precompute {run}` adds them).")
@@ -28,19 +26,11 @@ with st.form("prompt"):
     st.form_submit_button("show activations")
 
 
-@st.cache_data(show_spinner="running the model …", max_entries=32)
-def activations(run_path: str, text: str, chat: bool, shorts: tuple[str, ...]):
-    model = run_saes(Path(run_path))
-    prompt = tokenize_prompt(model.loaded, text, chat=chat)
-    acts = prompt_activations(model.loaded, {sites[s]: model.saes[sites[s]] for s in shorts}, prompt)
-    return prompt.tokens, prompt.truncated_from, {site.short: a for site, a in acts.items()}
-
-
 if not chosen:
     st.warning("Pick at least one site.")
     st.stop()
 try:
-    tokens, truncated_from, acts = activations(str(run), text, chat, tuple(chosen))
+    tokens, truncated_from, acts = live_activations(str(run), text, chat, tuple(chosen))
 except UserError as exc:
     st.error(str(exc))
     st.stop()

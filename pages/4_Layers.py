@@ -2,10 +2,20 @@
 
 import streamlit as st
 
-from explorer.layers_view import METRICS, density_histograms, metric_by_layer, sparsity_fidelity
-from explorer.state import open_feature_store_or_stop
+from explorer.layers_view import (
+    METRICS,
+    density_histograms,
+    metric_by_layer,
+    prompt_features_table,
+    sparsity_fidelity,
+    strongest_per_token,
+    with_site_names,
+)
+from explorer.state import live_activations, open_feature_store_or_stop, page_header, run_saes
+from sae_core.errors import UserError
+from sae_core.prompt_features import strongest_features
 
-st.title("Layers")
+page_header("Layers")
 run, store = open_feature_store_or_stop()
 
 summary = store.layer_summary()
@@ -24,3 +34,49 @@ if scatter is not None:
     left.plotly_chart(scatter, width="stretch")
 right.plotly_chart(density_histograms(summary), width="stretch")
 st.dataframe(summary.drop(columns=["log10_density_edges", "log10_density_counts"]), hide_index=True)
+
+st.header("A prompt across layers")
+st.caption("The features a prompt activates at each chosen SAE, side by side: the strongest feature at every token, "
+           "then each SAE's strongest features on the whole prompt.")
+ordered = with_site_names(summary)
+names = ordered["short_name"].tolist()
+residual = ordered.loc[ordered["site"] == "resid_post", "short_name"].tolist()
+with st.form("layers-prompt"):
+    text = st.text_area("prompt", value="The Department of Agriculture reported record harvests this year.", height=90)
+    chat = st.checkbox("render as a user message in the model's chat template")
+    chosen = st.multiselect("SAEs", names, default=residual or names)
+    n_features = st.slider("features per SAE", 3, 30, 10)
+    if st.form_submit_button("compare across layers"):
+        st.session_state["layers-submitted"] = (text, chat, tuple(chosen))
+if "layers-submitted" not in st.session_state:
+    st.stop()
+text, chat, chosen = st.session_state["layers-submitted"]
+if not chosen:
+    st.warning("Pick at least one SAE.")
+    st.stop()
+try:
+    opened = run_saes(run)
+    missing = set(chosen) - {site.short for site in opened.saes}
+    if missing:
+        raise UserError(f"the run's SAE folders have no SAE for {', '.join(sorted(missing))}; "
+                        f"the feature file and the run disagree: precompute again with `sae-explorer precompute {run}`")
+    tokens, truncated_from, acts = live_activations(str(run), text, chat, chosen)
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
+if truncated_from:
+    st.warning(f"The prompt has {truncated_from:,} tokens; only the first {len(tokens):,} are shown (the model's limit).")
+labels = {short: store.labels(short, acts[short].max(dim=1).indices.unique().tolist()) for short in chosen}
+st.plotly_chart(strongest_per_token(acts, tokens, labels), width="stretch")
+per_row = 3
+for i in range(0, len(chosen), per_row):
+    for column, short in zip(st.columns(per_row), chosen[i : i + per_row]):
+        with column:
+            st.subheader(short)
+            features = strongest_features(acts[short], n_features)
+            if not features:
+                st.info("No feature fires on this prompt here.")
+            else:
+                table = prompt_features_table(acts[short], tokens, features, store.labels(short, features), short)
+                st.dataframe(table, hide_index=True, column_config={
+                    "feature": st.column_config.LinkColumn("feature", display_text=r"feature=(\d+)")})

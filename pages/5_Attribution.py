@@ -4,13 +4,13 @@ import streamlit as st
 
 from explorer.feature_view import feature_link, shade_tokens_html
 from explorer.prompt_view import token_labels
-from explorer.state import open_live_run_or_stop
+from explorer.state import open_live_run_or_stop, page_header
 from sae_core.attribution import Target, ablate, attribute, token_id, top_predictions
 from sae_core.errors import UserError
 from sae_core.prompt_features import tokenize_prompt
 from sae_core.sites import parse_site
 
-st.title("Attribution")
+page_header("Attribution")
 run, opened, store = open_live_run_or_stop()
 names = [site.short for site in opened.saes]
 loaded = opened.loaded

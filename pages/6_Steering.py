@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-from explorer.state import open_live_run_or_stop
+from explorer.state import open_live_run_or_stop, page_header
 from sae_core.errors import UserError
 from sae_core.sites import parse_site
 from sae_core.steering import FeatureEdit, generate
 
-st.title("Steering")
+page_header("Steering")
 run, opened, store = open_live_run_or_stop()
 names = [site.short for site in opened.saes]
 focus_sae = st.query_params.get("sae") if st.query_params.get("sae") in names else names[0]

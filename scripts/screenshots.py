@@ -27,6 +27,12 @@ def main(run: str, out: str, feature: int = 5) -> None:
             wait_until_rendered(page, timeout_ms=180_000)
             page.screenshot(path=f"{out}/{name}.png")
             print(f"{out}/{name}.png")
+            if name == "layers":  # the same page again, with its prompt compared across layers
+                page.get_by_role("button", name="compare across layers").click()
+                wait_until_rendered(page, timeout_ms=180_000)
+                page.locator("[data-testid=stPlotlyChart]").last.evaluate("e => e.scrollIntoView({block: 'start'})")
+                page.screenshot(path=f"{out}/layers-prompt.png")
+                print(f"{out}/layers-prompt.png")
         browser.close()
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,3 +121,9 @@ def app_page(monkeypatch, page: str, run: Path, timeout: float = 60, **params: s
     for key, value in params.items():
         at.query_params[key] = value
     return at
+
+
+def heatmap_values(chart) -> np.ndarray:
+    """The z matrix of the first trace of an AppTest plotly chart (plotly sends it as a typed array)."""
+    z = json.loads(chart.proto.spec)["data"][0]["z"]
+    return np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape([int(n) for n in z["shape"].split(",")])

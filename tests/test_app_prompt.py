@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import app_page
+from conftest import app_page, heatmap_values
 from streamlit.testing.v1 import AppTest
 
 from sae_core.errors import UserError
@@ -56,8 +53,7 @@ def test_prompt_page_heatmap_values_equal_a_direct_encode(monkeypatch, precomput
     assert not at.exception
     charts = at.get("plotly_chart")
     assert len(charts) == 3  # one heatmap per default site
-    z = json.loads(charts[0].proto.spec)["data"][0]["z"]  # plotly's typed-array encoding
-    z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape([int(n) for n in z["shape"].split(",")])
+    z = heatmap_values(charts[0])
     first = next(iter(opened.saes))
     prompt = tokenize_prompt(opened.loaded, TEXT)
     acts = prompt_activations(opened.loaded, {first: opened.saes[first]}, prompt)[first]
