@@ -12,13 +12,24 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from explorer.serve import running_app, wait_until_rendered
+from sae_core.features.reader import FeatureStore
+from sae_core.features.schema import DB_FILE
 
 PAGES = {"runs": "Runs", "features": "Features", "feature": "Features?sae=L14R&feature={feature}", "prompt": "Prompt",
          "layers": "Layers", "attribution": "Attribution", "steering": "Steering?sae=L14R&feature={feature}"}
 
 
-def main(run: str, out: str, feature: int = 5) -> None:
+def showcase_feature(run: str, sae: str = "L14R") -> int:
+    """A feature worth a screenshot: the strongest one of `sae` that fires on 0.2–2% of tokens."""
+    with FeatureStore(Path(run) / DB_FILE) as store:
+        found = store.list_features(saes=[store.sae_id(sae)], min_density=0.002, max_density=0.02, sort_by="max_act",
+                                    limit=1)
+    return int(found["feature"].iloc[0]) if len(found) else 0
+
+
+def main(run: str, out: str) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
+    feature = showcase_feature(run)
     with running_app(run) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -27,6 +38,13 @@ def main(run: str, out: str, feature: int = 5) -> None:
             wait_until_rendered(page, timeout_ms=180_000)
             page.screenshot(path=f"{out}/{name}.png")
             print(f"{out}/{name}.png")
+            if name == "steering":  # with the answers
+                page.get_by_role("button", name="generate").click()
+                wait_until_rendered(page, timeout_ms=180_000)
+                page.locator("h1").first.evaluate("e => e.scrollIntoView({block: 'start'})")
+                page.mouse.wheel(0, 400)
+                page.wait_for_timeout(500)
+                page.screenshot(path=f"{out}/{name}.png")
             if name == "layers":  # the same page again, with its prompt compared across layers
                 page.get_by_role("button", name="compare across layers").click()
                 wait_until_rendered(page, timeout_ms=180_000)
