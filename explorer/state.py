@@ -11,6 +11,7 @@ from sae_core.errors import UserError
 from sae_core.features.reader import FeatureStore
 from sae_core.features.schema import DB_FILE
 from sae_core.prompt_features import prompt_activations, tokenize_prompt
+from sae_core.refusal.results import FEATURES_FILE, refusal_dir, refusal_marks
 from sae_core.run_saes import RunSAEs, open_run_saes
 from sae_core.runs import APP_RUN_ENV
 
@@ -89,3 +90,14 @@ def live_activations(run: str, text: str, chat: bool, shorts: tuple[str, ...]):
     prompt = tokenize_prompt(opened.loaded, text, chat=chat)
     acts = prompt_activations(opened.loaded, {sites[s]: opened.saes[sites[s]] for s in shorts}, prompt)
     return prompt.tokens, prompt.truncated_from, {site.short: a for site, a in acts.items()}
+
+
+@st.cache_data(show_spinner=False)
+def _marks(run: str, mtime: float) -> dict[tuple[str, int], str]:
+    return refusal_marks(run)
+
+
+def refusal_notes(run: Path) -> dict[tuple[str, int], str]:
+    """(SAE, feature) → its refusal-study note, re-read when the study's features.json changes."""
+    path = refusal_dir(run) / FEATURES_FILE
+    return _marks(str(run), path.stat().st_mtime if path.is_file() else 0.0)

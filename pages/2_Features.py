@@ -11,7 +11,7 @@ from explorer.feature_view import (
     neighbour_table,
     summary_line,
 )
-from explorer.state import open_feature_store_or_stop, page_header
+from explorer.state import open_feature_store_or_stop, page_header, refusal_notes
 from sae_core.errors import UserError
 from sae_core.features.reader import SORTABLE
 
@@ -20,6 +20,7 @@ run, store = open_feature_store_or_stop()
 
 saes = store.saes()
 names = list(saes.short_name)
+marks = refusal_notes(run)
 link_column = st.column_config.LinkColumn("feature", display_text=r"feature=(\d+)")
 
 
@@ -35,6 +36,8 @@ def show_feature(sae: str, feature: int) -> None:
     short = page.sae["short_name"]
     st.markdown(f"[see it on your own text →]({feature_link(short, feature, page='Prompt')}) · "
                 f"[steer with it →]({feature_link(short, feature, page='Steering')})")
+    if (short, feature) in marks:
+        st.info(f"{marks[(short, feature)]} — found by `sae-explorer refusal study` (see {run}/refusal/report.md)")
     if page.feature["dead"]:
         st.warning("This feature never fired on the precompute tokens: it has no examples.")
     left, right = st.columns([3, 2])
@@ -78,7 +81,14 @@ if "sae" in params and "feature" in params:
         st.error(f"feature must be a number, got {params['feature']!r}")
     st.stop()
 
-mode = st.radio("search", ["label text", "token", "feature id"], horizontal=True)
+modes = ["label text", "token", "feature id"] + (["refusal features"] if marks else [])
+mode = st.radio("search", modes, horizontal=True)
+if mode == "refusal features":
+    rows = [{"sae": sae, "feature": feature_link(sae, f), "note": note, "label": store.labels(sae, [f]).get(f, "")}
+            for (sae, f), note in marks.items() if not chosen or sae in chosen]
+    st.caption(f"{len(rows)} feature(s) marked by the run's refusal study")
+    st.dataframe(rows, hide_index=True, column_config={"feature": link_column})
+    st.stop()
 query = st.text_input("query", placeholder={"label text": "e.g. department", "token": "e.g.  the", "feature id": "e.g. L14R 123"}[mode])
 if st.button("random feature"):
     sae_id, feature = store.random_feature(chosen[0] if len(chosen) == 1 else None)
@@ -102,6 +112,8 @@ else:
 if found.empty:
     st.info("No features match.")
     st.stop()
+if marks:
+    found = found.assign(refusal=[marks.get((s, int(f)), "") for s, f in zip(found["sae"], found["feature"])])
 found = found.assign(feature=[feature_link(s, f) for s, f in zip(found["sae"], found["feature"])])
 st.dataframe(found.drop(columns=["sae_id"]), hide_index=True, column_config={"feature": link_column,
              "density": st.column_config.NumberColumn(format="%.5f")})

@@ -4,6 +4,7 @@ import streamlit as st
 
 from explorer.state import open_live_run_or_stop, page_header
 from sae_core.errors import UserError
+from sae_core.refusal.presets import refusal_presets
 from sae_core.sites import parse_site
 from sae_core.steering import FeatureEdit, generate
 
@@ -13,17 +14,41 @@ names = [site.short for site in opened.saes]
 focus_sae = st.query_params.get("sae") if st.query_params.get("sae") in names else names[0]
 focus_feature = int(st.query_params["feature"]) if st.query_params.get("feature", "").isdigit() else 0
 
+presets = refusal_presets(run, opened.saes)
+
+
+def apply_preset() -> None:
+    """Fill the feature rows from the chosen preset (a widget callback, so it runs before the widgets exist)."""
+    chosen_edits = presets.get(st.session_state["preset"], [])
+    if chosen_edits:
+        st.session_state["n_edits"] = len(chosen_edits)
+        for i, edit in enumerate(chosen_edits):
+            st.session_state.update({f"site-{i}": edit.site.short, f"feature-{i}": edit.feature, f"mode-{i}": edit.mode,
+                                     f"strength-{i}": round(edit.strength, 2)})
+
+
+# widget defaults, once per session: a feature link (?sae=&feature=) fills the first row
+st.session_state.setdefault("n_edits", 1)
+for i in range(3):
+    st.session_state.setdefault(f"site-{i}", focus_sae if i == 0 else names[0])
+    st.session_state.setdefault(f"feature-{i}", focus_feature if i == 0 else 0)
+    st.session_state.setdefault(f"mode-{i}", "add")
+    st.session_state.setdefault(f"strength-{i}", 8.0)
+
 message = st.text_area("message", value="Tell me about your favourite city.", height=90)
 chat = st.checkbox("as a user message in the model's chat template", value=True)
-n_edits = st.number_input("features to steer with", min_value=1, max_value=3, value=1)
+if presets:
+    st.selectbox("preset", ["none", *presets], key="preset", on_change=apply_preset,
+                 help="features found by `sae-explorer refusal study`, at the strength where they steered best")
+n_edits = st.number_input("features to steer with", min_value=1, max_value=3, key="n_edits")
 edits = []
 for i in range(int(n_edits)):
     a, b, c, d = st.columns([2, 2, 2, 2])
-    site = a.selectbox("site", names, index=names.index(focus_sae) if i == 0 else 0, key=f"site-{i}")
-    feature = b.number_input("feature", min_value=0, value=focus_feature if i == 0 else 0, key=f"feature-{i}")
+    site = a.selectbox("site", names, key=f"site-{i}")
+    feature = b.number_input("feature", min_value=0, key=f"feature-{i}")
     mode = c.selectbox("mode", ["add", "clamp"], key=f"mode-{i}",
                        help="add: strength × the feature's decoder direction at every position; clamp: set its activation")
-    strength = d.number_input("strength", value=8.0, step=1.0, key=f"strength-{i}")
+    strength = d.number_input("strength", step=1.0, key=f"strength-{i}")
     edits.append(FeatureEdit(parse_site(site), int(feature), float(strength), mode))
     if store is not None:
         st.caption(f"{site} #{int(feature)}: {store.labels(site, [int(feature)]).get(int(feature), '')}")

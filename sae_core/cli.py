@@ -163,6 +163,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (also used to render --help in docs)."""
+    from .refusal.cli import add_refusal_parser
     from .training.config import add_config_arguments
 
     parser = argparse.ArgumentParser(
@@ -238,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8501, help="port to serve on (default: 8501)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.set_defaults(func=_app)
+
+    add_refusal_parser(sub)
 
     p = sub.add_parser("sites", help="list the sites of a model", description="List the SAE sites of a model and their names.")
     p.add_argument("--model", help="HF id, local dir or .gguf (default: the embedded SmolLM2-135M-Instruct)")

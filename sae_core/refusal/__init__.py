@@ -1,0 +1,1 @@
+"""The refusal case study: contrast sets, refusal features, steering, measuring, report."""
