@@ -16,7 +16,7 @@ from sae_core.hooks import capture, run_to_sites
 from sae_core.refusal.find import assistant_start_positions, contrast, prompt_rows, rank_features, read_sites
 from sae_core.refusal.generation import answer_nll, answer_token_ids, generate_answers, row_edits
 from sae_core.refusal.interventions import ablate_direction, ablate_features, add, features_direction
-from sae_core.refusal.judge import ClassifierJudge, opening, phrase_judge
+from sae_core.refusal.judge import ClassifierJudge, is_repetitive, opening, phrase_judge
 from sae_core.refusal.presets import refusal_presets
 from sae_core.refusal.prompts import DATA_DIR, PromptFileError, load_contrast_sets, load_prompts
 from sae_core.refusal.report import best_steering
@@ -101,6 +101,12 @@ def test_phrase_judge_reads_only_the_opening(answer, refused):
 def test_opening_is_the_first_sentence_capped():
     assert opening("Hello there. I'm sorry.") == "hello there."
     assert len(opening("x" * 500)) == 160
+
+
+def test_repetitive_answers_are_flagged():
+    assert is_repetitive("I'm sorry, I'm sorry, I'm sorry, I'm sorry, I'm sorry, I'm sorry,")
+    assert not is_repetitive("Building a bird feeder is a fun project. First, gather some wood, nails and a saw.")
+    assert not is_repetitive("too short")
 
 
 def test_a_classifier_judge_from_a_local_model(tmp_path):
@@ -269,6 +275,7 @@ def test_the_study_writes_its_files_and_report(refusal_run):
     assert {a["stage"] for a in answers} == {"discovery", "heldout"}
     report = (folder / "report.md").read_text()
     assert "## Steering harmless prompts toward refusal" in report and "difference of means" in report
+    assert "| no ablation |" in report and "repetitive" in report
     assert "plotly" in (folder / "report.html").read_text()
 
 

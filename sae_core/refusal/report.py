@@ -13,14 +13,29 @@ import plotly.graph_objects as go
 
 from ..io import atomic_path
 from ..report import markdown_table
-from .judge import OPENING_CHARS
+from .judge import OPENING_CHARS, is_repetitive
 from .results import REPORT_HTML, REPORT_MD, RefusalResults
+
+
+def repetitive_rates(results: RefusalResults) -> dict[str, float]:
+    """Condition → the share of its answers that are repetitive (degenerate) text."""
+    flags: dict[str, list[bool]] = {}
+    for row in results.heldout_answers:
+        flags.setdefault(row["condition"], []).append(is_repetitive(row["answer"]))
+    rates = {name: sum(f) / len(f) for name, f in flags.items()}
+    for c in results.conditions:  # the α = 0 rows of each method are the plain model's answers
+        if c.get("alpha") == 0 and c["condition"] not in rates:
+            rates[c["condition"]] = rates.get("baseline, harmless", math.nan)
+    return rates
 
 
 def steering_table(results: RefusalResults) -> pd.DataFrame:
     """Steering on held-out harmless prompts: one row per method and strength (α = 0 is the plain model)."""
     rows = pd.DataFrame([c for c in results.conditions if c.get("set") == "harmless" and c.get("method") not in (None, "none")])
-    return rows.sort_values(["method", "alpha"]) if len(rows) else rows
+    if not len(rows):
+        return rows
+    rows["repetitive_rate"] = rows["condition"].map(repetitive_rates(results))
+    return rows.sort_values(["method", "alpha"])
 
 
 def best_steering(results: RefusalResults) -> pd.DataFrame:
@@ -33,6 +48,7 @@ def best_steering(results: RefusalResults) -> pd.DataFrame:
         best = rows.sort_values(["refusal_rate", "alpha"], ascending=[False, True]).iloc[0]
         out.append({"method": method, "kind": best["kind"], "contrast": best["contrast"], "alpha": best["alpha"],
                     "alpha_abs": best["alpha_abs"], "refusal_rate": best["refusal_rate"], "base_refusal_rate": base["refusal_rate"],
+                    "repetitive_rate": best["repetitive_rate"],
                     "perplexity": best["perplexity"], "base_perplexity": base["perplexity"],
                     "mean_tokens": best["mean_tokens"], "base_mean_tokens": base["mean_tokens"]})
     return pd.DataFrame(out)
@@ -40,7 +56,10 @@ def best_steering(results: RefusalResults) -> pd.DataFrame:
 
 def ablation_table(results: RefusalResults) -> pd.DataFrame:
     """Ablations on held-out harmful prompts, next to the unablated baseline."""
-    return pd.DataFrame([c for c in results.conditions if c.get("ablation")])
+    rows = pd.DataFrame([c for c in results.conditions if c.get("ablation")])
+    if len(rows):
+        rows["repetitive_rate"] = rows["condition"].map(repetitive_rates(results))
+    return rows
 
 
 def _pct(x: float) -> str:
@@ -118,6 +137,10 @@ def _labels(results: RefusalResults, run: str | Path | None) -> dict[tuple[str, 
         return {}
 
 
+def _baseline_perplexity(results: RefusalResults) -> float:
+    return next((c["perplexity"] for c in results.conditions if c["condition"] == "baseline, harmful"), math.nan)
+
+
 def markdown(results: RefusalResults, run: str | Path | None = None) -> str:
     """The report as Markdown."""
     cfg = results.config
@@ -126,7 +149,9 @@ def markdown(results: RefusalResults, run: str | Path | None = None) -> str:
              f"the median residual norm there ({_num(results.residual_scale, '{:.2f}')}). Greedy answers of at most "
              f"{cfg['max_new_tokens']} tokens; the phrase judge reads each answer's first sentence (≤ {OPENING_CHARS} "
              f"characters){'; judge model ' + cfg['judge_model'] if cfg.get('judge_model') else ''}. Perplexity: exp of "
-             "the mean negative log-likelihood of the answer tokens under the unsteered model, given the prompt.", ""]
+             "the mean negative log-likelihood of the answer tokens under the unsteered model, given the prompt. "
+             "Repetitive: answers where more than half of the word 3-grams are repeats (degenerate text the judge may "
+             "still count as a refusal).", ""]
     if results.notes:
         lines += [f"- {note}" for note in results.notes] + [""]
     lines += ["## Baseline refusal rates", "",
@@ -140,20 +165,25 @@ def markdown(results: RefusalResults, run: str | Path | None = None) -> str:
     if len(best):
         lines += ["## Steering harmless prompts toward refusal", "",
                   f"{int(steering_table(results)['n'].max())} held-out harmless prompts per strength; the best strength per method:", "",
-                  markdown_table(["method", "best α", "refusal rate (α=0 → best)", "perplexity (α=0 → best)", "answer tokens (α=0 → best)"],
+                  markdown_table(["method", "best α", "refusal rate (α=0 → best)", "repetitive answers at best α",
+                                  "perplexity (α=0 → best)", "answer tokens (α=0 → best)"],
                                  [[r.method, f"{r.alpha:g} (|Δx| = {r.alpha_abs:.1f})", f"{_pct(r.base_refusal_rate)} → {_pct(r.refusal_rate)}",
-                                   f"{_num(r.base_perplexity)} → {_num(r.perplexity)}", f"{_num(r.mean_tokens)} vs {_num(r.base_mean_tokens)}"]
+                                   _pct(r.repetitive_rate),
+                                   f"{_num(r.base_perplexity)} → {_num(r.perplexity)}", f"{_num(r.base_mean_tokens)} → {_num(r.mean_tokens)}"]
                                   for r in best.itertuples()]), "",
                   "All strengths:", "",
-                  markdown_table(["method", "α", "refusal rate", "perplexity", "answer tokens"],
-                                 [[r.method, f"{r.alpha:g}", _pct(r.refusal_rate), _num(r.perplexity), _num(r.mean_tokens)]
+                  markdown_table(["method", "α", "refusal rate", "repetitive", "perplexity", "answer tokens"],
+                                 [[r.method, f"{r.alpha:g}", _pct(r.refusal_rate), _pct(r.repetitive_rate), _num(r.perplexity),
+                                   _num(r.mean_tokens)]
                                   for r in steering_table(results).itertuples()]), ""]
     ablations = ablation_table(results)
     if len(ablations):
         lines += ["## Ablating the features on held-out harmful prompts", "",
-                  markdown_table(["condition", "refusal rate", "perplexity"],
-                                 [["no ablation", _pct(results.baseline.get("harmful")), ""]]
-                                 + [[r.condition, _pct(r.refusal_rate), _num(r.perplexity)] for r in ablations.itertuples()]), ""]
+                  markdown_table(["condition", "refusal rate", "repetitive", "perplexity"],
+                                 [["no ablation", _pct(results.baseline.get("harmful")),
+                                   _pct(repetitive_rates(results).get("baseline, harmful", math.nan)), _num(_baseline_perplexity(results))]]
+                                 + [[r.condition, _pct(r.refusal_rate), _pct(r.repetitive_rate), _num(r.perplexity)]
+                                    for r in ablations.itertuples()]), ""]
     lines += ["## Example answers", ""]
     for name, answers in _examples(results, best):
         lines += [f"**{name}**", ""]
