@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 from conftest import HARMFUL, alternate_refusals, write_prompt_files
-from safetensors.torch import load_file
 
 from sae_core.cli import main
 from sae_core.hooks import capture, run_to_sites
@@ -173,7 +172,7 @@ def test_contrast_direction_is_the_difference_of_mean_residuals(opened):
     a = read_sites(loaded, saes, prompt_rows(loaded, HARMFUL[:4]))
     b = read_sites(loaded, saes, prompt_rows(loaded, HARMFUL[4:8]))
     site = next(iter(saes))
-    found = contrast(saes, a, b, top=5)[site]
+    found = contrast(saes, a, b, top=5)[site.short]
     torch.testing.assert_close(found.direction, a[site].resid.mean(0) - b[site].resid.mean(0))
     assert (found.n_a, found.n_b) == (4, 4) and len(found.features) == 5
 
@@ -264,7 +263,7 @@ def test_the_study_writes_its_files_and_report(refusal_run):
     folder = refusal_dir(refusal_run)
     for name in ("features.json", "directions.safetensors", "answers.jsonl", "report.md", "report.html"):
         assert (folder / name).is_file(), name
-    results = RefusalResults.load(folder, load_file(str(folder / "directions.safetensors")))
+    results = RefusalResults.load(folder)
     assert set(results.contrasts) == {"prompt", "answer"} and results.steer_site == "L0R"
     conditions = {c["condition"] for c in results.conditions}
     assert {"baseline, harmful", "baseline, harmless"} <= conditions

@@ -62,15 +62,14 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from safetensors.torch import load_file
 
     from .report import write_report
-    from .results import DIRECTIONS_FILE, FEATURES_FILE, RefusalResults, refusal_dir
+    from .results import FEATURES_FILE, RefusalResults, refusal_dir
 
     folder = refusal_dir(args.run)
     if not (folder / FEATURES_FILE).is_file():
         raise UserError(f"no refusal study in {folder}; run `sae-explorer refusal study {args.run}` first")
-    results = RefusalResults.load(folder, directions=load_file(str(folder / DIRECTIONS_FILE)))
+    results = RefusalResults.load(folder)
     md, html = write_report(folder, results, args.run)
     print(f"report: {md} and {html}", file=sys.stderr)
     return 0

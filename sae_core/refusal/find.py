@@ -27,7 +27,7 @@ from ..models import LoadedModel
 from ..saes import SAE
 from ..sites import Site
 from ..tokens import special_token_ids
-from .generation import answer_token_ids, chat_text
+from .generation import answer_token_ids, chat_text, pad_id
 
 ANSWER_TOKENS = 16
 """Answer tokens read per answer in the answer contrast."""
@@ -92,7 +92,7 @@ def read_sites(
     """Run the texts (right-padded, so positions are exact for any model) to the sites and average each
     text's SAE activations and residuals over its read positions."""
     device = next(loaded.model.parameters()).device
-    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.tokenizer.eos_token_id
+    pad = pad_id(loaded.tokenizer)
     feats: dict[Site, list[Tensor]] = {s: [] for s in saes}
     resid: dict[Site, list[Tensor]] = {s: [] for s in saes}
     norms: dict[Site, list[Tensor]] = {s: [] for s in saes}
@@ -153,12 +153,13 @@ class Contrast:
     resid_norm: float
 
 
-def contrast(saes: dict[Site, SAE], a: dict[Site, SiteReading], b: dict[Site, SiteReading], top: int) -> dict[Site, Contrast]:
-    """Rank each site's features and take its difference-of-means direction, set a against set b."""
+def contrast(saes: dict[Site, SAE], a: dict[Site, SiteReading], b: dict[Site, SiteReading], top: int) -> dict[str, Contrast]:
+    """Rank each site's features and take its difference-of-means direction, set a against set b; keyed by the
+    SAE's short name (as the study's files are)."""
     out = {}
     for site, sae in saes.items():
         direction = a[site].resid.mean(0) - b[site].resid.mean(0)
         ranked = rank_features(a[site].features, b[site].features, direction, sae.W_dec.detach().cpu(), top)
-        out[site] = Contrast(ranked, direction, len(a[site].features), len(b[site].features),
+        out[site.short] = Contrast(ranked, direction, len(a[site].features), len(b[site].features),
                              (a[site].resid_norm + b[site].resid_norm) / 2)
     return out

@@ -61,7 +61,8 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
+    """The tokenizer's padding id, or its end-of-sequence id when it has none."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
@@ -92,7 +93,7 @@ def generate_answers(
         for chunk in _batches(order, batch_size):
             batch = tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with row_edits(loaded, site, [edits[i] for i in chunk]) if site is not None else contextlib.nullcontext():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(tokenizer))
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id(tokenizer))
             decoded = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             answers.update(zip(chunk, decoded))
             bar.update(len(chunk))
@@ -116,7 +117,7 @@ def answer_nll(loaded: LoadedModel, messages: Sequence[str], answers: Sequence[s
 
     Rows are left-padded (with explicit position ids) so every answer ends at the last position, and the
     LM head runs only on the last positions that hold answer tokens."""
-    model, pad = loaded.model, _pad_id(loaded.tokenizer)
+    model, pad = loaded.model, pad_id(loaded.tokenizer)
     device = next(model.parameters()).device
     all_rows = [answer_token_ids(loaded, m, a) for m, a in zip(messages, answers)]
     order = sorted(range(len(all_rows)), key=lambda i: len(all_rows[i][0]))

@@ -10,7 +10,7 @@ import torch
 from ..saes import SAE
 from ..sites import Site
 from ..steering import FeatureEdit
-from .results import FEATURES_FILE, read_features_file, refusal_dir
+from .results import FEATURES_FILE, best_conditions, read_features_file, refusal_dir
 
 DEFAULT_ALPHA = 0.2
 """Strength (× median residual norm) of a preset when the study has not measured its methods yet."""
@@ -28,7 +28,7 @@ def refusal_presets(run: str | Path, saes: dict[Site, SAE], k: int = 3) -> dict[
     if site is None:
         return {}
     sae, scale = saes[site], data.get("residual_scale") or data["contrasts"]["prompt"][site.short]["resid_norm"]
-    best = _best_alphas(data.get("conditions", []))
+    best = {method: c["alpha"] for method, c in best_conditions(data.get("conditions", []), include_zero=False).items()}
     presets = {}
     for contrast, by_site in data["contrasts"].items():
         rows = by_site[site.short]["features"][:k]
@@ -44,15 +44,3 @@ def refusal_presets(run: str | Path, saes: dict[Site, SAE], k: int = 3) -> dict[
         presets[f"refusal, {contrast}: top-{len(rows)} features"] = [
             FeatureEdit(site, f, alpha * float(w) / norm) for f, w in zip(features, weights)]
     return presets
-
-
-def _best_alphas(conditions: list[dict]) -> dict[str, float]:
-    """Method → the smallest α with its highest refusal rate on harmless prompts (α > 0 only)."""
-    best: dict[str, tuple[float, float]] = {}
-    for c in conditions:
-        if c.get("set") != "harmless" or not c.get("alpha"):
-            continue
-        key = (-c["refusal_rate"], c["alpha"])
-        if c["method"] not in best or key < best[c["method"]]:
-            best[c["method"]] = key
-    return {method: alpha for method, (_, alpha) in best.items()}

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from ..io import atomic_path
 from ..report import markdown_table
 from .judge import OPENING_CHARS, is_repetitive
-from .results import REPORT_HTML, REPORT_MD, RefusalResults
+from .results import REPORT_HTML, REPORT_MD, RefusalResults, best_conditions
 
 
 def repetitive_rates(results: RefusalResults) -> dict[str, float]:
@@ -42,10 +42,10 @@ def best_steering(results: RefusalResults) -> pd.DataFrame:
     """Per method, the strength with the highest refusal rate on harmless prompts (the smallest such α), with
     its perplexity and answer length next to the unsteered ones."""
     table = steering_table(results)
+    winners = best_conditions(table.to_dict("records"))
     out = []
     for method, rows in table.groupby("method", sort=False):
-        base = rows[rows["alpha"] == 0].iloc[0]
-        best = rows.sort_values(["refusal_rate", "alpha"], ascending=[False, True]).iloc[0]
+        base, best = rows[rows["alpha"] == 0].iloc[0], winners[method]
         out.append({"method": method, "kind": best["kind"], "contrast": best["contrast"], "alpha": best["alpha"],
                     "alpha_abs": best["alpha_abs"], "refusal_rate": best["refusal_rate"], "base_refusal_rate": base["refusal_rate"],
                     "repetitive_rate": best["repetitive_rate"],

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from torch import Tensor
+from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..io import atomic_path, read_json, write_json
@@ -62,9 +62,10 @@ class RefusalResults:
         }
 
     @classmethod
-    def load(cls, folder: Path, directions: dict[str, Tensor]) -> RefusalResults:
-        """The results saved in `folder`, with the directions read from its safetensors file."""
+    def load(cls, folder: Path) -> RefusalResults:
+        """The results saved in `folder`: features.json, the directions' safetensors file and answers.jsonl."""
         data = read_features_file(folder)
+        directions = load_file(str(Path(folder) / DIRECTIONS_FILE))
         contrasts = {
             name: {site: Contrast(pd.DataFrame(c["features"]), directions[f"{name}.{site}"], c["n_a"], c["n_b"], c["resid_norm"])
                    for site, c in by_site.items()}
@@ -76,6 +77,21 @@ class RefusalResults:
                    discovery_answers=[a for a in answers if a.get("stage") == "discovery"],
                    heldout_answers=[a for a in answers if a.get("stage") == "heldout"],
                    baseline=data.get("baseline", {}), residual_scale=data.get("residual_scale"))
+
+
+def best_conditions(conditions: list[dict[str, Any]], *, include_zero: bool = True) -> dict[str, dict[str, Any]]:
+    """Method → its steering condition on harmless prompts with the highest refusal rate (the smallest α among
+    ties); α = 0, the unsteered answers, competes only when `include_zero`."""
+    best: dict[str, dict[str, Any]] = {}
+    for c in conditions:
+        if c.get("set") != "harmless" or c.get("method") in (None, "none") or c.get("alpha") is None:
+            continue
+        if not include_zero and c["alpha"] == 0:
+            continue
+        held = best.get(c["method"])
+        if held is None or (-c["refusal_rate"], c["alpha"]) < (-held["refusal_rate"], held["alpha"]):
+            best[c["method"]] = c
+    return best
 
 
 def read_features_file(folder: Path) -> dict[str, Any]:
@@ -96,6 +112,14 @@ def read_features_file(folder: Path) -> dict[str, Any]:
 def write_results(folder: Path, results: RefusalResults) -> None:
     """features.json (atomically)."""
     write_json(Path(folder) / FEATURES_FILE, results.to_json())
+
+
+def write_directions(folder: Path, results: RefusalResults) -> None:
+    """directions.safetensors: each contrast's difference-of-means direction per SAE, "prompt.L14R" etc. (atomically)."""
+    tensors = {f"{name}.{site}": c.direction.contiguous() for name, by_site in results.contrasts.items()
+               for site, c in by_site.items()}
+    with atomic_path(Path(folder) / DIRECTIONS_FILE) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def write_answers(folder: Path, results: RefusalResults) -> None:

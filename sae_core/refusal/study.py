@@ -16,10 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
-
 from ..errors import UserError
-from ..io import atomic_path
 from ..run_saes import RunSAEs, open_run_saes
 from ..sites import Site
 from .find import answer_rows, contrast, prompt_rows, read_sites
@@ -27,7 +24,14 @@ from .generation import RowEdit, answer_nll, generate_answers
 from .interventions import ablate_direction, ablate_features, add, features_direction, unit
 from .judge import ClassifierJudge, judge_all
 from .prompts import Prompt, load_contrast_sets
-from .results import DIRECTIONS_FILE, FEATURES_FILE, RefusalResults, refusal_dir, write_answers, write_results
+from .results import (
+    FEATURES_FILE,
+    RefusalResults,
+    refusal_dir,
+    write_answers,
+    write_directions,
+    write_results,
+)
 
 MIN_REFUSALS = 3
 """The answer contrast needs at least this many refusing answers on the discovery prompts."""
@@ -86,10 +90,6 @@ def _steer_site(sites: list[Site], name: str | None, n_layers: int) -> Site:
     return min(sites, key=lambda s: (abs(s.layer - (n_layers - 1) / 2), s.layer))
 
 
-def _by_name(by_site: dict[Site, Any]) -> dict[str, Any]:
-    return {site.short: value for site, value in by_site.items()}
-
-
 def find_features(opened: RunSAEs, cfg: StudyConfig, judge: ClassifierJudge | None, log: Callable[[str], None] = _log) -> RefusalResults:
     """Rank features on the discovery half (prompt contrast; answer contrast when the model refuses often
     enough), generating and judging the model's own answers to the discovery harmful prompts."""
@@ -100,7 +100,7 @@ def find_features(opened: RunSAEs, cfg: StudyConfig, judge: ClassifierJudge | No
     log(f"prompt contrast: {len(harmful)} harmful vs {len(harmless)} harmless discovery prompts at {', '.join(s.short for s in sites)}")
     read_harmful = read_sites(loaded, saes, prompt_rows(loaded, [p.text for p in harmful], cfg.positions), batch_size=cfg.batch_size)
     read_harmless = read_sites(loaded, saes, prompt_rows(loaded, [p.text for p in harmless], cfg.positions), batch_size=cfg.batch_size)
-    contrasts = {"prompt": _by_name(contrast(saes, read_harmful, read_harmless, cfg.top))}
+    contrasts = {"prompt": contrast(saes, read_harmful, read_harmless, cfg.top)}
 
     answers = generate_answers(loaded, [p.text for p in harmful], max_new_tokens=cfg.max_new_tokens,
                                batch_size=cfg.batch_size, desc="answers to discovery harmful prompts")
@@ -115,7 +115,7 @@ def find_features(opened: RunSAEs, cfg: StudyConfig, judge: ClassifierJudge | No
                                   batch_size=cfg.batch_size)
         read_complied = read_sites(loaded, saes, answer_rows(loaded, [texts[i] for i in complied], [answers[i] for i in complied]),
                                    batch_size=cfg.batch_size)
-        contrasts["answer"] = _by_name(contrast(saes, read_refused, read_complied, cfg.top))
+        contrasts["answer"] = contrast(saes, read_refused, read_complied, cfg.top)
     else:
         notes.append(f"answer contrast skipped: the model refused {len(refused)} of {len(harmful)} discovery harmful "
                      f"prompts (needs at least {MIN_REFUSALS} refusals and {MIN_REFUSALS} compliances)")
@@ -247,7 +247,7 @@ def run_find(run: str | Path, cfg: StudyConfig, *, opened: RunSAEs | None = None
     results = find_features(opened, cfg, _judge(cfg, next(opened.loaded.model.parameters()).device))
     out = refusal_dir(run)
     write_results(out, results)
-    _save_directions(out / DIRECTIONS_FILE, results)
+    write_directions(out, results)
     write_answers(out, results)
     return results
 
@@ -260,7 +260,7 @@ def run_steer(run: str | Path, cfg: StudyConfig, *, opened: RunSAEs | None = Non
     if not (out / FEATURES_FILE).is_file():
         raise UserError(f"no refusal features in {out}; run `sae-explorer refusal find {run}` first")
     opened = opened or open_run_saes(run, device=device)
-    results = RefusalResults.load(out, directions=load_file(str(out / DIRECTIONS_FILE)))
+    results = RefusalResults.load(out)
     if cfg.steer_site and cfg.steer_site != results.steer_site:
         results.steer_site = _steer_site([s for s in opened.saes if s.short in results.sites], cfg.steer_site,
                                          opened.loaded.layout.n_layers).short
@@ -284,10 +284,3 @@ def run_study_opened(run: str | Path, cfg: StudyConfig, opened: RunSAEs) -> Refu
     results = run_steer(run, cfg, opened=opened)
     _log(f"refusal study done in {(time.perf_counter() - start) / 60:.1f} min")
     return results
-
-
-def _save_directions(path: Path, results: RefusalResults) -> None:
-    tensors = {f"{name}.{site}": c.direction.contiguous() for name, by_site in results.contrasts.items()
-               for site, c in by_site.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
