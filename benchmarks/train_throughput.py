@@ -22,6 +22,7 @@ from common import plain_forward, random_batch, timed, tiny_or_embedded
 from sae_core.harvest import batch_activations
 from sae_core.saes import SAEConfig, SAETrainingOptions, create_training_sae
 from sae_core.sites import Site, parse_sites
+from sae_core.training.site_trainer import make_adam
 
 
 def main() -> None:
@@ -54,7 +55,7 @@ def main() -> None:
     def make_sae(site: Site, seed: int):
         cfg = SAEConfig("topk", d_in, args.expansion * d_in, k=args.k, hook_name=site.hook_name)
         sae = create_training_sae(cfg, SAETrainingOptions(), torch.Generator().manual_seed(seed))
-        return sae, torch.optim.Adam(sae.parameters(), lr=1e-4)
+        return sae, make_adam(sae.parameters(), 1e-4, (0.9, 0.999))
 
     def sae_step(sae, opt, x):
         out = sae.training_forward(x, dead_mask=None, step_frac=0.5)

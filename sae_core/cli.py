@@ -1,4 +1,4 @@
-"""The `sae-explorer` command: train and evaluate SAEs, list a model's sites, show a run."""
+"""The `sae-explorer` command: train and evaluate SAEs, cache activations, list a model's sites, show a run."""
 
 from __future__ import annotations
 
@@ -125,6 +125,30 @@ def _app(args: argparse.Namespace) -> int:
     return subprocess.call(command, env=env, cwd=script.parent)
 
 
+def _cache(args: argparse.Namespace) -> int:
+    import torch
+
+    from .activation_cache import write_cache
+    from .corpus import describe_source, iter_documents
+    from .devices import resolve_device
+    from .models import load_model
+    from .sites import parse_sites
+    from .tokens import check_context_size, token_batches
+    from .training.config import parse_count
+
+    tokens = parse_count(args.tokens)
+    loaded = load_model(args.model, device=resolve_device(args.device))
+    sites = parse_sites(args.sites, loaded.layout.n_layers)
+    check_context_size(args.context_size, loaded.layout.max_positions, loaded.name)
+    docs = iter_documents(args.corpus, args.split, eval_fraction=args.eval_fraction, text_field=args.text_field)
+    batches = token_batches(docs, loaded.tokenizer, args.context_size, args.lm_batch_size)
+    description = {"corpus": describe_source(args.corpus), "split": args.split, "context_size": args.context_size}
+    folder = write_cache(loaded, sites, batches, tokens, args.out, description=description,
+                         shard_tokens=parse_count(args.shard_tokens), dtype=getattr(torch, args.dtype))
+    print(f"wrote {folder}; train on it with: sae-explorer train --activation-cache {folder} --sites {args.sites} …")
+    return 0
+
+
 def _sites(args: argparse.Namespace) -> int:
     from .models import load_model
     from .sites import Site
@@ -239,6 +263,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8501, help="port to serve on (default: 8501)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.set_defaults(func=_app)
+
+    p = sub.add_parser(
+        "cache",
+        help="harvest activations once into a folder that `train --activation-cache` reads",
+        description="Run the model over the corpus once and store the real-token activations of every site "
+        "(safetensors shards plus cache.json). Training on the cache skips the model's forward passes, which "
+        "is most of the cost when you train many SAEs on the same text (sweeps of k, width, learning rate).",
+        epilog="example:\n  sae-explorer cache --sites L15R,L15M --tokens 2M --out runs/cache-l15\n"
+        "  sae-explorer train --activation-cache runs/cache-l15 --sites L15R --k 64 --out runs/l15r-k64",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--sites", required=True, help="sites to store, e.g. L15R,L15M (as for train)")
+    p.add_argument("--tokens", required=True, help="real tokens to store per site, e.g. 2M (float32: 4 x d_model bytes each)")
+    p.add_argument("--out", required=True, help="the cache folder to create")
+    p.add_argument("--model", help="HF id, local dir or .gguf (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--corpus", help="text source, as for train (default: the embedded corpus)")
+    p.add_argument("--text-field", help="column/key holding the text in .jsonl/.parquet/HF sources")
+    p.add_argument("--split", default="train", choices=["train", "eval", "all"], help="which split of the corpus (default: train)")
+    p.add_argument("--eval-fraction", type=float, default=0.05, help="fraction of documents held out as eval (default: 0.05)")
+    p.add_argument("--context-size", type=int, default=128, help="tokens per packed context (default: 128)")
+    p.add_argument("--lm-batch-size", type=int, default=8, help="contexts per forward pass (default: 8)")
+    p.add_argument("--shard-tokens", default="64k", help="tokens per shard; training shuffles within one (default: 64k)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="stored precision; training reads it back as float32 (default: float32)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.set_defaults(func=_cache)
 
     add_refusal_parser(sub)
 

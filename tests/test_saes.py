@@ -19,7 +19,9 @@ from sae_core.saes import (
 from sae_core.saes.batchtopk import batch_topk
 from sae_core.saes.init import geometric_median
 from sae_core.saes.jumprelu import JumpReLUFunction, StepFunction
-from sae_core.saes.topk import FusedTopKEncoder, auxk_loss, per_token, sparse_decode
+from sae_core.saes.reference import reference_losses
+from sae_core.saes.sparse_ops import per_token, scatter_rows, sparse_decode
+from sae_core.saes.topk import FusedTopKEncoder, auxk_loss, fit_encoder_scale
 
 D_IN, D_SAE, K = 16, 64, 4
 
@@ -110,7 +112,7 @@ def test_init_is_unit_norm_tied_and_deterministic(arch: str) -> None:
     b = create_training_sae(make_cfg(arch), SAETrainingOptions(), torch.Generator().manual_seed(3))
     c = create_training_sae(make_cfg(arch), SAETrainingOptions(), torch.Generator().manual_seed(4))
     torch.testing.assert_close(a.W_dec.norm(dim=1), torch.ones(D_SAE))
-    assert torch.equal(a.W_enc, a.W_dec.T) and a.W_enc.is_contiguous() and a.W_enc.data_ptr() != a.W_dec.data_ptr()
+    assert torch.equal(a.W_enc, a.W_dec.T) and a.W_enc_T.is_contiguous() and a.W_enc.data_ptr() != a.W_dec.data_ptr()
     assert torch.equal(a.b_enc, torch.zeros(D_SAE))
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.W_dec, c.W_dec)
@@ -149,6 +151,22 @@ def test_init_from_data_sets_b_dec(how: str) -> None:
         assert (x.mean(0) - 5.0).abs().min() > 20
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_init_fits_the_encoder_scale_by_least_squares(arch: str) -> None:
+    sae = create_training_sae(make_cfg(arch), SAETrainingOptions(), torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, D_IN, generator=g) + torch.randn(D_IN, generator=g)
+    sae.init_from_data(x)
+    scale = float(sae.W_enc_T.detach().norm(dim=1).mean())
+    assert 0 < scale < 1  # the tied unit-norm init overshoots on correlated latents
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.T * scale)  # still tied in direction
+    assert fit_encoder_scale(sae, x) == pytest.approx(1.0, abs=1e-5)  # already the least-squares optimum
+    pre = ((x - sae.b_dec) @ sae.W_enc).relu()
+    recon = dense_topk(pre, K) @ sae.W_dec
+    errors = [float(((x - sae.b_dec) - f * recon).pow(2).sum()) for f in (0.95, 1.0, 1.05)]
+    assert errors[1] < min(errors[0], errors[2])
+
+
 def test_geometric_median_minimises_summed_distance() -> None:
     x = torch.randn(300, 5, generator=torch.Generator().manual_seed(0)) ** 3
     m = geometric_median(x)
@@ -176,7 +194,7 @@ def test_fused_topk_encoder_matches_dense_reference(dtype: torch.dtype) -> None:
         return [t.clone().requires_grad_(True) for t in (x0, W0, b0, bd0)]
 
     x, W, b, bd = leaves()
-    values, indices, pre = FusedTopKEncoder.apply(x - bd, W, b, k)
+    values, indices, _, _ = FusedTopKEncoder.apply(x, W, b, bd, k, None, 0, 7)  # blocks of 7 rows: a ragged last block
     fused = torch.zeros(n, d_sae, dtype=dtype).scatter(1, indices, values)
     (fused * weight).sum().backward()
 
@@ -188,7 +206,6 @@ def test_fused_topk_encoder_matches_dense_reference(dtype: torch.dtype) -> None:
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
     assert (reference == 0).sum(1).max() > d_sae - k  # the zero case is exercised
     torch.testing.assert_close(fused, reference.detach(), **tol)
-    torch.testing.assert_close(pre, pre_ref.detach().relu(), **tol)
     positive = values > 0
     ref_idx = pre_ref.detach().relu().topk(k, dim=-1).indices
     assert all(
@@ -207,22 +224,11 @@ def test_sparse_decode_equals_dense_decode() -> None:
     torch.testing.assert_close(sparse_decode(per_token(values, indices), W_dec), dense @ W_dec)
 
 
-def test_topk_training_gradients_match_dense_reference() -> None:
+def test_topk_training_reports_l0_and_fired_latents() -> None:
     sae = randomised_training_sae("topk")
     x = torch.randn(40, D_IN, generator=torch.Generator().manual_seed(9)) * 2
     out = sae.training_forward(x, dead_mask=None, step_frac=0.5)
-    out.losses["fvu"].backward()
-    grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
-
-    params = {n: p.detach().clone().requires_grad_(True) for n, p in sae.named_parameters()}
-    acts = dense_topk((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"], K)
-    x_hat = acts @ params["W_dec"] + params["b_dec"]
-    fvu = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-    fvu.backward()
-    torch.testing.assert_close(out.x_hat, x_hat.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.losses["fvu"], fvu.detach())
-    for name, p in params.items():
-        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6)
+    acts = dense_topk((x - sae.b_dec) @ sae.W_enc + sae.b_enc, K)
     assert out.l0 == K
     assert out.fired.tolist() == (acts > 0).any(0).tolist()
 
@@ -249,7 +255,7 @@ def test_auxk_positive_and_reaches_only_dead_latents(arch: str) -> None:
     assert float(out.losses["auxk"].detach()) > 0
     out.losses["auxk"].backward()
     touched_dec = sae.W_dec.grad.abs().sum(1) > 0
-    touched_enc = sae.W_enc.grad.abs().sum(0) > 0
+    touched_enc = sae.W_enc_T.grad.abs().sum(1) > 0
     touched_b = sae.b_enc.grad != 0
     assert touched_dec.any() and touched_enc.any()
     for touched in (touched_dec, touched_enc, touched_b):
@@ -263,14 +269,73 @@ def test_auxk_scale_and_weight() -> None:
     dead = torch.zeros(D_SAE, dtype=torch.bool)
     dead[:2] = True  # 2 dead of auxk_k=8: the loss is scaled by 2/8
     out = sae.training_forward(x, dead_mask=dead, step_frac=0.5)
-    sae_in = x - sae.b_dec
-    pre = ((sae_in) @ sae.W_enc + sae.b_enc).relu().detach()
-    raw = auxk_loss(sae, sae_in, pre, (x - out.x_hat).detach(), dead, (x - x.mean(0)).pow(2).sum())
+    pre = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).relu().detach()
+    aux = per_token(pre[:, :2], torch.tensor([[0, 1]]).expand(32, 2))
+    raw = auxk_loss(sae, x, aux, 2, (x - out.x_hat).detach(), (x - x.mean(0)).pow(2).sum())
     acts = torch.zeros_like(pre)
     acts[:, :2] = pre[:, :2]
     expected = 0.25 * ((acts @ sae.W_dec) - (x - out.x_hat)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     torch.testing.assert_close(raw, expected)
     torch.testing.assert_close(out.losses["auxk"], 0.5 * expected)
+
+
+# Fast paths against the plain dense reference ------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_fast_training_losses_and_gradients_equal_the_dense_reference(arch: str, dtype: torch.dtype, with_dead: bool) -> None:
+    """The whole training forward + backward (fused blocked encoder, sparse decoder, sparse AuxK) vs plain autograd."""
+    opts = SAETrainingOptions(auxk_alpha=0.25, auxk_k=6)
+    cfg = make_cfg(arch, d_in=24, d_sae=160, k=5)
+    sae = create_training_sae(cfg, opts, torch.Generator().manual_seed(3)).to(dtype)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(160, generator=g, dtype=dtype) * 0.3)
+        sae.b_dec.copy_(torch.randn(24, generator=g, dtype=dtype))
+    if arch == "topk":
+        sae.block_rows = 13  # several blocks and a ragged last one
+    x = torch.randn(50, 24, generator=g, dtype=dtype) * 1.5
+    dead = torch.zeros(160, dtype=torch.bool)
+    if with_dead:
+        dead[torch.randperm(160, generator=g)[:40]] = True
+    reference = create_training_sae(cfg, opts).to(dtype)
+    reference.load_state_dict(sae.state_dict())
+
+    out = sae.training_forward(x, dead_mask=dead, step_frac=0.5)
+    sum(out.losses.values()).backward()
+    x_hat, losses, fired = reference_losses(reference, x, dead)
+    sum(losses.values()).backward()
+
+    tol = {"rtol": 1e-9, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-6}
+    torch.testing.assert_close(out.x_hat, x_hat.detach(), **tol)
+    for name in ("fvu", "auxk"):
+        torch.testing.assert_close(out.losses[name].detach(), losses[name].detach(), **tol)
+    assert (float(out.losses["auxk"].detach()) > 0) == with_dead
+    assert out.fired.tolist() == fired.tolist()
+    for (name, mine), ref in zip(sae.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(mine.grad, ref.grad, **tol, msg=lambda m, name=name: f"{name}: {m}")
+        assert mine.grad.stride() == mine.stride(), name  # the layout fused Adam relies on
+
+
+def test_training_encoder_is_stored_per_latent_and_saves_in_saelens_shape() -> None:
+    sae = randomised_training_sae("topk")
+    assert sae.W_enc_T.shape == (D_SAE, D_IN) and sae.W_enc.shape == (D_IN, D_SAE)
+    assert "W_enc" not in dict(sae.named_parameters())
+    inference = sae.to_inference(2.0)
+    assert inference.W_enc.shape == (D_IN, D_SAE)
+    torch.testing.assert_close(inference.W_enc, sae.W_enc.detach())
+
+
+def test_scatter_rows_sums_weighted_rows_per_latent() -> None:
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randint(0, 9, (40,), generator=g)
+    latents[latents == 8] = 7  # latent 8 (the last) gets no entries: an empty trailing bag
+    tokens = torch.randint(0, 6, (40,), generator=g)
+    weights, rows = torch.randn(40, generator=g), torch.randn(6, 5, generator=g)
+    expected = torch.zeros(9, 5).index_add_(0, latents, weights[:, None] * rows[tokens])
+    torch.testing.assert_close(scatter_rows(latents, tokens, weights, rows, 9), expected)
 
 
 # BatchTopK ----------------------------------------------------------------------------------
@@ -302,23 +367,6 @@ def test_batch_topk_selection_is_exact(skewed: bool) -> None:
     assert sorted(flat.tolist()) == sorted(reference.indices.tolist())
     torch.testing.assert_close(values.sort().values, reference.values.sort().values)
     torch.testing.assert_close(pre.flatten()[flat], values)
-
-
-def test_batchtopk_gradients_match_dense_reference() -> None:
-    sae = randomised_training_sae("batchtopk")
-    n = 24
-    x = torch.randn(n, D_IN, generator=torch.Generator().manual_seed(4))
-    out = sae.training_forward(x, dead_mask=None, step_frac=0.5)
-    out.losses["fvu"].backward()
-    params = {name: p.detach().clone().requires_grad_(True) for name, p in sae.named_parameters()}
-    pre = ((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]).relu()
-    flat = pre.detach().flatten().topk(K * n).indices
-    mask = torch.zeros(n * D_SAE, dtype=torch.bool)
-    mask[flat] = True
-    x_hat = (pre * mask.view(n, D_SAE)) @ params["W_dec"] + params["b_dec"]
-    ((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).backward()
-    for name, p in sae.named_parameters():
-        torch.testing.assert_close(p.grad, params[name].grad, rtol=1e-4, atol=1e-6)
 
 
 def test_batchtopk_threshold_ema_moves_toward_min_selected_activation() -> None:

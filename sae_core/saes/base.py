@@ -186,7 +186,8 @@ def warmup(step_frac: float, warmup_frac: float) -> float:
 class TrainingSAE(nn.Module):
     """An SAE being trained on normalised activations; subclasses add the forward pass and their losses.
 
-    Decoder rows are kept unit-norm by the `before_optimizer_step` / `after_optimizer_step` pair.
+    Decoder rows are kept unit-norm by the `before_optimizer_step` / `after_optimizer_step` pair. The encoder
+    parameter is `W_enc_T (d_sae, d_in)`; `W_enc` is its `(d_in, d_sae)` view, as SAELens and the files name it.
     """
 
     inference_cls: ClassVar[type[SAE]]
@@ -197,9 +198,16 @@ class TrainingSAE(nn.Module):
         self.train_cfg = train_cfg
         W_dec = random_unit_rows(cfg.d_sae, cfg.d_in, generator)
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.T.clone(memory_format=torch.contiguous_format))
+        # Stored as W_enc_T (d_sae, d_in), one row per latent like sparsify's encoder.weight: the sparse encoder
+        # gradient is a set of rows, and Adam's fused kernel wants contiguous parameters. `W_enc` is its view.
+        self.W_enc_T = nn.Parameter(W_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
+    @property
+    def W_enc(self) -> Tensor:
+        """The encoder in SAELens's shape `(d_in, d_sae)` (a transposed view of the `W_enc_T` parameter)."""
+        return self.W_enc_T.T
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
@@ -215,7 +223,8 @@ class TrainingSAE(nn.Module):
         """Remove the gradient component parallel to each decoder row (it would only change the row's norm)."""
         grad = self.W_dec.grad
         if grad is not None:
-            grad -= (grad * self.W_dec).sum(dim=1, keepdim=True) * self.W_dec
+            parallel = torch.linalg.vecdot(grad, self.W_dec, dim=1)
+            grad.addcmul_(parallel.unsqueeze(1), self.W_dec, value=-1)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from .base import SAE, SAEConfig, SAETrainingOptions, TrainingSAE, TrainOutput
 from .jumprelu import JumpReLUSAE
-from .topk import GatherPreActs, SparseActs, sparse_losses
+from .sparse_ops import SparseActs, gather_pre_acts, per_token
+from .topk import dead_latents, fit_encoder_scale, sparse_losses
 
 
 def batch_topk(pre: Tensor, total: int, candidates_per_row: int | None = None) -> tuple[Tensor, Tensor]:
@@ -43,11 +44,16 @@ class BatchTopKTrainingSAE(TrainingSAE):
         # float64: EMA steps of lr · (small difference) vanish in float32
         self.register_buffer("topk_threshold", torch.zeros((), dtype=torch.float64))
 
+    def init_from_data(self, x: Tensor) -> None:
+        """b_dec from the sample, then the encoder's scale fitted to its per-token top-k reconstruction."""
+        super().init_from_data(x)
+        fit_encoder_scale(self, x)
+
     def training_forward(self, x: Tensor, *, dead_mask: Tensor | None, step_frac: float) -> TrainOutput:
         n, d_sae = x.shape[0], self.cfg.d_sae
-        sae_in = x - self.b_dec
+        dead, k_aux = dead_latents(self, dead_mask)
         with torch.no_grad():
-            pre_acts = torch.addmm(self.b_enc, sae_in, self.W_enc).relu_()
+            pre_acts = torch.addmm(self.b_enc, x - self.b_dec, self.W_enc).relu_()
             values, flat = batch_topk(pre_acts, self.cfg.k * n)  # type: ignore[operator]
             flat, order = torch.sort(flat, stable=True)
             values = values[order]
@@ -56,8 +62,12 @@ class BatchTopKTrainingSAE(TrainingSAE):
             counts = torch.bincount(tokens, minlength=n)
             offsets = counts.cumsum(0) - counts
             self.update_threshold(values)
-        selected = GatherPreActs.apply(sae_in, self.W_enc, self.b_enc, latents, tokens, offsets, values)
-        return sparse_losses(self, x, sae_in, pre_acts, SparseActs(selected, latents, tokens, offsets), dead_mask)
+            aux = None
+            if dead is not None:
+                aux_values, j = pre_acts.index_select(1, dead).topk(k_aux, dim=1, sorted=False)
+                aux = per_token(aux_values, dead[j])
+        acts = gather_pre_acts(x, self.W_enc, self.b_enc, self.b_dec, SparseActs(values, latents, tokens, offsets))
+        return sparse_losses(self, x, acts, aux, 0 if dead is None else dead.numel())
 
     @torch.no_grad()
     def update_threshold(self, values: Tensor) -> None:

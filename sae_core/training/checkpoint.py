@@ -42,6 +42,7 @@ def load_optimizer_tensors(
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write tensors plus JSON metadata atomically."""
     with atomic_path(path) as tmp:

@@ -70,6 +70,9 @@ class TrainConfig:
     outlier_factor: float = _opt(10.0, "drop tokens whose activation norm exceeds this x the median norm (attention sinks); 0 keeps all")
     lm_batch_size: int = _opt(8, "contexts per LM forward pass")
     chunk_tokens: int = _opt(65_536, "tokens harvested and shuffled together before SAE steps", count=True)
+    activation_cache: str | None = _opt(
+        None, "train on the activations in this cache (written by `sae-explorer cache`) instead of running the model on the corpus"
+    )
 
     # Evaluation (held-out split)
     eval: bool = _opt(True, "evaluate every SAE on held-out text after training")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -15,6 +16,19 @@ from .config import TrainConfig
 from .schedule import lr_factor
 
 
+def make_adam(params: Iterable[Tensor], lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam with PyTorch's fused kernel where this build has it for the device (several times faster on CPU).
+
+    The fused kernel assumes each gradient and state tensor has its parameter's memory layout, which
+    autograd guarantees and `load_optimizer_tensors` restores.
+    """
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or a device without the fused kernel
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+
+
 class SiteTrainer:
     """Feeds shuffled batches of one site's activations to its training SAE, step by step."""
 
@@ -25,13 +39,12 @@ class SiteTrainer:
         self.cfg = cfg
         self.total_steps = -(-cfg.tokens // cfg.batch_size)  # at least the token budget
         self.base_lr = cfg.resolved_lr(sae.cfg.d_sae)
-        betas = tuple(cfg.adam_betas)
-        self.opt = torch.optim.Adam(sae.parameters(), lr=self.base_lr, betas=betas)  # type: ignore[arg-type]
+        self.opt = make_adam(sae.parameters(), self.base_lr, tuple(cfg.adam_betas))  # type: ignore[arg-type]
         device = next(sae.parameters()).device
         self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
         self.carry = torch.empty(0, sae.cfg.d_in, device=device)
         self.steps = 0
-        self._log: dict[str, float] = {}
+        self._log: dict[str, Tensor | float] = {}
         self._log_n = 0
 
     @property
@@ -44,9 +57,10 @@ class SiteTrainer:
 
     def feed(self, rows: Tensor, generator: torch.Generator) -> None:
         """Train on a chunk of raw activations `(N, d_in)`: filter outliers, scale, shuffle, step."""
-        rows = rows[self.stats.keep_mask(rows)] * self.stats.scale
-        perm = torch.randperm(rows.shape[0], generator=generator).to(rows.device)
-        x = torch.cat([self.carry, rows[perm]])
+        keep = self.stats.keep_mask(rows).nonzero().squeeze(1)
+        perm = torch.randperm(keep.numel(), generator=generator).to(rows.device)
+        # one gather for filter + shuffle, scaled in place: the chunk is copied once, not three times
+        x = torch.cat([self.carry, rows.index_select(0, keep[perm]).mul_(self.stats.scale)])
         used, bs = 0, self.cfg.batch_size
         while used + bs <= x.shape[0] and not self.done:
             self.step(x[used : used + bs])
@@ -58,7 +72,7 @@ class SiteTrainer:
         """One optimiser step on a batch `x (batch_size, d_in)` of normalised activations."""
         dead = self.since_fired >= self.cfg.dead_tokens
         out = self.sae.training_forward(
-            x, dead_mask=dead if bool(dead.any()) else None, step_frac=self.steps / max(1, self.total_steps)
+            x, dead_mask=dead, step_frac=self.steps / max(1, self.total_steps)
         )
         loss = sum(out.losses.values())
         self.opt.zero_grad(set_to_none=True)
@@ -77,17 +91,18 @@ class SiteTrainer:
 
     @torch.no_grad()
     def _accumulate(self, x: Tensor, out: TrainOutput, lr: float) -> None:
+        # Kept as tensors on the SAE's device until `pop_log`, so a step never waits for the GPU.
         e = (x - out.x_hat).pow(2).sum()
         var = (x - x.mean(0)).pow(2).sum()
-        values = {"fvu": float(e / var), "l0": float(out.l0), "lr": lr}
-        values.update({f"loss_{k}": float(v) for k, v in out.losses.items()})
+        values = {"fvu": e / var, "l0": out.l0, **{f"loss_{k}": v.detach() for k, v in out.losses.items()}}
         for k, v in values.items():
             self._log[k] = self._log.get(k, 0.0) + v
+        self._log["lr"] = self._log.get("lr", 0.0) + lr
         self._log_n += 1
 
     def pop_log(self) -> dict[str, float]:
         """Mean training metrics since the last call (plus the current dead fraction)."""
-        record = {k: v / max(1, self._log_n) for k, v in self._log.items()}
+        record = {k: float(v) / max(1, self._log_n) for k, v in self._log.items()}
         record["dead_fraction"] = float((self.since_fired >= self.cfg.dead_tokens).float().mean())
         record["tokens"] = self.tokens
         self._log, self._log_n = {}, 0

@@ -21,7 +21,8 @@ from .. import __version__
 from ..corpus import describe_source, iter_documents
 from ..devices import resolve_device
 from ..errors import UserError
-from ..harvest import SiteStats, harvest_chunks
+from ..activation_cache import cached_chunks, check_cache
+from ..harvest import Chunk, SiteStats, harvest_chunks
 from ..loading import save_sae
 from ..models import LoadedModel, load_model
 from ..runs import RunDir
@@ -32,7 +33,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .site_trainer import SiteTrainer
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the encoder is stored as W_enc_T
 _INIT_SAMPLE = 32_768  # rows used to initialise b_dec
 
 
@@ -141,13 +142,13 @@ class MultiSiteTrainer:
             self.trainers.append(trainer)
         self.lm_batches = int(meta["lm_batches"])
 
-    def run_chunks(self, batches: Iterator[TokenBatch], info: dict[str, Any], stop_after_tokens: int | None) -> bool:
-        """Harvest and train until every SAE has its tokens; False when stopped early at a checkpoint."""
+    def run_chunks(self, chunks: Iterator[Chunk], info: dict[str, Any], stop_after_tokens: int | None) -> bool:
+        """Train on chunks until every SAE has its tokens; False when stopped early at a checkpoint."""
         cfg = self.cfg
         total = -(-cfg.tokens // cfg.batch_size) * cfg.batch_size
         last_ckpt = self.tokens
         with tqdm(total=total, initial=self.tokens, unit="tok", unit_scale=True, desc="training", dynamic_ncols=True, file=sys.stderr) as bar:
-            for chunk in harvest_chunks(self.loaded, self.sites, batches, cfg.chunk_tokens):
+            for chunk in chunks:
                 self.lm_batches += chunk.lm_batches
                 if not self.trainers:
                     self.start(chunk.acts)
@@ -196,10 +197,14 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
     sites = parse_sites(cfg.sites, layout.n_layers)
     check_context_size(cfg.context_size, layout.max_positions, loaded.name)
     d_sae = validate(cfg, layout.d_model)
-    corpus = describe_source(cfg.corpus)
-    batches = training_batches(cfg, loaded, log)
-    # Reading and tokenizing the start of the corpus here makes bad text fail before anything is written.
-    batches = itertools.chain([next(batches)], batches)
+    if cfg.activation_cache:
+        cache = check_cache(cfg.activation_cache, loaded.name, sites)
+        corpus = f"activation cache {cfg.activation_cache} of {cache.get('corpus', 'unknown text')}"
+    else:
+        corpus = describe_source(cfg.corpus)
+        batches = training_batches(cfg, loaded, log)
+        # Reading and tokenizing the start of the corpus here makes bad text fail before anything is written.
+        batches = itertools.chain([next(batches)], batches)
     log(
         f"training {len(sites)} {cfg.arch} SAE(s) (d_in {layout.d_model}, d_sae {d_sae}) at "
         f"{', '.join(s.short for s in sites)} on {cfg.tokens:,} tokens each from {corpus}"
@@ -211,9 +216,12 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
     if resume:
         trainer.restore(device)
         log(f"resuming from the checkpoint at {trainer.tokens:,} tokens per SAE")
-        batches = itertools.islice(batches, trainer.lm_batches, None)
+    if cfg.activation_cache:
+        chunks = cached_chunks(cfg.activation_cache, sites, trainer.lm_batches, log)
+    else:
+        chunks = harvest_chunks(loaded, sites, itertools.islice(batches, trainer.lm_batches, None), cfg.chunk_tokens)
     started = time.time()
-    if not trainer.run_chunks(batches, info, stop_after_tokens):
+    if not trainer.run_chunks(chunks, info, stop_after_tokens):
         log(f"stopped after the checkpoint at {trainer.tokens:,} tokens per SAE, as asked")
         return run
     trainer.save(corpus)

@@ -1,0 +1,45 @@
+"""The trainer benchmark runs end to end (tiny sizes): every trainer steps, is evaluated and has its memory probed.
+
+No timing is asserted here; the figures come from the full runs recorded in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+
+def test_train_vs_peers_runs_every_trainer_on_the_same_data(tmp_path):
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(BENCHMARKS / "train_vs_peers.py"), "--data", "synthetic", "--steps", "3", "--warmup", "1",
+           "--batch", "256", "--expansions", "2", "--eval-tokens", "512", "--threads", "1", "--json", str(out),
+           "--trainers", "ours,plain,sparsify,saelens,saelens-sparse"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ours vs the fastest peer" in done.stdout and "peak step memory" in done.stdout
+    run = json.loads(out.read_text())["runs"][0]
+    assert set(run["results"]) == {"ours", "plain", "sparsify", "saelens", "saelens-sparse"}
+    for name, r in run["results"].items():
+        assert r["tokens_per_s"] > 0 and 0 < r["eval_fvu"] < 2, name
+        assert run["peak_mib"][name] > 0, name
+    # ours and plain share the SAE, its initialisation and the loss: only the speed may differ
+    assert run["results"]["ours"]["eval_fvu"] == pytest.approx(run["results"]["plain"]["eval_fvu"], rel=1e-3)
+
+
+def test_synthetic_activations_have_sparse_structure():
+    from train_vs_peers import synthetic_activations
+
+    x = synthetic_activations(2048, 64, seed=0, n_features=256, active=4.0)
+    assert x.shape == (2048, 64)
+    torch.testing.assert_close(x, synthetic_activations(2048, 64, seed=0, n_features=256, active=4.0))
+    # a handful of directions per row: far from isotropic noise, whose top singular values would be flat
+    s = torch.linalg.svdvals(x - x.mean(0))
+    assert s[0] / s[-1] > 3
