@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,9 @@ def check_cache(folder: str | Path, model: str, sites: list[Site]) -> dict[str, 
     return info
 
 
-def cached_chunks(folder: str | Path, sites: list[Site], skip_lm_batches: int = 0, log=None) -> Iterator[Chunk]:
+def cached_chunks(
+    folder: str | Path, sites: list[Site], skip_lm_batches: int = 0, log: Callable[[str], None] | None = None
+) -> Iterator[Chunk]:
     """The cache's shards as training chunks, over and over (with a notice each new pass), after skipping
     the first `skip_lm_batches` LM batches' worth of shards (to resume where a checkpoint left off)."""
     info = read_info(folder)

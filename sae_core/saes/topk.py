@@ -49,26 +49,32 @@ class FusedTopKEncoder(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, dead: Tensor | None, k_aux: int, rows: int
+        ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, dead: Tensor | None, k_aux: int, rows: int,
+        buffer: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x: (N, d_in); W_enc: (d_in, d_sae); b_enc: (d_sae,); b_dec: (d_in,); dead: indices of dead latents or None.
 
         Returns values, indices (N, k) of `relu((x - b_dec) @ W_enc + b_enc)` and the top `k_aux` among the dead
-        latents, aux_values, aux_indices (N, k_aux) (no gradient: AuxK re-gathers them), `rows` rows at a time.
+        latents, aux_values, aux_indices (N, k_aux) (no gradient: AuxK re-gathers them), `rows` rows at a time,
+        written into `buffer` (`(>= rows, d_sae)`, reused across steps to spare the allocation) when given.
         """
         n = x.shape[0]
         sae_in = x - b_dec
         values, indices = x.new_empty(n, k), torch.empty(n, k, dtype=torch.long, device=x.device)
         n_aux = k_aux if dead is not None else 0
         aux_values, aux_indices = x.new_empty(n, n_aux), torch.empty(n, n_aux, dtype=torch.long, device=x.device)
-        block = x.new_empty(min(rows, n), W_enc.shape[1])
+        if buffer is None or buffer.shape[0] < min(rows, n) or buffer.shape[1] != W_enc.shape[1]:
+            buffer = x.new_empty(min(rows, n), W_enc.shape[1])
         for start in range(0, n, rows):
             end = min(n, start + rows)
-            pre = torch.addmm(b_enc, sae_in[start:end], W_enc, out=block[: end - start]).relu_()
+            pre = torch.addmm(b_enc, sae_in[start:end], W_enc, out=buffer[: end - start])
+            # top-k before the ReLU: the same values once ReLU'd (a row with fewer than k positive
+            # pre-activations selects zeros either way, which carry no value and no gradient)
             torch.topk(pre, k, dim=1, sorted=False, out=(values[start:end], indices[start:end]))
             if dead is not None:
                 top, j = pre.index_select(1, dead).topk(k_aux, dim=1, sorted=False)
-                aux_values[start:end], aux_indices[start:end] = top, dead[j]
+                aux_values[start:end], aux_indices[start:end] = top.relu_(), dead[j]
+        values.relu_()
         ctx.save_for_backward(x, W_enc, b_dec, values, indices)
         ctx.mark_non_differentiable(indices, aux_values, aux_indices)
         ctx.set_materialize_grads(False)
@@ -77,12 +83,12 @@ class FusedTopKEncoder(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_values: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
         if grad_values is None:
-            return (None,) * 8
+            return (None,) * 9
         x, W_enc, b_dec, values, indices = ctx.saved_tensors
         acts = per_token(values, indices)
         g = grad_values.flatten() * (acts.values > 0)  # ReLU
         grads = selected_linear_grads(ctx.needs_input_grad[:4], g, x, W_enc, b_dec, acts)
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 INIT_SCALE_ROWS = 8192
@@ -154,6 +160,7 @@ class TopKTrainingSAE(TrainingSAE):
         self.k: int = cfg.k  # type: ignore[assignment]
         self.block_rows: int | None = None
         """Rows of pre-activations per block; None chooses by device (`block_rows`)."""
+        self._block: Tensor | None = None  # the encoder's pre-activation buffer, kept between steps
 
     def init_from_data(self, x: Tensor) -> None:
         """b_dec from the sample (per `b_dec_init`), then the encoder's scale fitted to it (`fit_encoder_scale`)."""
@@ -163,8 +170,10 @@ class TopKTrainingSAE(TrainingSAE):
     def training_forward(self, x: Tensor, *, dead_mask: Tensor | None, step_frac: float) -> TrainOutput:
         dead, k_aux = dead_latents(self, dead_mask)
         rows = self.block_rows or block_rows(x.shape[0], self.cfg.d_sae, x.device)
+        if self._block is None or self._block.device != x.device or self._block.dtype != x.dtype:
+            self._block = x.new_empty(rows, self.cfg.d_sae)
         values, indices, aux_values, aux_indices = FusedTopKEncoder.apply(
-            x, self.W_enc, self.b_enc, self.b_dec, self.k, dead, k_aux, rows
+            x, self.W_enc, self.b_enc, self.b_dec, self.k, dead, k_aux, rows, self._block
         )
         aux = per_token(aux_values, aux_indices) if dead is not None else None
         return sparse_losses(self, x, per_token(values, indices), aux, 0 if dead is None else dead.numel())

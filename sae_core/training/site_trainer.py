@@ -91,7 +91,7 @@ class SiteTrainer:
 
     @torch.no_grad()
     def _accumulate(self, x: Tensor, out: TrainOutput, lr: float) -> None:
-        # Kept as tensors on the SAE's device until `pop_log`, so a step never waits for the GPU.
+        # Kept as tensors on the SAE's device until `pop_log`: no host-device sync per logged value.
         e = (x - out.x_hat).pow(2).sum()
         var = (x - x.mean(0)).pow(2).sum()
         values = {"fvu": e / var, "l0": out.l0, **{f"loss_{k}": v.detach() for k, v in out.losses.items()}}

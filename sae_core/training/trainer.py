@@ -18,10 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..activation_cache import cached_chunks, check_cache
 from ..corpus import describe_source, iter_documents
 from ..devices import resolve_device
 from ..errors import UserError
-from ..activation_cache import cached_chunks, check_cache
 from ..harvest import Chunk, SiteStats, harvest_chunks
 from ..loading import save_sae
 from ..models import LoadedModel, load_model
