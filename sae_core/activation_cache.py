@@ -28,6 +28,11 @@ from .tokens import TokenBatch
 INFO_FILE = "cache.json"
 
 
+def shard_path(folder: str | Path, index: int) -> Path:
+    """Where shard `index` of a cache lives."""
+    return Path(folder) / f"shard-{index:05d}.safetensors"
+
+
 def write_cache(
     loaded: LoadedModel,
     sites: list[Site],
@@ -56,7 +61,7 @@ def write_cache(
             take = min(chunk.tokens, tokens - written)
             save_file(
                 {site.hook_name: chunk.acts[site][:take].to(dtype).contiguous().cpu() for site in sites},
-                str(tmp / f"shard-{shards:05d}.safetensors"),
+                str(shard_path(tmp, shards)),
             )
             written, shards = written + take, shards + 1
             shard_lm_batches.append(chunk.lm_batches)
@@ -92,7 +97,7 @@ def iter_cached(folder: str | Path, hook_name: str) -> Iterator[torch.Tensor]:
     if hook_name not in info["sites"]:
         raise UserError(f"activation cache {folder} holds {', '.join(info['sites'])}, not {hook_name}")
     for i in range(info["shards"]):
-        yield load_file(str(Path(folder) / f"shard-{i:05d}.safetensors"))[hook_name].float()
+        yield load_file(str(shard_path(folder, i)))[hook_name].float()
 
 
 def check_cache(folder: str | Path, model: str, sites: list[Site]) -> dict[str, Any]:
@@ -123,7 +128,7 @@ def cached_chunks(
             done += lm_batches
             if done <= skip_lm_batches:
                 continue
-            shard = load_file(str(Path(folder) / f"shard-{i:05d}.safetensors"))
+            shard = load_file(str(shard_path(folder, i)))
             acts = {s: shard[s.hook_name].float() for s in sites}
             yield Chunk(acts, lm_batches, next(iter(acts.values())).shape[0])
 

@@ -88,6 +88,10 @@ class SAETrainingOptions:
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     """How `init_from_data` sets the decoder bias."""
 
+    def resolved_auxk_k(self, d_in: int) -> int:
+        """Dead latents per token AuxK uses: `auxk_k`, or d_in // 2 when unset."""
+        return self.auxk_k or d_in // 2
+
     def __post_init__(self) -> None:
         for name in ("auxk_alpha", "l1_coefficient", "l0_coefficient", "jumprelu_init_threshold"):
             if getattr(self, name) < 0:

@@ -36,7 +36,7 @@ def reference_losses(sae: TrainingSAE, x: Tensor, dead_mask: Tensor | None) -> t
     auxk = x.new_zeros(())
     num_dead = 0 if dead_mask is None else int(dead_mask.sum())
     if num_dead:
-        auxk_k = sae.train_cfg.auxk_k or sae.cfg.d_in // 2
+        auxk_k = sae.train_cfg.resolved_auxk_k(sae.cfg.d_in)
         dead_pre = pre.masked_fill(~dead_mask, -1.0)  # type: ignore[operator]  # below every ReLU output
         indices = dead_pre.detach().topk(min(auxk_k, num_dead), dim=-1).indices
         aux_acts = pre * torch.zeros_like(pre, dtype=torch.bool).scatter(1, indices, True)

@@ -122,7 +122,7 @@ def dead_latents(sae: TrainingSAE, dead_mask: Tensor | None) -> tuple[Tensor | N
     dead = dead_mask.nonzero().squeeze(1)
     if dead.numel() == 0:
         return None, 0
-    auxk_k = sae.train_cfg.auxk_k or sae.cfg.d_in // 2
+    auxk_k = sae.train_cfg.resolved_auxk_k(sae.cfg.d_in)
     return dead, min(auxk_k, dead.numel())
 
 
@@ -135,7 +135,7 @@ def auxk_loss(sae: TrainingSAE, x: Tensor, aux: SparseActs | None, num_dead: int
     """
     if aux is None:
         return x.new_zeros(())
-    auxk_k = sae.train_cfg.auxk_k or sae.cfg.d_in // 2
+    auxk_k = sae.train_cfg.resolved_auxk_k(sae.cfg.d_in)
     e_hat = sparse_decode(gather_pre_acts(x, sae.W_enc, sae.b_enc, sae.b_dec, aux), sae.W_dec)
     return min(num_dead / auxk_k, 1.0) * (e_hat - residual).pow(2).sum() / total_variance
 
