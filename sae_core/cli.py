@@ -25,14 +25,21 @@ def _train(args: argparse.Namespace) -> int:
     from .report import metrics_table
     from .training import TrainConfig, config_from_args, train
 
+    from .eval_run import read_metrics
+    from .parallel import init_parallel
+
     cfg: TrainConfig = config_from_args(args)
     run = train(cfg, stop_after_tokens=args.stop_after)
+    par, device = init_parallel(cfg.device)  # the job train() joined (a single process: no job)
     if run.read().get("status") != "complete":  # type: ignore[union-attr]
-        print(f"stopped early; run the same command again to resume {run.path}", file=sys.stderr)
+        if par.main:
+            print(f"stopped early; run the same command again to resume {run.path}", file=sys.stderr)
         return 0
     if cfg.eval:
-        metrics = evaluate_run(str(run.path))
-        print(metrics_table(metrics))
+        evaluate_run(str(run.path), device=device, par=par, mode=cfg.parallel)
+        par.barrier()
+        if par.main:
+            print(metrics_table(read_metrics(str(run.path))))
     return 0
 
 
@@ -41,14 +48,19 @@ def _eval(args: argparse.Namespace) -> int:
     from .report import metrics_table
     from .training.config import parse_count
 
+    from .parallel import init_parallel
+
+    par, device = init_parallel(args.device)  # under torchrun, the ranks share the batches
     metrics = evaluate_run(
         args.run,
         eval_tokens=parse_count(args.tokens) if args.tokens else None,
         ce_tokens=parse_count(args.ce_tokens) if args.ce_tokens is not None else None,
         corpus=args.corpus,
-        device=args.device,
+        device=device,
+        par=par,
     )
-    print(metrics_table(metrics))
+    if par.main:
+        print(metrics_table(metrics))
     return 0
 
 

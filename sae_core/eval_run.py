@@ -7,12 +7,14 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from .corpus import describe_source, iter_documents
 from .evals import evaluate_saes
 from .io import read_json, write_json
 from .models import LoadedModel
+from .parallel import Parallel
 from .run_saes import open_run_saes
 from .runs import RunDir
 from .tokens import token_batches
@@ -26,30 +28,40 @@ def evaluate_run(
     eval_tokens: int | None = None,
     ce_tokens: int | None = None,
     corpus: str | None = None,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     loaded: LoadedModel | None = None,
     log: Callable[[str], None] | None = None,
+    par: Parallel = Parallel(),
+    mode: str = "data",
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every SAE of `run_path` on the held-out split; write and return metrics per hook name.
 
     Defaults (tokens, corpus, context size) come from the run's own config; `corpus` may name
-    another text source, whose eval split is then used.
+    another text source, whose eval split is then used. Under torchrun, `mode` data deals the
+    batches across ranks and sums their counts (rank 0 writes); sites gives each rank its own SAEs
+    (dealt as in training) to evaluate on every batch. Returns the metrics this rank wrote.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    opened = open_run_saes(run_path, loaded=loaded, device=device, log=log)
+    by_site = par.distributed and mode == "sites"
+    hook_names = par.mine(RunDir(run_path).require().get("sites", [])) if by_site else None
+    opened = open_run_saes(run_path, loaded=loaded, device=device, log=log, hook_names=hook_names)
     run, cfg, loaded, saes = opened.run, opened.config, opened.loaded, opened.saes
     eval_tokens = eval_tokens or cfg.get("eval_tokens", 65_536)
     ce_tokens = cfg.get("ce_tokens", 16_384) if ce_tokens is None else ce_tokens
     corpus = corpus if corpus is not None else cfg.get("corpus")
 
     docs = iter_documents(corpus, "eval", eval_fraction=cfg.get("eval_fraction", 0.05), text_field=cfg.get("text_field"))
-    batches = token_batches(docs, loaded.tokenizer, cfg.get("context_size", 128), cfg.get("lm_batch_size", 8))
+    batches = token_batches(docs, loaded.tokenizer, cfg.get("context_size", 128), cfg.get("lm_batch_size") or 8)
     log(
         f"evaluating {len(saes)} SAE(s) on held-out text of {describe_source(corpus)}: "
         f"{eval_tokens:,} tokens for reconstruction, {ce_tokens:,} for CE loss (1 + 2 x {len(saes)} LM passes)"
     )
-    with tqdm(total=max(eval_tokens, ce_tokens), unit="tok", unit_scale=True, desc="evaluating", file=sys.stderr, dynamic_ncols=True) as bar:
-        results = evaluate_saes(loaded, saes, batches, eval_tokens=eval_tokens, ce_tokens=ce_tokens, progress=bar.update)
+    shard = par if par.distributed and not by_site else Parallel()
+    with tqdm(total=max(eval_tokens, ce_tokens), unit="tok", unit_scale=True, desc="evaluating", file=sys.stderr,
+              dynamic_ncols=True, disable=not par.main) as bar:
+        results = evaluate_saes(loaded, saes, batches, eval_tokens=eval_tokens, ce_tokens=ce_tokens, progress=bar.update, par=shard)
+    if not (par.main or by_site):
+        return {}
 
     out: dict[str, dict[str, Any]] = {}
     for site, metrics in results.items():

@@ -30,6 +30,7 @@ from torch import Tensor
 from .harvest import batch_activations
 from .hooks import splice
 from .models import LoadedModel
+from .parallel import Parallel, all_reduce_
 from .saes import SAE
 from .sites import Site
 from .tokens import TokenBatch
@@ -72,6 +73,15 @@ class ReconstructionAccumulator:
         self.fire_counts += active.sum(0).cpu()
         self.cos_sum += float(F.cosine_similarity(x, x_hat, dim=-1).double().sum())
         self.ratio_sum += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).double().sum())
+
+    def reduce_(self) -> None:
+        """Sum the counts of every rank (each evaluated its share of the batches) into every rank's accumulator."""
+        scalars = torch.tensor([self.n, self.n_outliers, self.sse, self.sum_sq, self.nnz, self.cos_sum, self.ratio_sum], dtype=torch.float64)
+        packed = all_reduce_(torch.cat([scalars, self.sum_x, self.fire_counts.double()]))
+        n, n_outliers, self.sse, self.sum_sq, nnz, self.cos_sum, self.ratio_sum = packed[:7].tolist()
+        self.n, self.n_outliers, self.nnz = int(n), int(n_outliers), int(nnz)
+        self.sum_x = packed[7 : 7 + self.d_in].clone()
+        self.fire_counts = packed[7 + self.d_in :].round().long()
 
     def result(self) -> dict[str, float]:
         """The metrics over everything added so far."""
@@ -121,6 +131,11 @@ class CEAccumulator:
     kl: float = 0.0
     kl_ablated: float = 0.0
 
+    def reduce_(self) -> None:
+        """Sum every rank's sums into every rank's accumulator."""
+        packed = all_reduce_(torch.tensor([self.n, self.clean, self.sae, self.ablated, self.kl, self.kl_ablated], dtype=torch.float64))
+        self.n, self.clean, self.sae, self.ablated, self.kl, self.kl_ablated = packed.tolist()
+
     def result(self) -> dict[str, float]:
         ce_clean, ce_sae, ce_abl = self.clean / self.n, self.sae / self.n, self.ablated / self.n
         gap = ce_abl - ce_clean
@@ -168,21 +183,26 @@ def evaluate_saes(
     eval_tokens: int,
     ce_tokens: int,
     progress: Callable[[int], None] | None = None,
+    par: Parallel = Parallel(),
 ) -> dict[Site, dict[str, Any]]:
     """Evaluate SAEs on held-out token batches: reconstruction on `eval_tokens` real tokens,
     CE-loss recovered and KL on the first `ce_tokens` of them. Returns metrics per site.
+
+    With several ranks (`par`), batch j is evaluated by rank j % world and the sums are added up at
+    the end: the same batches and metrics as one process, with 1/world of the forward passes each.
     """
     sites = list(saes)
     recon = {s: ReconstructionAccumulator(saes[s].cfg.d_in, saes[s].cfg.d_sae) for s in sites}
     ce = {s: CEAccumulator() for s in sites}
     thresholds = {s: outlier_threshold(saes[s]) for s in sites}
     seen_recon = seen_ce = 0
-    for batch in batches:
+    for j, batch in enumerate(batches):
         if seen_recon >= eval_tokens and seen_ce >= ce_tokens:
             break
         real = batch.real
         n_real = int(real.sum())
-        if seen_recon < eval_tokens:
+        mine = j % par.world == par.rank
+        if seen_recon < eval_tokens and mine:
             acts = batch_activations(loaded, sites, batch)
             for s in sites:
                 x = acts[s][real.to(acts[s].device)]
@@ -190,12 +210,16 @@ def evaluate_saes(
                 x = x[keep]
                 latents = saes[s].encode(x)
                 recon[s].update(x, latents, saes[s].decode(latents), n_outliers=int((~keep).sum()))
-            seen_recon += n_real
-        if seen_ce < ce_tokens:
+        if seen_ce < ce_tokens and mine:
             _ce_batch(loaded, saes, thresholds, batch, ce)
-            seen_ce += n_real
+        seen_recon += n_real if seen_recon < eval_tokens else 0
+        seen_ce += n_real if seen_ce < ce_tokens else 0
         if progress:
             progress(n_real)
+    if par.distributed:
+        for s in sites:
+            recon[s].reduce_()
+            ce[s].reduce_()
     results: dict[Site, dict[str, Any]] = {}
     for s in sites:
         results[s] = {**recon[s].result(), **(ce[s].result() if ce[s].n else {})}

@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .devices import resolve_device
 from .errors import RunError
 from .loading import check_sae_fits, load_sae
+from .memory import LM_DTYPES
 from .models import LoadedModel, load_model
 from .runs import RunDir
 from .saes import SAE
@@ -37,19 +40,23 @@ def open_run_saes(
     run_path: str | Path,
     *,
     loaded: LoadedModel | None = None,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     log: Callable[[str], None] | None = None,
+    hook_names: list[str] | None = None,
 ) -> RunSAEs:
-    """Load the SAEs of a run (and its model unless `loaded` is given); a clear error for a run without SAEs."""
+    """Load the SAEs of a run (only those at `hook_names` when given), and its model unless `loaded` is given
+    (in the run's --lm-dtype); a clear error for a run without SAEs."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     run = RunDir(run_path)
     info = run.require()
-    folders = run.sae_dirs()
+    folders = [f for f in run.sae_dirs() if hook_names is None or f.name in hook_names]
     if not folders:
         raise RunError(f"run {run.path} has no SAEs yet (status: {info.get('status', 'unknown')}); finish training first")
     if loaded is None:
         log(f"loading model {info.get('model')} …")
-        loaded = load_model(info.get("config", {}).get("model"), device=resolve_device(device))
+        cfg = info.get("config", {})
+        dtype = LM_DTYPES.get(cfg.get("lm_dtype") or "float32", torch.float32)
+        loaded = load_model(cfg.get("model"), device=device if isinstance(device, torch.device) else resolve_device(device), dtype=dtype)
     model_device = next(loaded.model.parameters()).device
     saes: dict[Site, SAE] = {}
     where: dict[Site, Path] = {}

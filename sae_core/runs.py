@@ -35,8 +35,14 @@ class RunDir:
         return self.path / "saes"
 
     @property
+    def checkpoint_dir(self) -> Path:
+        """One safetensors file per site plus the manifest naming them."""
+        return self.path / "checkpoints"
+
+    @property
     def checkpoint_path(self) -> Path:
-        return self.path / "checkpoints" / "state.safetensors"
+        """The checkpoint's manifest: written last, so it only ever names complete site files."""
+        return self.checkpoint_dir / "state.json"
 
     @property
     def log_path(self) -> Path:
@@ -96,8 +102,8 @@ class RunDir:
                 f"output folder {self.path} already holds this finished run; evaluate it with "
                 f"`sae-explorer eval {self.path}` or pass --overwrite to train again"
             )
-        if self.checkpoint_path.is_file():
-            return True
+        if self.checkpoint_dir.is_dir() and any(self.checkpoint_dir.iterdir()):
+            return True  # (a checkpoint of another version is refused, with the --overwrite hint, when restored)
         self.clear()  # an earlier attempt of this run stopped before its first checkpoint: start clean
         return False
 

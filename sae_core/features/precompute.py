@@ -118,7 +118,7 @@ def precompute_run(
     work = run.path / WORK_DIR
     writer = RecordWriter(work, fingerprint, sites, options.shard_tokens)
     if not writer.complete:
-        lm_batch_size = int(cfg.get("lm_batch_size", 8))
+        lm_batch_size = int(cfg.get("lm_batch_size") or 8)
         docs = iter_documents(corpus, options.split, eval_fraction=cfg.get("eval_fraction", 0.05), text_field=cfg.get("text_field"))
         batches = token_batches(docs, loaded.tokenizer, context_size, lm_batch_size)
         for _ in range(writer.lm_batches):  # resume: skip what the shards already hold

@@ -8,6 +8,7 @@ The inference `SAE` uses SAELens's parameterisation exactly — `W_enc (d_in, d_
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -187,6 +188,47 @@ def warmup(step_frac: float, warmup_frac: float) -> float:
     return 1.0 if warmup_frac <= 0 else min(1.0, max(0.0, step_frac) / warmup_frac)
 
 
+class BatchScope:
+    """The optimiser's batch as one process sees it: all of it. Data-parallel training swaps in
+    `parallel.RankBatch`, whose methods reduce across ranks, so that losses, thresholds and dead-latent
+    counts are those of the whole batch while each rank holds only its slice of the rows.
+    """
+
+    world = 1
+
+    def shard(self, x: Tensor) -> Tensor:
+        """This process's rows of a batch `x (batch_size, d_in)`."""
+        return x
+
+    def rows(self, n: int) -> int:
+        """Rows in the whole batch when this process holds `n` of them."""
+        return n
+
+    def sum(self, t: Tensor) -> Tensor:
+        """`t` summed over the processes sharing the batch (no gradient flows through it)."""
+        return t
+
+    def mean_rows(self, x: Tensor) -> Tensor:
+        """The mean row of the whole batch."""
+        return x.mean(0)
+
+    def min(self, t: Tensor) -> Tensor:
+        return t
+
+    def any(self, mask: Tensor) -> Tensor:
+        return mask
+
+    def kth_largest(self, values: Tensor, k: int) -> Tensor | None:
+        """The k-th largest of the union of every process's `values`; None when `values` already are the whole batch's."""
+        return None
+
+    def reduce_grads(self, params: Iterable[Tensor]) -> None:
+        """Sum the parameters' gradients over the processes (each holds its rows' share of the loss)."""
+
+
+LOCAL_BATCH = BatchScope()
+
+
 class TrainingSAE(nn.Module):
     """An SAE being trained on normalised activations; subclasses add the forward pass and their losses.
 
@@ -195,6 +237,8 @@ class TrainingSAE(nn.Module):
     """
 
     inference_cls: ClassVar[type[SAE]]
+    batch: BatchScope = LOCAL_BATCH
+    """How this process's rows relate to the optimiser's batch (set per instance for data-parallel training)."""
 
     def __init__(self, cfg: SAEConfig, train_cfg: SAETrainingOptions, generator: torch.Generator | None = None):
         super().__init__()

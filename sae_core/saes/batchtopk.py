@@ -54,7 +54,12 @@ class BatchTopKTrainingSAE(TrainingSAE):
         dead, k_aux = dead_latents(self, dead_mask)
         with torch.no_grad():
             pre_acts = torch.addmm(self.b_enc, x - self.b_dec, self.W_enc).relu_()
-            values, flat = batch_topk(pre_acts, self.cfg.k * n)  # type: ignore[operator]
+            total = self.cfg.k * self.batch.rows(n)  # type: ignore[operator]
+            values, flat = batch_topk(pre_acts, min(total, n * d_sae))
+            threshold = self.batch.kth_largest(values, total)
+            if threshold is not None:  # data parallel: this rank's entries among the whole batch's top
+                keep = values >= threshold
+                values, flat = values[keep], flat[keep]
             flat, order = torch.sort(flat, stable=True)
             values = values[order]
             tokens = torch.div(flat, d_sae, rounding_mode="floor")
@@ -73,9 +78,10 @@ class BatchTopKTrainingSAE(TrainingSAE):
     def update_threshold(self, values: Tensor) -> None:
         """Move the threshold toward the smallest positive selected activation by `topk_threshold_lr`."""
         positive = values[values > 0]
-        if positive.numel():
+        smallest = self.batch.min(positive.min() if positive.numel() else values.new_tensor(float("inf")))
+        if torch.isfinite(smallest):
             lr = self.train_cfg.topk_threshold_lr
-            self.topk_threshold.mul_(1 - lr).add_(lr * positive.min().double())
+            self.topk_threshold.mul_(1 - lr).add_(lr * smallest.double())
 
     def to_inference(self, scale: float) -> SAE:
         """A JumpReLU SAE whose every threshold is the learned scalar (the SAELens convention)."""

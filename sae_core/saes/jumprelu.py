@@ -86,8 +86,9 @@ class JumpReLUTrainingSAE(TrainingSAE):
         pre = torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
         acts = JumpReLUFunction.apply(pre, self.threshold, bw)
         x_hat = acts @ self.W_dec + self.b_dec
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        l0_penalty = StepFunction.apply(pre, self.threshold, bw).sum(-1).mean()
+        rows = self.batch.rows(x.shape[0])  # means over the whole batch, so ranks' terms add up
+        mse = (x_hat - x).pow(2).sum() / rows
+        l0_penalty = StepFunction.apply(pre, self.threshold, bw).sum() / rows
         coef = self.train_cfg.l0_coefficient * warmup(step_frac, self.train_cfg.l0_warmup_frac)
         active = acts.detach() > 0
         return TrainOutput(x_hat, {"mse": mse, "l0": coef * l0_penalty}, active.any(0), active.sum(-1).float().mean())

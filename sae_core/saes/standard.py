@@ -28,7 +28,8 @@ class StandardTrainingSAE(TrainingSAE):
     def training_forward(self, x: Tensor, *, dead_mask: Tensor | None, step_frac: float) -> TrainOutput:
         acts = torch.addmm(self.b_enc, x - self.b_dec, self.W_enc).relu()
         x_hat = acts @ self.W_dec + self.b_dec
-        mse = (x_hat - x).pow(2).sum(-1).mean()
+        rows = self.batch.rows(x.shape[0])  # means over the whole batch, so ranks' terms add up
+        mse = (x_hat - x).pow(2).sum() / rows
         coef = self.train_cfg.l1_coefficient * warmup(step_frac, self.train_cfg.l1_warmup_frac)
         active = acts.detach() > 0
-        return TrainOutput(x_hat, {"mse": mse, "l1": coef * acts.sum(-1).mean()}, active.any(0), active.sum(-1).float().mean())
+        return TrainOutput(x_hat, {"mse": mse, "l1": coef * acts.sum() / rows}, active.any(0), active.sum(-1).float().mean())

@@ -143,7 +143,8 @@ def auxk_loss(sae: TrainingSAE, x: Tensor, aux: SparseActs | None, num_dead: int
 def sparse_losses(sae: TrainingSAE, x: Tensor, acts: SparseActs, aux: SparseActs | None, num_dead: int) -> TrainOutput:
     """Decode sparse `acts`, then FVU + weighted AuxK (the losses of TopK and BatchTopK)."""
     x_hat = sparse_decode(acts, sae.W_dec) + sae.b_dec
-    total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    # the whole batch's variance: in data-parallel training each rank's FVU term is its rows' share
+    total_variance = sae.batch.sum((x - sae.batch.mean_rows(x)).pow(2).sum()).clamp_min(1e-12)
     fvu = (x - x_hat).pow(2).sum() / total_variance
     aux_loss = auxk_loss(sae, x, aux, num_dead, (x - x_hat).detach(), total_variance)
     fired, l0 = fired_and_l0(acts, sae.cfg.d_sae, x.shape[0])

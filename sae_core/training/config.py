@@ -28,9 +28,9 @@ def parse_count(text: str | int) -> int:
     return int(float(number) * _SUFFIXES.get(suffix.lower(), 1))
 
 
-def _opt(default: Any, help: str, *, count: bool = False, flag: str | None = None) -> Any:
-    """A dataclass field carrying its CLI help (and whether it accepts 2M-style counts)."""
-    meta = {"help": help, "count": count, "flag": flag}
+def _opt(default: Any, help: str, *, count: bool = False, flag: str | None = None, auto: bool = False) -> Any:
+    """A dataclass field carrying its CLI help (and whether it accepts 2M-style counts, or `auto`, stored as 0)."""
+    meta = {"help": help, "count": count, "flag": flag, "auto": auto}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -68,7 +68,8 @@ class TrainConfig:
     # Activations
     normalize: bool = _opt(True, "scale activations to mean norm sqrt(d_in) while training (folded into the saved weights)")
     outlier_factor: float = _opt(10.0, "drop tokens whose activation norm exceeds this x the median norm (attention sinks); 0 keeps all")
-    lm_batch_size: int = _opt(8, "contexts per LM forward pass")
+    lm_batch_size: int = _opt(8, "contexts per LM forward pass, or auto: as many as fit in half the free GPU memory", auto=True)
+    lm_dtype: str = _opt("float32", "precision of the LM's weights: float32, bfloat16 or float16 (GPU; activations stay float32)")
     chunk_tokens: int = _opt(65_536, "tokens harvested and shuffled together before SAE steps", count=True)
     activation_cache: str | None = _opt(
         None, "train on the activations in this cache (written by `sae-explorer cache`) instead of running the model on the corpus"
@@ -83,7 +84,8 @@ class TrainConfig:
     out: str = _opt("runs/default", "output run folder")
     seed: int = _opt(0, "random seed (initialisation and shuffling)")
     checkpoint_every: int = _opt(262_144, "write a resumable checkpoint every this many tokens per SAE", count=True)
-    device: str = _opt("auto", "cpu, cuda or auto")
+    device: str = _opt("auto", "cpu, cuda, cuda:N or auto (cuda when available; under torchrun each rank takes cuda:LOCAL_RANK)")
+    parallel: str = _opt("data", "under torchrun: data (every rank trains every SAE on a slice of each batch) or sites (SAEs dealt across ranks)")
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
     overwrite: bool = _opt(False, "replace an output folder that holds a different or finished run")
 
@@ -96,7 +98,7 @@ class TrainConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that define what is trained: two runs with equal fingerprints train the same SAEs."""
-        ignore = {"out", "overwrite", "eval", "eval_tokens", "ce_tokens", "device", "threads", "checkpoint_every"}
+        ignore = {"out", "overwrite", "eval", "eval_tokens", "ce_tokens", "device", "threads", "checkpoint_every", "parallel"}
         return {k: v for k, v in self.to_dict().items() if k not in ignore}
 
 
@@ -124,6 +126,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         return None
     kind = str(f.type)
     try:
+        if f.metadata.get("auto") and str(value).lower() == "auto":
+            return 0
         if f.metadata.get("count"):
             return parse_count(value)
         if "bool" in kind:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,14 +30,24 @@ def make_adam(params: Iterable[Tensor], lr: float, betas: tuple[float, float]) -
         return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
+def site_seed(seed: int, site: Site, purpose: str) -> int:
+    """A seed for one site's `purpose` (init, shuffle) that does not depend on which other sites are trained."""
+    return zlib.crc32(f"{seed}:{purpose}:{site.hook_name}".encode())
+
+
 class SiteTrainer:
-    """Feeds shuffled batches of one site's activations to its training SAE, step by step."""
+    """Feeds shuffled batches of one site's activations to its training SAE, step by step.
+
+    In data-parallel training every rank holds the same chunk and shuffle; `sae.batch` gives each rank
+    its slice of every batch and sums gradients, dead-latent counts and logs over the ranks.
+    """
 
     def __init__(self, site: Site, sae: Any, stats: SiteStats, cfg: TrainConfig):
         self.site = site
         self.sae = sae
         self.stats = stats
         self.cfg = cfg
+        self.shuffle = torch.Generator().manual_seed(site_seed(cfg.seed, site, "shuffle"))
         self.total_steps = -(-cfg.tokens // cfg.batch_size)  # at least the token budget
         self.base_lr = cfg.resolved_lr(sae.cfg.d_sae)
         self.opt = make_adam(sae.parameters(), self.base_lr, tuple(cfg.adam_betas))  # type: ignore[arg-type]
@@ -55,21 +66,21 @@ class SiteTrainer:
     def tokens(self) -> int:
         return self.steps * self.cfg.batch_size
 
-    def feed(self, rows: Tensor, generator: torch.Generator) -> None:
+    def feed(self, rows: Tensor) -> None:
         """Train on a chunk of raw activations `(N, d_in)`: filter outliers, scale, shuffle, step."""
         keep = self.stats.keep_mask(rows).nonzero().squeeze(1)
-        perm = torch.randperm(keep.numel(), generator=generator).to(rows.device)
+        perm = torch.randperm(keep.numel(), generator=self.shuffle).to(rows.device)
         # one gather for filter + shuffle, scaled in place: the chunk is copied once, not three times
         x = torch.cat([self.carry, rows.index_select(0, keep[perm]).mul_(self.stats.scale)])
         used, bs = 0, self.cfg.batch_size
         while used + bs <= x.shape[0] and not self.done:
-            self.step(x[used : used + bs])
+            self.step(self.sae.batch.shard(x[used : used + bs]))
             used += bs
         # Rows that do not fill a batch wait for the next chunk (they are part of the checkpoint).
         self.carry = x[used:].clone() if not self.done else x[:0].clone()
 
     def step(self, x: Tensor) -> TrainOutput:
-        """One optimiser step on a batch `x (batch_size, d_in)` of normalised activations."""
+        """One optimiser step on a batch `x (batch_size, d_in)` of normalised activations (this rank's slice of it)."""
         dead = self.since_fired >= self.cfg.dead_tokens
         out = self.sae.training_forward(
             x, dead_mask=dead, step_frac=self.steps / max(1, self.total_steps)
@@ -77,14 +88,16 @@ class SiteTrainer:
         loss = sum(out.losses.values())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[union-attr]
+        scope = self.sae.batch
+        scope.reduce_grads(self.sae.parameters())
         self.sae.before_optimizer_step()
         lr = self.base_lr * lr_factor(self.steps, self.total_steps, self.cfg.lr_warmup_frac, self.cfg.lr_decay_frac)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.step()
         self.sae.after_optimizer_step()
-        self.since_fired += x.shape[0]
-        self.since_fired[out.fired] = 0
+        self.since_fired += scope.rows(x.shape[0])
+        self.since_fired[scope.any(out.fired)] = 0
         self.steps += 1
         self._accumulate(x, out, lr)
         return out
@@ -92,9 +105,12 @@ class SiteTrainer:
     @torch.no_grad()
     def _accumulate(self, x: Tensor, out: TrainOutput, lr: float) -> None:
         # Kept as tensors on the SAE's device until `pop_log`: no host-device sync per logged value.
+        # Each is this rank's share of the whole batch's value (all of it in one process): pop_log sums them.
+        scope = self.sae.batch
         e = (x - out.x_hat).pow(2).sum()
-        var = (x - x.mean(0)).pow(2).sum()
-        values = {"fvu": e / var, "l0": out.l0, **{f"loss_{k}": v.detach() for k, v in out.losses.items()}}
+        var = scope.sum((x - scope.mean_rows(x)).pow(2).sum())
+        share = x.shape[0] / scope.rows(x.shape[0])
+        values = {"fvu": e / var, "l0": out.l0 * share, **{f"loss_{k}": v.detach() for k, v in out.losses.items()}}
         for k, v in values.items():
             self._log[k] = self._log.get(k, 0.0) + v
         self._log["lr"] = self._log.get("lr", 0.0) + lr
@@ -102,6 +118,10 @@ class SiteTrainer:
 
     def pop_log(self) -> dict[str, float]:
         """Mean training metrics since the last call (plus the current dead fraction)."""
+        names = [k for k in self._log if k != "lr"]
+        if names:
+            summed = self.sae.batch.sum(torch.stack([torch.as_tensor(self._log[k]).float() for k in names]))
+            self._log.update(zip(names, summed))
         record = {k: float(v) / max(1, self._log_n) for k, v in self._log.items()}
         record["dead_fraction"] = float((self.since_fired >= self.cfg.dead_tokens).float().mean())
         record["tokens"] = self.tokens
@@ -121,6 +141,7 @@ class SiteTrainer:
         tensors.update(opt_tensors)
         tensors[f"{prefix}since_fired"] = self.since_fired
         tensors[f"{prefix}carry"] = self.carry
+        tensors[f"{prefix}shuffle"] = self.shuffle.get_state()
         meta = {"steps": self.steps, "stats": self.stats.to_dict(), "optimizer": opt_meta}
         return tensors, meta
 
@@ -133,4 +154,5 @@ class SiteTrainer:
         load_optimizer_tensors(self.opt, opt, prefix + "opt.", meta["optimizer"])
         self.since_fired = tensors[prefix + "since_fired"].to(device)
         self.carry = tensors[prefix + "carry"].to(device)
+        self.shuffle.set_state(tensors[prefix + "shuffle"])
         self.steps = int(meta["steps"])

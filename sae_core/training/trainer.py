@@ -3,11 +3,17 @@
 Text → packed contexts → one forward pass to the deepest site → per-site chunks of
 real-token activations → each site's SAE steps through its shuffled chunk. Resumable:
 a checkpoint at a chunk boundary holds everything needed to continue bit-for-bit.
+
+Under `torchrun` the ranks share the LM work and either every SAE (`--parallel data`: each rank
+takes a slice of every batch, gradients are summed) or the sites (`--parallel sites`: each rank
+trains its own SAEs). Both give the SAEs one process would, and a checkpoint (one file per site)
+resumes on any number of ranks.
 """
 
 from __future__ import annotations
 
 import itertools
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,20 +26,24 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..activation_cache import cached_chunks, check_cache
 from ..corpus import describe_source, iter_documents
-from ..devices import resolve_device
 from ..errors import UserError
 from ..harvest import Chunk, SiteStats, harvest_chunks
 from ..loading import save_sae
+from ..io import read_json, write_json
+from ..memory import LM_DTYPES, resolve_lm_batch_size
 from ..models import LoadedModel, load_model
+from ..parallel import Parallel, RankBatch, all_reduce_, broadcast_params, init_parallel, site_owners
+from ..parallel.sharded_harvest import sharded_chunks
 from ..runs import RunDir
 from ..saes import ARCHITECTURES, SAEConfig, SAETrainingOptions, create_training_sae
+from ..saes.base import LOCAL_BATCH
 from ..sites import Site, parse_sites
 from ..tokens import TokenBatch, check_context_size, token_batches
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .site_trainer import SiteTrainer
+from .site_trainer import SiteTrainer, site_seed
 
-CHECKPOINT_VERSION = 2  # 2: the encoder is stored as W_enc_T
+CHECKPOINT_VERSION = 3  # 2: the encoder is stored as W_enc_T; 3: one file per site, per-site shuffles
 _INIT_SAMPLE = 32_768  # rows used to initialise b_dec
 
 
@@ -52,14 +62,16 @@ def validate(cfg: TrainConfig, d_in: int) -> int:
     return d_sae
 
 
-def training_batches(cfg: TrainConfig, loaded: LoadedModel, log: Callable[[str], None]) -> Iterator[TokenBatch]:
+def training_batches(
+    cfg: TrainConfig, loaded: LoadedModel, log: Callable[[str], None], lm_batch_size: int | None = None
+) -> Iterator[TokenBatch]:
     """Packed training batches, looping over the corpus (with a notice) when it runs out."""
     for epoch in itertools.count():
         if epoch:
             log(f"the training split of the corpus is exhausted; starting pass {epoch + 1} over it")
         docs = iter_documents(cfg.corpus, "train", eval_fraction=cfg.eval_fraction, text_field=cfg.text_field)
         produced = False
-        for batch in token_batches(docs, loaded.tokenizer, cfg.context_size, cfg.lm_batch_size):
+        for batch in token_batches(docs, loaded.tokenizer, cfg.context_size, lm_batch_size or cfg.lm_batch_size):
             produced = True
             yield batch
         if not produced:
@@ -90,55 +102,102 @@ def _sae_config(cfg: TrainConfig, loaded: LoadedModel, site: Site, d_sae: int) -
 
 
 class MultiSiteTrainer:
-    """All the sites of one run: their trainers, the shared token stream and the run folder."""
+    """The sites this rank trains: their trainers, the shared token stream and the run folder."""
 
-    def __init__(self, cfg: TrainConfig, run: RunDir, loaded: LoadedModel, sites: list[Site], d_sae: int, log: Callable[[str], None]):
+    def __init__(
+        self, cfg: TrainConfig, run: RunDir, loaded: LoadedModel, sites: list[Site], d_sae: int, log: Callable[[str], None],
+        par: Parallel = Parallel(), owners: list[int | None] | None = None,
+    ):
         self.cfg, self.run, self.loaded, self.sites, self.d_sae, self.log = cfg, run, loaded, sites, d_sae, log
-        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.par = par
+        self.owners = owners or [None] * len(sites)
+        self.owned = [s for s, o in zip(sites, self.owners) if o is None or o == par.rank]
+        # data parallel: every rank trains every SAE on its slice of each batch
+        self.scope = RankBatch(par) if par.distributed and all(o is None for o in self.owners) else LOCAL_BATCH
         self.trainers: list[SiteTrainer] = []
         self.lm_batches = 0
 
+    def writes(self, site: Site) -> bool:
+        """Whether this rank writes `site`'s files: its owner, or rank 0 for SAEs every rank trains."""
+        owner = self.owners[self.sites.index(site)]
+        return self.par.main if owner is None else owner == self.par.rank
+
     @property
     def tokens(self) -> int:
-        """Training tokens every SAE has seen so far."""
-        return min((t.tokens for t in self.trainers), default=0)
+        """Training tokens every SAE of the job has seen so far (the minimum over all ranks)."""
+        local = min((t.tokens for t in self.trainers), default=0)
+        if not self.par.distributed:
+            return local
+        return int(all_reduce_(torch.tensor([local], dtype=torch.long), "min"))
+
+    def all_done(self) -> bool:
+        done = torch.tensor([int(all(t.done for t in self.trainers))])
+        return bool(all_reduce_(done, "min")) if self.par.distributed else bool(done)
 
     def start(self, first: dict[Site, torch.Tensor]) -> None:
         """Create each site's SAE, estimate its activation statistics and initialise it, from the first chunk."""
         options = _training_options(self.cfg)
-        for i, site in enumerate(self.sites):
+        for site in self.owned:
             rows = first[site]
             stats = SiteStats.estimate(rows, self.cfg.outlier_factor, self.cfg.normalize)
-            generator = torch.Generator().manual_seed(self.cfg.seed * 10_007 + i)
+            generator = torch.Generator().manual_seed(site_seed(self.cfg.seed, site, "init"))
             sae = create_training_sae(_sae_config(self.cfg, self.loaded, site, self.d_sae), options, generator)
             sae = sae.to(rows.device)
             sae.init_from_data(rows[stats.keep_mask(rows)][:_INIT_SAMPLE] * stats.scale)
+            sae.batch = self.scope
+            if self.scope.world > 1:
+                broadcast_params(sae)  # identical on every rank even if initialisation differs in the last bit
             self.trainers.append(SiteTrainer(site, sae, stats, self.cfg))
 
-    def checkpoint(self) -> None:
-        tensors: dict[str, torch.Tensor] = {"shuffle_generator": self.shuffle.get_state()}
-        meta: dict[str, Any] = {
-            "version": CHECKPOINT_VERSION, "lm_batches": self.lm_batches, "fingerprint": self.cfg.fingerprint(), "sites": {}
-        }
+    def site_stats(self) -> dict[str, dict[str, float | None]]:
+        """Every site's activation statistics (gathered from the ranks that own them)."""
+        table = torch.zeros(len(self.sites), 4, dtype=torch.float64)
         for t in self.trainers:
-            t_tensors, t_meta = t.state(f"{t.site.short}.")
-            tensors.update(t_tensors)
-            meta["sites"][t.site.short] = t_meta
-        save_checkpoint(self.run.checkpoint_path, tensors, meta)
+            if self.writes(t.site):
+                d = t.stats.to_dict()
+                table[self.sites.index(t.site)] = torch.tensor(
+                    [d["mean_norm"], d["median_norm"], float("nan") if d["outlier_threshold"] is None else d["outlier_threshold"], d["scale"]]
+                )
+        all_reduce_(table)
+        out = {}
+        for site, (mean, median, threshold, scale) in zip(self.sites, table.tolist()):
+            out[site.hook_name] = {"mean_norm": mean, "median_norm": median, "outlier_threshold": None if threshold != threshold else threshold, "scale": scale}
+        return out
+
+    def checkpoint(self) -> None:
+        """One file per site (by the rank that writes it), then the manifest that names them (by rank 0)."""
+        folder = self.run.checkpoint_dir
+        files = {s.hook_name: f"{s.hook_name}.{self.lm_batches}.safetensors" for s in self.sites}
+        for t in self.trainers:
+            if self.writes(t.site):
+                tensors, meta = t.state("")
+                save_checkpoint(folder / files[t.site.hook_name], tensors, meta)
+        self.par.barrier()
+        if self.par.main:
+            write_json(self.run.checkpoint_path, {
+                "version": CHECKPOINT_VERSION, "lm_batches": self.lm_batches, "fingerprint": self.cfg.fingerprint(), "sites": files,
+            })
+            for old in folder.glob("*.safetensors"):
+                if old.name not in files.values():
+                    old.unlink(missing_ok=True)
+        self.par.barrier()
 
     def restore(self, device: torch.device) -> None:
-        tensors, meta = load_checkpoint(self.run.checkpoint_path)
+        """Continue from the manifest's checkpoint, whatever number of ranks wrote it."""
+        manifest = self.run.checkpoint_path
+        meta = read_json(manifest) if manifest.is_file() else {}
         if meta.get("version") != CHECKPOINT_VERSION or meta.get("fingerprint") != self.cfg.fingerprint():
             raise UserError(
-                f"checkpoint {self.run.checkpoint_path} does not belong to this configuration; pass --overwrite to restart"
+                f"the checkpoint in {self.run.checkpoint_dir} does not belong to this configuration or version; "
+                "pass --overwrite to restart"
             )
-        self.shuffle.set_state(tensors["shuffle_generator"])
         options = _training_options(self.cfg)
-        for site in self.sites:
-            site_meta = meta["sites"][site.short]
+        for site in self.owned:
+            tensors, site_meta = load_checkpoint(self.run.checkpoint_dir / meta["sites"][site.hook_name])
             sae = create_training_sae(_sae_config(self.cfg, self.loaded, site, self.d_sae), options).to(device)
+            sae.batch = self.scope
             trainer = SiteTrainer(site, sae, SiteStats(**site_meta["stats"]), self.cfg)
-            trainer.load_state(tensors, site_meta, f"{site.short}.")
+            trainer.load_state(tensors, site_meta, "")
             self.trainers.append(trainer)
         self.lm_batches = int(meta["lm_batches"])
 
@@ -146,36 +205,42 @@ class MultiSiteTrainer:
         """Train on chunks until every SAE has its tokens; False when stopped early at a checkpoint."""
         cfg = self.cfg
         total = -(-cfg.tokens // cfg.batch_size) * cfg.batch_size
-        last_ckpt = self.tokens
-        with tqdm(total=total, initial=self.tokens, unit="tok", unit_scale=True, desc="training", dynamic_ncols=True, file=sys.stderr) as bar:
+        last_ckpt = shown = self.tokens
+        with tqdm(total=total, initial=last_ckpt, unit="tok", unit_scale=True, desc="training", dynamic_ncols=True,
+                  file=sys.stderr, disable=not self.par.main) as bar:
             for chunk in chunks:
                 self.lm_batches += chunk.lm_batches
                 if not self.trainers:
                     self.start(chunk.acts)
-                    info["site_stats"] = {t.site.hook_name: t.stats.to_dict() for t in self.trainers}
-                    self.run.write(info)
-                before = self.tokens
+                    info["site_stats"] = self.site_stats()
+                    if self.par.main:
+                        self.run.write(info)
                 for t in self.trainers:
                     if not t.done:
-                        t.feed(chunk.acts[t.site], self.shuffle)
-                bar.update(self.tokens - before)
-                records = {t.site.short: t.pop_log() for t in self.trainers}
-                bar.set_postfix_str("  ".join(f"{s} fvu {r.get('fvu', float('nan')):.3f}" for s, r in records.items())[:120])
+                        t.feed(chunk.acts[t.site])
+                tokens = self.tokens
+                bar.update(tokens - shown)
+                shown = tokens
+                records = {t.site: t.pop_log() for t in self.trainers}
+                bar.set_postfix_str("  ".join(f"{s.short} fvu {r.get('fvu', float('nan')):.3f}" for s, r in records.items())[:120])
                 for s, r in records.items():
-                    self.run.append_log({"site": s, "lm_batches": self.lm_batches, **r})
-                if all(t.done for t in self.trainers):
+                    if self.writes(s):
+                        self.run.append_log({"site": s.short, "lm_batches": self.lm_batches, **r})
+                if self.all_done():
                     return True
-                if self.tokens - last_ckpt >= cfg.checkpoint_every:
+                if tokens - last_ckpt >= cfg.checkpoint_every:
                     self.checkpoint()
-                    last_ckpt = self.tokens
-                    if stop_after_tokens is not None and self.tokens >= stop_after_tokens:
+                    last_ckpt = tokens
+                    if stop_after_tokens is not None and tokens >= stop_after_tokens:
                         return False
-        return all(t.done for t in self.trainers)
+        return self.all_done()
 
     def save(self, corpus: str) -> None:
-        """Write every SAE in canonical SAELens form."""
+        """Write every SAE in canonical SAELens form (each by the rank that writes it)."""
         for t in self.trainers:
-            save_sae(t.to_inference(), self.run.sae_dir(t.site.hook_name), extra_metadata=_sae_metadata(self.cfg, t, corpus))
+            if self.writes(t.site):
+                save_sae(t.to_inference(), self.run.sae_dir(t.site.hook_name), extra_metadata=_sae_metadata(self.cfg, t, corpus))
+        self.par.barrier()
 
 
 def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_after_tokens: int | None = None) -> RunDir:
@@ -183,58 +248,87 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
 
     `stop_after_tokens` stops early, right after a checkpoint at or beyond that many tokens per
     SAE (`--stop-after`), so a job with a time limit can continue later with the same command.
+    Launched by torchrun, every rank calls this; see the module docstring for what each does.
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    par, device = init_parallel(cfg.device)
+    log = log or _rank_log(par)
     run = RunDir(cfg.out)
-    resume = run.prepare_training(cfg.fingerprint(), cfg.overwrite)
+    if par.main:
+        resume = run.prepare_training(cfg.fingerprint(), cfg.overwrite)
+    par.barrier()
+    if not par.main:
+        resume = run.checkpoint_dir.is_dir() and any(run.checkpoint_dir.iterdir())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
 
+    if cfg.lm_dtype not in LM_DTYPES:
+        raise UserError(f"unknown --lm-dtype {cfg.lm_dtype!r}; use {', '.join(LM_DTYPES)}")
     log(f"loading model {cfg.model or 'embedded SmolLM2-135M-Instruct'} …")
-    loaded = load_model(cfg.model, device=device)
+    loaded = load_model(cfg.model, device=device, dtype=LM_DTYPES[cfg.lm_dtype])
     layout = loaded.layout
     sites = parse_sites(cfg.sites, layout.n_layers)
     check_context_size(cfg.context_size, layout.max_positions, loaded.name)
     d_sae = validate(cfg, layout.d_model)
+    owners = site_owners(len(sites), par, cfg.parallel)
+    if par.distributed and cfg.parallel == "data" and cfg.batch_size % par.world:
+        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {par.world} ranks of a data-parallel job")
+    # a resumed run keeps the batch size it measured: the checkpoint counts LM batches
+    measured = (run.read() or {}).get("parallel", {}).get("lm_batch_size") if resume else None
+    lm_batch_size = measured or resolve_lm_batch_size(cfg.lm_batch_size, loaded, sites, cfg.context_size)
     if cfg.activation_cache:
         cache = check_cache(cfg.activation_cache, loaded.name, sites)
         corpus = f"activation cache {cfg.activation_cache} of {cache.get('corpus', 'unknown text')}"
     else:
         corpus = describe_source(cfg.corpus)
-        batches = training_batches(cfg, loaded, log)
+        batches = training_batches(cfg, loaded, log, lm_batch_size)
         # Reading and tokenizing the start of the corpus here makes bad text fail before anything is written.
         batches = itertools.chain([next(batches)], batches)
     log(
         f"training {len(sites)} {cfg.arch} SAE(s) (d_in {layout.d_model}, d_sae {d_sae}) at "
         f"{', '.join(s.short for s in sites)} on {cfg.tokens:,} tokens each from {corpus}"
+        + (f"; {par.world} ranks, {cfg.parallel} parallel" if par.distributed else "")
     )
     info = _run_info(cfg, run, loaded, sites, corpus, resume)
-    run.write(info)
+    info["parallel"] = {"ranks": par.world, "mode": cfg.parallel, "lm_batch_size": lm_batch_size}
+    if par.main:
+        run.write(info)
 
-    trainer = MultiSiteTrainer(cfg, run, loaded, sites, d_sae, log)
+    trainer = MultiSiteTrainer(cfg, run, loaded, sites, d_sae, log, par, owners)
     if resume:
         trainer.restore(device)
         log(f"resuming from the checkpoint at {trainer.tokens:,} tokens per SAE")
     if cfg.activation_cache:
-        chunks = cached_chunks(cfg.activation_cache, sites, trainer.lm_batches, log)
+        chunks = cached_chunks(cfg.activation_cache, trainer.owned, trainer.lm_batches, log)
     else:
-        chunks = harvest_chunks(loaded, sites, itertools.islice(batches, trainer.lm_batches, None), cfg.chunk_tokens)
+        remaining = itertools.islice(batches, trainer.lm_batches, None)
+        if par.distributed:
+            chunks = sharded_chunks(loaded, sites, owners, remaining, cfg.chunk_tokens, par)
+        else:
+            chunks = harvest_chunks(loaded, sites, remaining, cfg.chunk_tokens)
     started = time.time()
     if not trainer.run_chunks(chunks, info, stop_after_tokens):
         log(f"stopped after the checkpoint at {trainer.tokens:,} tokens per SAE, as asked")
         return run
     trainer.save(corpus)
-    info.update(
-        status="complete",
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        train_seconds=round(time.time() - started, 1),
-        lm_batches=trainer.lm_batches,
-    )
-    run.write(info)
-    run.checkpoint_path.unlink(missing_ok=True)
-    log(f"saved {len(sites)} SAE(s) under {run.saes_dir}")
+    if par.main:
+        info.update(
+            status="complete",
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            train_seconds=round(time.time() - started, 1),
+            lm_batches=trainer.lm_batches,
+        )
+        run.write(info)
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        log(f"saved {len(sites)} SAE(s) under {run.saes_dir}")
+    par.barrier()
     return run
+
+
+def _rank_log(par: Parallel) -> Callable[[str], None]:
+    """Messages to stderr: from rank 0 only, so a job of many ranks says each thing once."""
+    if not par.main:
+        return lambda msg: None
+    return lambda msg: print(msg, file=sys.stderr, flush=True)
 
 
 def _run_info(cfg: TrainConfig, run: RunDir, loaded: LoadedModel, sites: list[Site], corpus: str, resume: bool) -> dict[str, Any]:
