@@ -117,16 +117,16 @@ def test_neighbours_and_summaries_are_stored(built_run):
 def test_interrupted_build_keeps_the_previous_file(built_run, loaded, monkeypatch):
     db = built_run / DB_FILE
     before = db.read_bytes()
-    real = precompute_module._write_sae
+    real = precompute_module._sae_rows
     calls = []
 
     def failing(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 2:  # the first SAE is already in the file being built
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(precompute_module, "_write_sae", failing)
+    monkeypatch.setattr(precompute_module, "_sae_rows", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         precompute_run(built_run, OPTIONS, loaded=loaded, log=lambda m: None)
     assert db.read_bytes() == before

@@ -27,6 +27,7 @@ from ..corpus import describe_source, iter_documents
 from ..errors import RunError, UserError
 from ..io import read_json
 from ..models import LoadedModel
+from ..parallel import init_parallel
 from ..run_saes import open_run_saes
 from ..saes import SAE
 from ..sites import Site
@@ -37,7 +38,7 @@ from .logit_effects import LogitEffects, logit_effects
 from .neighbours import Neighbours, coactivation_neighbours, decoder_cosine_neighbours
 from .record import RecordWriter, read_site, read_token_ids, record_activations
 from .schema import DB_FILE
-from .writer import FeatureDBWriter, list_array
+from .writer import FeatureDBWriter, list_array, write_parts
 
 WORK_DIR = ".precompute"
 METRIC_COLUMNS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_div", "delta_lm_loss")
@@ -96,9 +97,15 @@ def precompute_run(
     loaded: LoadedModel | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Build `RUN/features.duckdb` for every SAE of the run; return its path."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    opened = open_run_saes(run_path, loaded=loaded, device=options.device, log=log)
+    """Build `RUN/features.duckdb` for every SAE of the run; return its path.
+
+    Under torchrun the ranks share the work: each records every world-th batch of the stream, then
+    analyses its share of the SAEs into Parquet parts, which rank 0 loads into the one DuckDB file
+    (the same tables as a one-process build). The run folder must be on a filesystem all ranks share.
+    """
+    par, device = init_parallel(options.device)
+    log = log or ((lambda msg: print(msg, file=sys.stderr, flush=True)) if par.main else (lambda msg: None))
+    opened = open_run_saes(run_path, loaded=loaded, device=device, log=log)
     run, info, cfg, loaded = opened.run, opened.info, opened.config, opened.loaded
     saes, sae_folders = opened.saes, opened.folders
     sites = list(saes)
@@ -114,9 +121,11 @@ def precompute_run(
         "split": options.split,
         "tokens": options.tokens,
         "context_size": context_size,
+        "ranks": par.world,
     }
     work = run.path / WORK_DIR
-    writer = RecordWriter(work, fingerprint, sites, options.shard_tokens)
+    folders = [work / f"rank-{r:05d}" for r in range(par.world)]
+    writer = RecordWriter(folders[par.rank], fingerprint, sites, options.shard_tokens)
     if not writer.complete:
         lm_batch_size = int(cfg.get("lm_batch_size") or 8)
         docs = iter_documents(corpus, options.split, eval_fraction=cfg.get("eval_fraction", 0.05), text_field=cfg.get("text_field"))
@@ -127,11 +136,12 @@ def precompute_run(
             f"precomputing {len(sites)} SAE(s) at {', '.join(s.short for s in sites)} on up to {options.tokens:,} tokens "
             f"of {describe_source(corpus)} ({options.split} split)"
             + (f", resuming after {writer.counted_tokens:,} tokens" if writer.counted_tokens else "")
+            + (f", {par.world} ranks" if par.distributed else "")
         )
         with tqdm(total=options.tokens, initial=writer.counted_tokens, unit="tok", unit_scale=True, desc="encoding",
-                  file=sys.stderr, dynamic_ncols=True) as bar:
+                  file=sys.stderr, dynamic_ncols=True, disable=not par.main) as bar:
             try:
-                record_activations(loaded, saes, batches, writer, options.tokens, progress=bar.update)
+                record_activations(loaded, saes, batches, writer, options.tokens, progress=bar.update, par=par)
             except UserError:
                 if not writer.lm_batches:  # bad text before anything was recorded: leave no work folder behind
                     shutil.rmtree(work, ignore_errors=True)
@@ -139,38 +149,60 @@ def precompute_run(
     if writer.counted_tokens == 0:
         shutil.rmtree(work, ignore_errors=True)
         raise RunError(f"{describe_source(corpus)} has no {options.split} text to precompute on; pass --corpus with more text")
+    par.barrier()  # every rank's record is complete
     stream_seconds = time.time() - started
 
-    token_ids = read_token_ids(work)
+    token_ids = read_token_ids(folders)
     vocab = _vocab(loaded)
+    ids = list(range(len(sites)))
+
+    def rows_of(sae_id: int) -> list[tuple[str, dict[str, Any]]]:
+        site = sites[sae_id]
+        result = _analyse(site, saes[site], sae_folders[site], folders, token_ids, loaded, vocab, options)
+        return _sae_rows(sae_id, result, run.path)
+
+    def progress(items: list[int]) -> Any:
+        return tqdm(items, desc="feature statistics", unit="SAE", file=sys.stderr, dynamic_ncols=True, disable=not par.main)
+
+    parts = work / "parts"
+    if par.distributed:  # each rank analyses its share of the SAEs into Parquet parts
+        for sae_id in progress(par.mine(ids)):
+            write_parts(parts / f"sae-{sae_id:05d}", rows_of(sae_id))
+        par.barrier()
     out = run.path / DB_FILE
-    with FeatureDBWriter(out) as db:
-        db.insert("vocab", {"token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab})
-        db.insert("contexts", {"context_id": np.arange(token_ids.shape[0], dtype=np.int32), "token_ids": list_array(token_ids, dtype=pa.int32())})
-        for sae_id, site in enumerate(tqdm(sites, desc="feature statistics", unit="SAE", file=sys.stderr, dynamic_ncols=True)):
-            result = _analyse(site, saes[site], sae_folders[site], work, token_ids, loaded, vocab, options)
-            _write_sae(db, sae_id, result, run.path)
-        db.finish({
-            "model": info.get("model"),
-            "run": str(run.path),
-            "corpus": describe_source(corpus),
-            "split": options.split,
-            "tokens": writer.counted_tokens,
-            "contexts": int(token_ids.shape[0]),
-            "context_size": context_size,
-            "options": asdict(options),
-            "sae_explorer_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "stream_seconds": round(stream_seconds, 1),
-            "total_seconds": round(time.time() - started, 1),
-        })
-    shutil.rmtree(work, ignore_errors=True)
-    log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {len(sites)} SAE(s), {writer.counted_tokens:,} tokens")
+    if par.main:
+        with FeatureDBWriter(out) as db:
+            db.insert("vocab", {"token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab})
+            db.insert("contexts", {"context_id": np.arange(token_ids.shape[0], dtype=np.int32), "token_ids": list_array(token_ids, dtype=pa.int32())})
+            for sae_id in ids if par.distributed else progress(ids):
+                if par.distributed:
+                    db.insert_parts(parts / f"sae-{sae_id:05d}")
+                else:  # one SAE's tables in memory at a time
+                    for table, columns in rows_of(sae_id):
+                        db.insert(table, columns)
+            db.finish({
+                "model": info.get("model"),
+                "run": str(run.path),
+                "corpus": describe_source(corpus),
+                "split": options.split,
+                "tokens": writer.counted_tokens,
+                "contexts": int(token_ids.shape[0]),
+                "context_size": context_size,
+                "options": asdict(options),
+                "sae_explorer_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "stream_seconds": round(stream_seconds, 1),
+                "total_seconds": round(time.time() - started, 1),
+                "ranks": par.world,
+            })
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {len(sites)} SAE(s), {writer.counted_tokens:,} tokens")
+    par.barrier()
     return out
 
 
 def _analyse(
-    site: Site, sae: SAE, folder: Path, work: Path, token_ids: torch.Tensor, loaded: LoadedModel, vocab: list[str],
+    site: Site, sae: SAE, folder: Path, work: list[Path], token_ids: torch.Tensor, loaded: LoadedModel, vocab: list[str],
     options: PrecomputeOptions,
 ) -> SAEResult:
     """All statistics of one SAE from its recorded activations and its decoder."""
@@ -202,24 +234,26 @@ def _top_tokens_per_feature(examples: Examples, token_ids: torch.Tensor, d_sae: 
     return [tokens[bounds[f] : bounds[f + 1]].tolist() for f in range(d_sae)]
 
 
-def _write_sae(db: FeatureDBWriter, sae_id: int, r: SAEResult, run_path: Path) -> None:
+def _sae_rows(sae_id: int, r: SAEResult, run_path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of every table for one SAE, as (table, columns) in insertion order."""
+    rows: list[tuple[str, dict[str, Any]]] = []
     cfg, stats, d_sae = r.sae.cfg, r.stats, r.sae.cfg.d_sae
     metrics_file = r.folder / "metrics.json"
     metrics = read_json(metrics_file) if metrics_file.is_file() else {}
     fires = stats.fires
     alive = fires > 0
     l0 = float(fires.sum()) / max(stats.n_tokens, 1)
-    db.insert("saes", {
+    rows.append(("saes", {
         "sae_id": [sae_id], "hook_name": [r.site.hook_name], "short_name": [r.site.short], "layer": [r.site.layer],
         "site": [r.site.kind], "architecture": [cfg.architecture], "d_in": [cfg.d_in], "d_sae": [d_sae], "k": [cfg.k],
         "folder": [str(r.folder.relative_to(run_path)) if r.folder.is_relative_to(run_path) else str(r.folder)],
         "n_tokens": [stats.n_tokens], "l0_precompute": [l0], "dead_fraction_precompute": [1 - float(alive.double().mean())],
         **{m: [metrics.get(m)] for m in METRIC_COLUMNS},
         "metrics": [json.dumps(metrics) if metrics else None],
-    })
+    }))
     ids = np.full(d_sae, sae_id, dtype=np.int32)
     feature = np.arange(d_sae, dtype=np.int32)
-    db.insert("features", {
+    rows.append(("features", {
         "sae_id": ids, "feature": feature, "fires": fires.numpy(), "density": stats.density.numpy(),
         "max_act": stats.max_act.numpy(), "mean_act": stats.mean_act.numpy(), "dead": (~alive).numpy(),
         "hist_max": stats.max_act.numpy(), "hist_counts": list_array(stats.hist_counts.to(torch.int32), dtype=pa.int32()),
@@ -230,25 +264,26 @@ def _write_sae(db: FeatureDBWriter, sae_id: int, r: SAEResult, run_path: Path) -
         "top_token_ids": pa.array(r.top_token_ids, type=pa.list_(pa.int32())),
         "label": r.labels,
         "label_lower": [label.lower() for label in r.labels],
-    })
+    }))
     ex = r.examples
     lengths = (~ex.windows.isnan()).sum(1)
-    db.insert("examples", {
+    rows.append(("examples", {
         "sae_id": np.full(ex.features.numel(), sae_id, dtype=np.int32), "feature": ex.features.to(torch.int32).numpy(),
         "kind": ex.kinds.to(torch.int8).numpy(), "rank": ex.ranks.to(torch.int16).numpy(),
         "context_id": ex.contexts.to(torch.int32).numpy(), "position": ex.positions.to(torch.int16).numpy(),
         "activation": ex.activations.numpy(), "window_start": ex.starts.to(torch.int16).numpy(),
         "acts": list_array(ex.windows, lengths),
-    })
+    }))
     for kind, nb in (("decoder_cosine", r.cosine), ("coactivation", r.coactivation)):
         n = (nb.ids >= 0).sum(1)
-        db.insert("neighbours", {
+        rows.append(("neighbours", {
             "sae_id": ids, "feature": feature, "kind": [kind] * d_sae,
             "ids": list_array(nb.ids.to(torch.int32), n, dtype=pa.int32()),
             "scores": list_array(nb.scores, n),
             "counts": list_array(nb.counts.to(torch.int32), n, dtype=pa.int32()) if nb.counts is not None else pa.nulls(d_sae, pa.list_(pa.int32())),
-        })
-    db.insert("site_summary", _site_summary(sae_id, r, l0))
+        }))
+    rows.append(("site_summary", _site_summary(sae_id, r, l0)))
+    return rows
 
 
 def _site_summary(sae_id: int, r: SAEResult, l0: float) -> dict[str, list[Any]]:

@@ -3,6 +3,9 @@
 Every later statistic (density, histograms, top examples, co-activation) is computed from this
 record, so the LM runs once. The record is written to disk in shards as it grows, which is what
 lets a long precompute resume after it is killed.
+
+Under torchrun each rank records every world-th batch into its own folder, with global context and
+token indices; the readers merge the folders back into the order one process records.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..evals import non_outliers, outlier_threshold
 from ..harvest import batch_activations
 from ..io import atomic_path, write_json
 from ..models import LoadedModel
+from ..parallel import Parallel
 from ..saes import SAE
 from ..sites import Site
 from ..tokens import TokenBatch
@@ -61,6 +65,7 @@ class RecordWriter:
 
     The folder holds `state.json` (what is being recorded, a fingerprint) and `shard-NNNNN.safetensors`
     files. A folder with a different fingerprint is cleared; one with the same resumes after its shards.
+    Counts (batches, contexts, tokens) are of the whole stream, including batches other ranks record.
     """
 
     def __init__(self, folder: Path, fingerprint: dict[str, Any], sites: list[Site], shard_tokens: int):
@@ -80,7 +85,7 @@ class RecordWriter:
 
     @property
     def lm_batches(self) -> int:
-        """LM batches already recorded in shards (to skip when resuming)."""
+        """LM batches of the stream already behind the shards (to skip when resuming)."""
         return sum(s["lm_batches"] for s in self.state["shards"])
 
     @property
@@ -93,6 +98,7 @@ class RecordWriter:
 
     def _reset_buffer(self) -> None:
         self._ids: list[Tensor] = []
+        self._context_ids: list[Tensor] = []
         self._parts: dict[Site, list[tuple[Tensor, Tensor, Tensor, Tensor]]] = {s: [] for s in self.sites}
         self._batches = self._contexts = self._tokens = 0
 
@@ -112,8 +118,13 @@ class RecordWriter:
                 (values.float().cpu(), latents.to(torch.int32).cpu(), tokens.cpu(), counted.view(B, T).cpu())
             )
         self._ids.append(batch.input_ids.to(torch.int32).cpu())
+        self._context_ids.append(torch.arange(base // T, base // T + B, dtype=torch.int64))
+        return self.skip(batch)
+
+    def skip(self, batch: TokenBatch) -> int:
+        """Count a batch another rank records (or, from `add`, this one); return its real tokens."""
         self._batches += 1
-        self._contexts += B
+        self._contexts += batch.input_ids.shape[0]
         real = int(batch.real.sum())
         self._tokens += real
         if self._tokens >= self.shard_tokens:
@@ -124,14 +135,16 @@ class RecordWriter:
         """Write what is buffered as one shard (atomically) and note it in state.json."""
         if not self._batches:
             return
-        tensors = {"token_ids": torch.cat(self._ids)}
-        for site in self.sites:
-            values, latents, tokens, counted = (torch.cat(t) for t in zip(*self._parts[site]))
-            key = site.hook_name
-            tensors |= {f"{key}.values": values, f"{key}.latents": latents, f"{key}.tokens": tokens, f"{key}.counted": counted}
-        name = f"shard-{len(self.state['shards']):05d}.safetensors"
-        with atomic_path(self.folder / name) as tmp:
-            save_file(tensors, str(tmp))
+        name = None
+        if self._ids:  # else every batch since the last shard went to other ranks
+            tensors = {"token_ids": torch.cat(self._ids), "context_ids": torch.cat(self._context_ids)}
+            for site in self.sites:
+                values, latents, tokens, counted = (torch.cat(t) for t in zip(*self._parts[site]))
+                key = site.hook_name
+                tensors |= {f"{key}.values": values, f"{key}.latents": latents, f"{key}.tokens": tokens, f"{key}.counted": counted}
+            name = f"shard-{len(self.state['shards']):05d}.safetensors"
+            with atomic_path(self.folder / name) as tmp:
+                save_file(tensors, str(tmp))
         self.state["shards"].append(
             {"file": name, "lm_batches": self._batches, "contexts": self._contexts, "tokens": self._tokens}
         )
@@ -151,41 +164,58 @@ def record_activations(
     writer: RecordWriter,
     max_tokens: int,
     progress: Callable[[int], None] | None = None,
+    par: Parallel = Parallel(),
 ) -> None:
-    """Feed batches to `writer` until `max_tokens` real tokens are recorded (or the text runs out)."""
+    """Feed batches to `writer` until `max_tokens` real tokens are recorded (or the text runs out).
+
+    `batches` continue the stream after `writer.lm_batches`; with several ranks, this rank records
+    batch i of the stream when i % world == rank and only counts the others.
+    """
     seen = writer.counted_tokens
-    for batch in batches:
+    for i, batch in enumerate(batches, start=writer.lm_batches):
         if seen >= max_tokens:
             break
-        n = writer.add(loaded, saes, batch)
+        n = writer.add(loaded, saes, batch) if i % par.world == par.rank else writer.skip(batch)
         seen += n
         if progress:
             progress(n)
     writer.finish()
 
 
-def read_token_ids(folder: Path) -> Tensor:
-    """`(n_contexts, context_size)` int32 token ids of everything recorded."""
-    state = _require_state(folder)
-    parts = []
-    for shard in state["shards"]:
-        with safe_open(str(folder / shard["file"]), framework="pt") as f:
-            parts.append(f.get_tensor("token_ids"))
-    return torch.cat(parts)
+def _shard_files(folders: list[Path]) -> list[Path]:
+    """Every shard holding data, over the folders of all ranks."""
+    return [folder / shard["file"] for folder in folders for shard in _require_state(folder)["shards"] if shard["file"]]
 
 
-def read_site(folder: Path, site: Site) -> SparseActivations:
-    """The sparse activations of one SAE over every shard (loaded one site at a time to bound memory)."""
-    state = _require_state(folder)
+def read_token_ids(folders: list[Path]) -> Tensor:
+    """`(n_contexts, context_size)` int32 token ids of everything recorded, in stream order."""
+    ids, contexts = [], []
+    for path in _shard_files(folders):
+        with safe_open(str(path), framework="pt") as f:
+            ids.append(f.get_tensor("token_ids"))
+            contexts.append(f.get_tensor("context_ids"))
+    order = torch.argsort(torch.cat(contexts), stable=True)
+    return torch.cat(ids)[order]
+
+
+def read_site(folders: list[Path], site: Site) -> SparseActivations:
+    """The sparse activations of one SAE over every shard (loaded one site at a time to bound memory).
+
+    Entries come back in stream order (by token, as one process records them) whatever ranks recorded them.
+    """
     key = site.hook_name
-    values, latents, tokens, counted = [], [], [], []
-    for shard in state["shards"]:
-        with safe_open(str(folder / shard["file"]), framework="pt") as f:
+    values, latents, tokens, counted, contexts = [], [], [], [], []
+    for path in _shard_files(folders):
+        with safe_open(str(path), framework="pt") as f:
             values.append(f.get_tensor(f"{key}.values"))
             latents.append(f.get_tensor(f"{key}.latents"))
             tokens.append(f.get_tensor(f"{key}.tokens"))
             counted.append(f.get_tensor(f"{key}.counted"))
-    return SparseActivations(torch.cat(values), torch.cat(latents).long(), torch.cat(tokens), torch.cat(counted))
+            contexts.append(f.get_tensor("context_ids"))
+    token_index = torch.cat(tokens)
+    order = torch.argsort(token_index, stable=True)
+    rows = torch.argsort(torch.cat(contexts), stable=True)
+    return SparseActivations(torch.cat(values)[order], torch.cat(latents).long()[order], token_index[order], torch.cat(counted)[rows])
 
 
 def _read_state(folder: Path) -> dict[str, Any] | None:
@@ -197,6 +227,6 @@ def _read_state(folder: Path) -> dict[str, Any] | None:
 
 def _require_state(folder: Path) -> dict[str, Any]:
     state = _read_state(folder)
-    if state is None or not state["shards"]:
-        raise ValueError(f"no recorded activations in {folder}")
+    if state is None or not state["complete"]:
+        raise ValueError(f"no complete record of activations in {folder}")
     return state

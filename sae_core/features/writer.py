@@ -15,8 +15,10 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from torch import Tensor
 
+from ..io import atomic_path
 from .schema import INDEXES, SCHEMA_VERSION, TABLES
 
 TMP_SUFFIX = ".building"
@@ -74,6 +76,13 @@ class FeatureDBWriter:
         finally:
             self.con.unregister("_rows")
 
+    def insert_parts(self, folder: Path) -> None:
+        """Append the rows of a folder written by `write_parts`, in the order they were written."""
+        assert self.con is not None
+        for path in sorted(folder.glob("*.parquet")):
+            table = path.stem.split("-", 1)[1]
+            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?)", [str(path)])
+
     def finish(self, meta: dict[str, Any]) -> None:
         """Write `meta` (plus the schema version), build the indexes and flush everything to the file."""
         assert self.con is not None
@@ -81,6 +90,14 @@ class FeatureDBWriter:
         self.insert("meta", {"key": list(items), "value": [json.dumps(v) for v in items.values()]})
         self.con.execute(INDEXES)
         self.con.execute("CHECKPOINT")
+
+
+def write_parts(folder: Path, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    """Write one SAE's rows as Parquet files `NNN-<table>.parquet` for `FeatureDBWriter.insert_parts` (a rank's part)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (table, columns) in enumerate(rows):
+        with atomic_path(folder / f"{i:03d}-{table}.parquet") as tmp:
+            pq.write_table(pa.table({name: _arrow(value) for name, value in columns.items()}), tmp)
 
 
 def _arrow(value: Any) -> pa.Array:
