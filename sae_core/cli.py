@@ -15,8 +15,13 @@ examples:
   sae-explorer train --model Qwen/Qwen3-1.7B --sites L*R,L*M,L*A --arch topk --k 64 --expansion 16 \\
                      --tokens 50M --corpus my_chats.jsonl --out runs/qwen3-1.7b
   sae-explorer train --config configs/demo.yaml --out runs/demo
+  sae-explorer train --config configs/paper/qwen3-1.7b.yaml --dry-run --ranks 8
 
-A killed run resumes from its last checkpoint when the same command is run again.
+on several processes or GPUs (torchrun; see README "Scaling out"):
+  torchrun --nproc_per_node 8 -m sae_core.cli train --config configs/paper/qwen3-1.7b.yaml --parallel sites
+  torchrun --nproc_per_node 2 -m sae_core.cli train --sites L15R --expansion 64 --parallel data --out runs/wide
+
+A killed run resumes from its last checkpoint when the same command is run again, on any number of ranks.
 """
 
 
@@ -29,6 +34,11 @@ def _train(args: argparse.Namespace) -> int:
     from .parallel import init_parallel
 
     cfg: TrainConfig = config_from_args(args)
+    if args.dry_run:
+        from .training.plan import plan_training
+
+        print(plan_training(cfg, args.ranks).describe())
+        return 0
     run = train(cfg, stop_after_tokens=args.stop_after)
     par, device = init_parallel(cfg.device)  # the job train() joined (a single process: no job)
     if run.read().get("status") != "complete":  # type: ignore[union-attr]
@@ -219,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.add_argument("--stop-after", type=int, default=None, metavar="TOKENS",
                    help="stop after the first checkpoint at or beyond this many tokens per SAE (resume later)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="load the model, check every option and print the SAEs, memory and steps the job would take; train nothing")
+    p.add_argument("--ranks", type=int, default=None,
+                   help="with --dry-run: plan for this many torchrun ranks (default: WORLD_SIZE or 1)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
