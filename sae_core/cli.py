@@ -26,12 +26,10 @@ A killed run resumes from its last checkpoint when the same command is run again
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .eval_run import evaluate_run
+    from .eval_run import evaluate_run, read_metrics
+    from .parallel import init_parallel
     from .report import metrics_table
     from .training import TrainConfig, config_from_args, train
-
-    from .eval_run import read_metrics
-    from .parallel import init_parallel
 
     cfg: TrainConfig = config_from_args(args)
     if args.dry_run:
@@ -55,10 +53,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .eval_run import evaluate_run
+    from .parallel import init_parallel
     from .report import metrics_table
     from .training.config import parse_count
-
-    from .parallel import init_parallel
 
     par, device = init_parallel(args.device)  # under torchrun, the ranks share the batches
     metrics = evaluate_run(

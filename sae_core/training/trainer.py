@@ -28,8 +28,8 @@ from ..activation_cache import cached_chunks, check_cache
 from ..corpus import describe_source, iter_documents
 from ..errors import UserError
 from ..harvest import Chunk, SiteStats, harvest_chunks
-from ..loading import save_sae
 from ..io import read_json, write_json
+from ..loading import save_sae
 from ..memory import LM_DTYPES, resolve_lm_batch_size
 from ..models import LoadedModel, load_model
 from ..parallel import Parallel, RankBatch, all_reduce_, broadcast_params, init_parallel, site_owners
