@@ -484,3 +484,52 @@ def test_config_and_option_errors_are_user_errors() -> None:
     with pytest.raises(UserError, match="l0_warmup_frac"):
         SAETrainingOptions(l0_warmup_frac=2.0)
     assert isinstance(sae_from_state(make_cfg("topk"), random_tensors(make_cfg("topk"))), TopKSAE)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("select_dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_selection_keeps_exact_values_and_gradients(arch: str, select_dtype: torch.dtype) -> None:
+    """--sae-dtype: the latents are picked by a bf16/fp16 matmul, but values, losses and gradients are float32's."""
+    opts = SAETrainingOptions(auxk_alpha=0.25, auxk_k=6)
+    cfg = make_cfg(arch, d_in=128, d_sae=160, k=5)
+    sae = create_training_sae(cfg, opts, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(4)
+    # each token is built from 5 latents' encoder rows, so the top 5 stand far above the rest in any precision
+    picks = torch.stack([torch.randperm(160, generator=g)[:5] for _ in range(40)])
+    x = sae.W_enc_T.detach()[picks].sum(1) * 3 + torch.randn(40, 128, generator=g) * 0.05
+    exact = create_training_sae(cfg, opts)
+    exact.load_state_dict(sae.state_dict())
+    sae.select_dtype = select_dtype
+
+    out = sae.training_forward(x, dead_mask=None, step_frac=0.5)
+    sum(out.losses.values()).backward()
+    want = exact.training_forward(x, dead_mask=None, step_frac=0.5)
+    sum(want.losses.values()).backward()
+    torch.testing.assert_close(out.x_hat, want.x_hat, rtol=1e-5, atol=1e-5)
+    for name in want.losses:
+        torch.testing.assert_close(out.losses[name], want.losses[name], rtol=1e-5, atol=1e-6)
+    for (name, mine), ref in zip(sae.named_parameters(), exact.parameters()):
+        torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+    # on ordinary data the picks may differ near ties, but every picked value is the exact float32 one
+    y = torch.randn(64, 128, generator=g)
+    dead = torch.randperm(160, generator=g)[:40]
+    values, indices, aux_values, aux_indices = FusedTopKEncoder.apply(
+        y, sae.W_enc, sae.b_enc, sae.b_dec, 5, dead, 6, 16, None, select_dtype
+    )
+    pre = (y - sae.b_dec) @ sae.W_enc + sae.b_enc
+    torch.testing.assert_close(values, pre.gather(1, indices).relu(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(aux_values, pre.gather(1, aux_indices).relu(), rtol=1e-5, atol=1e-6)
+    assert set(aux_indices.flatten().tolist()) <= set(dead.tolist())
+    overlap = sum(len(set(a) & set(b)) for a, b in zip(indices.tolist(), pre.topk(5, dim=1).indices.tolist()))
+    assert overlap >= 0.9 * indices.numel()
+
+
+def test_low_precision_selection_is_refused_for_dense_architectures(tiny_model_dir, tiny_corpus, tmp_path) -> None:
+    from sae_core.training import TrainConfig
+    from sae_core.training.trainer import validate
+
+    with pytest.raises(UserError, match="topk and batchtopk only"):
+        validate(TrainConfig(arch="jumprelu", sae_dtype="bfloat16"), 64)
+    with pytest.raises(UserError, match="--sae-dtype"):
+        validate(TrainConfig(sae_dtype="int8"), 64)

@@ -154,3 +154,14 @@ def test_attempt_killed_before_its_first_checkpoint_restarts_clean(tiny_model_di
     train(cfg, log=lambda _: None)
     assert "stale" not in run.log_path.read_text()
     assert json.loads(run.run_json.read_text())["status"] == "complete"
+
+
+def test_low_precision_latent_selection_trains_like_float32(tiny_model_dir, tiny_corpus, tmp_path):
+    """--sae-dtype bfloat16 picks latents in bf16 (values exact): same data, close to the float32 run's FVU."""
+    fvus = {}
+    for dtype in ("float32", "bfloat16"):
+        run = train(_cfg(tiny_model_dir, tiny_corpus, tmp_path / dtype, sites="L1M", sae_dtype=dtype), log=lambda _: None)
+        last = [json.loads(line) for line in run.log_path.read_text().splitlines()][-1]
+        fvus[dtype] = last["fvu"]
+    assert 0 < fvus["bfloat16"] < 1
+    assert fvus["bfloat16"] == pytest.approx(fvus["float32"], abs=0.02)

@@ -239,6 +239,9 @@ class TrainingSAE(nn.Module):
     inference_cls: ClassVar[type[SAE]]
     batch: BatchScope = LOCAL_BATCH
     """How this process's rows relate to the optimiser's batch (set per instance for data-parallel training)."""
+    select_dtype: torch.dtype | None = None
+    """TopK / BatchTopK: precision of the encoder matmul that chooses the latents (None: float32); the chosen
+    values, the decoder, the losses and every gradient stay float32."""
 
     def __init__(self, cfg: SAEConfig, train_cfg: SAETrainingOptions, generator: torch.Generator | None = None):
         super().__init__()

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .base import SAE, SAEConfig, SAETrainingOptions, TrainingSAE, TrainOutput
 from .jumprelu import JumpReLUSAE
-from .sparse_ops import SparseActs, gather_pre_acts, per_token
+from .sparse_ops import SparseActs, exact_pre_acts, gather_pre_acts, per_token
 from .topk import dead_latents, fit_encoder_scale, sparse_losses
 
 
@@ -53,7 +53,10 @@ class BatchTopKTrainingSAE(TrainingSAE):
         n, d_sae = x.shape[0], self.cfg.d_sae
         dead, k_aux = dead_latents(self, dead_mask)
         with torch.no_grad():
-            pre_acts = torch.addmm(self.b_enc, x - self.b_dec, self.W_enc).relu_()
+            sae_in, W_enc, b_enc = x - self.b_dec, self.W_enc, self.b_enc
+            if self.select_dtype is not None:  # choose in low precision; exact values below
+                sae_in, W_enc, b_enc = (t.to(self.select_dtype) for t in (sae_in, W_enc, b_enc))
+            pre_acts = torch.addmm(b_enc, sae_in, W_enc).relu_()
             total = self.cfg.k * self.batch.rows(n)  # type: ignore[operator]
             values, flat = batch_topk(pre_acts, min(total, n * d_sae))
             threshold = self.batch.kth_largest(values, total)
@@ -66,11 +69,16 @@ class BatchTopKTrainingSAE(TrainingSAE):
             latents = flat - tokens * d_sae
             counts = torch.bincount(tokens, minlength=n)
             offsets = counts.cumsum(0) - counts
+            if self.select_dtype is not None:
+                exact = exact_pre_acts(x - self.b_dec, self.W_enc, self.b_enc, SparseActs(values, latents, tokens, offsets))
+                values = exact.relu_()
             self.update_threshold(values)
             aux = None
             if dead is not None:
                 aux_values, j = pre_acts.index_select(1, dead).topk(k_aux, dim=1, sorted=False)
-                aux = per_token(aux_values, dead[j])
+                aux = per_token(aux_values.to(x.dtype), dead[j])
+                if self.select_dtype is not None:
+                    aux = aux._replace(values=exact_pre_acts(x - self.b_dec, self.W_enc, self.b_enc, aux).relu_())
         acts = gather_pre_acts(x, self.W_enc, self.b_enc, self.b_dec, SparseActs(values, latents, tokens, offsets))
         return sparse_losses(self, x, acts, aux, 0 if dead is None else dead.numel())
 

@@ -36,6 +36,18 @@ def per_token(values: Tensor, indices: Tensor) -> SparseActs:
     return SparseActs(values.flatten(), indices.flatten(), tokens, torch.arange(0, n * k, k, device=indices.device))
 
 
+def exact_pre_acts(sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, acts: SparseActs) -> Tensor:
+    """`(nnz,)` float32 pre-activations `sae_in[t] · W_enc[:, l] + b_enc[l]` of the selected entries only.
+
+    Used after a low-precision (bf16/fp16) matmul chose the entries: their values are then exact, at
+    nnz · d_in multiply-adds (PyTorch's per-sample-weight kernel) instead of N · d_sae.
+    """
+    dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        sae_in.contiguous(), W_enc.T.contiguous(), acts.latents, acts.offsets, acts.tokens, 0  # mode 0 = sum
+    )
+    return dots + b_enc[acts.latents]
+
+
 def scatter_rows(latents: Tensor, tokens: Tensor, weights: Tensor, rows: Tensor, n_latents: int) -> Tensor:
     """`(n_latents, d)`: `out[l] = Σ_{j: latents[j] = l} weights[j] · rows[tokens[j]]` (zero rows for unused latents)."""
     order = torch.argsort(latents, stable=True)

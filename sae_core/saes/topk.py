@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 from .base import SAE, SAEConfig, SAETrainingOptions, TrainingSAE, TrainOutput
-from .sparse_ops import SparseActs, fired_and_l0, gather_pre_acts, per_token, selected_linear_grads, sparse_decode
+from .sparse_ops import (
+    SparseActs, exact_pre_acts, fired_and_l0, gather_pre_acts, per_token, selected_linear_grads, sparse_decode,
+)
 
 CPU_BLOCK_ROWS = 1024
 """Rows of pre-activations per block on CPU: big enough for an efficient matmul, small enough to stay in cache."""
@@ -50,21 +52,29 @@ class FusedTopKEncoder(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, dead: Tensor | None, k_aux: int, rows: int,
-        buffer: Tensor | None = None,
+        buffer: Tensor | None = None, select_dtype: torch.dtype | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x: (N, d_in); W_enc: (d_in, d_sae); b_enc: (d_sae,); b_dec: (d_in,); dead: indices of dead latents or None.
 
         Returns values, indices (N, k) of `relu((x - b_dec) @ W_enc + b_enc)` and the top `k_aux` among the dead
         latents, aux_values, aux_indices (N, k_aux) (no gradient: AuxK re-gathers them), `rows` rows at a time,
         written into `buffer` (`(>= rows, d_sae)`, reused across steps to spare the allocation) when given.
+        With `select_dtype` (bf16/fp16) the matmul that chooses the latents runs in that precision and
+        the chosen values are then recomputed exactly in float32 (`exact_pre_acts`).
         """
         n = x.shape[0]
         sae_in = x - b_dec
+        exact = sae_in, W_enc, b_enc
+        if select_dtype is not None:
+            sae_in, W_enc, b_enc = (t.to(select_dtype) for t in exact)
         values, indices = x.new_empty(n, k), torch.empty(n, k, dtype=torch.long, device=x.device)
         n_aux = k_aux if dead is not None else 0
         aux_values, aux_indices = x.new_empty(n, n_aux), torch.empty(n, n_aux, dtype=torch.long, device=x.device)
-        if buffer is None or buffer.shape[0] < min(rows, n) or buffer.shape[1] != W_enc.shape[1]:
-            buffer = x.new_empty(min(rows, n), W_enc.shape[1])
+        if buffer is None or buffer.shape[0] < min(rows, n) or buffer.shape[1] != W_enc.shape[1] or buffer.dtype != sae_in.dtype:
+            buffer = sae_in.new_empty(min(rows, n), W_enc.shape[1])
+        if select_dtype is not None:
+            values = values.to(select_dtype)
+            aux_values = aux_values.to(select_dtype)
         for start in range(0, n, rows):
             end = min(n, start + rows)
             pre = torch.addmm(b_enc, sae_in[start:end], W_enc, out=buffer[: end - start])
@@ -74,6 +84,11 @@ class FusedTopKEncoder(torch.autograd.Function):
             if dead is not None:
                 top, j = pre.index_select(1, dead).topk(k_aux, dim=1, sorted=False)
                 aux_values[start:end], aux_indices[start:end] = top.relu_(), dead[j]
+        if select_dtype is not None:
+            values = exact_pre_acts(*exact, per_token(values, indices)).view(n, k)
+            if dead is not None:
+                aux_values = exact_pre_acts(*exact, per_token(aux_values, aux_indices)).view(n, n_aux).relu_()
+            W_enc = exact[1]
         values.relu_()
         ctx.save_for_backward(x, W_enc, b_dec, values, indices)
         ctx.mark_non_differentiable(indices, aux_values, aux_indices)
@@ -83,12 +98,12 @@ class FusedTopKEncoder(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_values: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
         if grad_values is None:
-            return (None,) * 9
+            return (None,) * 10
         x, W_enc, b_dec, values, indices = ctx.saved_tensors
         acts = per_token(values, indices)
         g = grad_values.flatten() * (acts.values > 0)  # ReLU
         grads = selected_linear_grads(ctx.needs_input_grad[:4], g, x, W_enc, b_dec, acts)
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 INIT_SCALE_ROWS = 8192
@@ -171,10 +186,11 @@ class TopKTrainingSAE(TrainingSAE):
     def training_forward(self, x: Tensor, *, dead_mask: Tensor | None, step_frac: float) -> TrainOutput:
         dead, k_aux = dead_latents(self, dead_mask)
         rows = self.block_rows or block_rows(x.shape[0], self.cfg.d_sae, x.device)
-        if self._block is None or self._block.device != x.device or self._block.dtype != x.dtype:
-            self._block = x.new_empty(rows, self.cfg.d_sae)
+        dtype = self.select_dtype or x.dtype
+        if self._block is None or self._block.device != x.device or self._block.dtype != dtype:
+            self._block = x.new_empty(rows, self.cfg.d_sae, dtype=dtype)
         values, indices, aux_values, aux_indices = FusedTopKEncoder.apply(
-            x, self.W_enc, self.b_enc, self.b_dec, self.k, dead, k_aux, rows, self._block
+            x, self.W_enc, self.b_enc, self.b_dec, self.k, dead, k_aux, rows, self._block, self.select_dtype
         )
         aux = per_token(aux_values, aux_indices) if dead is not None else None
         return sparse_losses(self, x, per_token(values, indices), aux, 0 if dead is None else dead.numel())

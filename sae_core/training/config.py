@@ -64,6 +64,10 @@ class TrainConfig:
     l1_coefficient: float = _opt(5.0, "L1 sparsity coefficient (standard)")
     l0_coefficient: float | None = _opt(None, "L0 sparsity coefficient (jumprelu; default: the architecture's)")
     b_dec_init: str = _opt("geometric_median", "b_dec initialisation: geometric_median, mean or zeros")
+    sae_dtype: str = _opt(
+        "float32", "precision of the encoder matmul that picks the active latents: float32, bfloat16 or float16 "
+        "(topk, batchtopk; a GPU speed-up: the picked values, decoder, losses and gradients stay float32)"
+    )
 
     # Activations
     normalize: bool = _opt(True, "scale activations to mean norm sqrt(d_in) while training (folded into the saved weights)")

@@ -58,6 +58,10 @@ def validate(cfg: TrainConfig, d_in: int) -> int:
         raise UserError(f"--k {cfg.k} must be between 1 and d_sae ({d_sae})")
     if cfg.tokens < cfg.batch_size:
         raise UserError(f"--tokens {cfg.tokens} is less than one batch (--batch-size {cfg.batch_size})")
+    if cfg.sae_dtype not in LM_DTYPES:
+        raise UserError(f"unknown --sae-dtype {cfg.sae_dtype!r}; use {', '.join(LM_DTYPES)}")
+    if cfg.sae_dtype != "float32" and cfg.arch not in ("topk", "batchtopk"):
+        raise UserError(f"--sae-dtype {cfg.sae_dtype} applies to topk and batchtopk only; use float32 with --arch {cfg.arch}")
     _training_options(cfg)  # checks the architecture knobs (b_dec_init, coefficients) before anything is written
     return d_sae
 
@@ -144,10 +148,15 @@ class MultiSiteTrainer:
             sae = create_training_sae(_sae_config(self.cfg, self.loaded, site, self.d_sae), options, generator)
             sae = sae.to(rows.device)
             sae.init_from_data(rows[stats.keep_mask(rows)][:_INIT_SAMPLE] * stats.scale)
-            sae.batch = self.scope
+            self._place(sae)
             if self.scope.world > 1:
                 broadcast_params(sae)  # identical on every rank even if initialisation differs in the last bit
             self.trainers.append(SiteTrainer(site, sae, stats, self.cfg))
+
+    def _place(self, sae: Any) -> None:
+        """Give a training SAE this job's batch scope and the precision it selects latents in."""
+        sae.batch = self.scope
+        sae.select_dtype = None if self.cfg.sae_dtype == "float32" else LM_DTYPES[self.cfg.sae_dtype]
 
     def site_stats(self) -> dict[str, dict[str, float | None]]:
         """Every site's activation statistics (gathered from the ranks that own them)."""
@@ -195,7 +204,7 @@ class MultiSiteTrainer:
         for site in self.owned:
             tensors, site_meta = load_checkpoint(self.run.checkpoint_dir / meta["sites"][site.hook_name])
             sae = create_training_sae(_sae_config(self.cfg, self.loaded, site, self.d_sae), options).to(device)
-            sae.batch = self.scope
+            self._place(sae)
             trainer = SiteTrainer(site, sae, SiteStats(**site_meta["stats"]), self.cfg)
             trainer.load_state(tensors, site_meta, "")
             self.trainers.append(trainer)
