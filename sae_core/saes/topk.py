@@ -15,7 +15,13 @@ from torch import Tensor
 
 from .base import SAE, SAEConfig, SAETrainingOptions, TrainingSAE, TrainOutput
 from .sparse_ops import (
-    SparseActs, exact_pre_acts, fired_and_l0, gather_pre_acts, per_token, selected_linear_grads, sparse_decode,
+    SparseActs,
+    exact_pre_acts,
+    fired_and_l0,
+    gather_pre_acts,
+    per_token,
+    selected_linear_grads,
+    sparse_decode,
 )
 
 CPU_BLOCK_ROWS = 1024
