@@ -1,6 +1,6 @@
 """The collective operations the trainers use, each a no-op or a plain copy in a single process.
 
-NCCL only moves CUDA tensors and gloo only CPU ones: `_on_backend` puts a tensor where the
+NCCL only moves CUDA tensors and gloo only CPU ones: each collective moves a tensor to where the
 process group wants it and the result back where it came from.
 """
 
