@@ -121,6 +121,7 @@ def _add_precompute_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _app(args: argparse.Namespace) -> int:
+    import signal
     import subprocess
     from pathlib import Path
 
@@ -141,7 +142,14 @@ def _app(args: argparse.Namespace) -> int:
     env = {**os.environ, APP_RUN_ENV: str(run.path.resolve())}
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", args.host,
                "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    return subprocess.call(command, env=env, cwd=script.parent)
+    proc = subprocess.Popen(command, env=env, cwd=script.parent)
+    # stopping this command (SIGTERM, as test harnesses and process managers do) stops the server with it
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the server too; wait for it to shut down
+            continue
 
 
 def _cache(args: argparse.Namespace) -> int:
