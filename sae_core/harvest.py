@@ -31,6 +31,10 @@ class Chunk(NamedTuple):
     tokens: int
     """Real tokens in the chunk (rows per site before any filtering)."""
 
+    batch_rows: list[int] | None = None
+    """Data-parallel chunks only: rows of each LM batch of the chunk; `acts` then holds just this rank's
+    batches (every world-th, see `parallel.sharded_harvest`), which the trainer exchanges step by step."""
+
 
 def batch_activations(loaded: LoadedModel, sites: list[Site], batch: TokenBatch) -> dict[Site, Tensor]:
     """Run one token batch to the deepest site; return `{site: (B, T, d_model)}`."""

@@ -148,3 +148,16 @@ def test_auto_lm_batch_size_fits_half_the_free_memory():
     assert contexts_that_fit(free_bytes=10 * 2**30, per_context_bytes=2**28) == 20
     assert contexts_that_fit(free_bytes=2**20, per_context_bytes=2**30) == 1  # never zero
     assert contexts_that_fit(free_bytes=2**40, per_context_bytes=1) == 512  # capped
+
+
+def test_three_ranks_and_a_resume_on_two_match_one_process(tiny_model_dir, tiny_corpus, tmp_path):
+    """Uneven row counts per rank, leftovers split over three slices, then gathered and re-split for two ranks."""
+    single, out = tmp_path / "single", tmp_path / "three-then-two"
+    args = ["--batch-size", "258", "--no-eval"]  # divisible by 3 and by 2
+    assert main(_train_args(tiny_model_dir, tiny_corpus, single, *args)) == 0
+    torchrun(_train_args(tiny_model_dir, tiny_corpus, out, *args, "--stop-after", "1000"), n=3)
+    assert json.loads((out / "run.json").read_text())["status"] == "training"
+    torchrun(_train_args(tiny_model_dir, tiny_corpus, out, *args), n=2)
+    a, b = _weights(single), _weights(out)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=2e-5, msg=name)

@@ -16,7 +16,8 @@ from ..saes.base import BatchScope
 from .context import Parallel
 
 
-def _backend_device(t: Tensor) -> torch.device:
+def backend_device(t: Tensor) -> torch.device:
+    """Where the process group moves tensors: the current GPU for NCCL, the CPU for gloo."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -27,7 +28,7 @@ def all_reduce_(t: Tensor, op: str = "sum") -> Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
     reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
-    device = _backend_device(t)
+    device = backend_device(t)
     if t.device == device:
         dist.all_reduce(t, op=reduce_op)
         return t
@@ -41,7 +42,7 @@ def broadcast_params(module: nn.Module, src: int = 0) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     for t in [*module.parameters(), *module.buffers()]:
-        device = _backend_device(t)
+        device = backend_device(t)
         moved = t.data.to(device)
         dist.broadcast(moved, src)
         t.data.copy_(moved)
@@ -55,7 +56,7 @@ def collect_rows(local: Tensor, sizes: list[int], dest: int | None, par: Paralle
     """
     if not par.distributed:
         return [local]
-    device = _backend_device(local)
+    device = backend_device(local)
     width = max(sizes)
     padded = local.new_zeros((width, *local.shape[1:]), device=device)
     padded[: local.shape[0]] = local.to(device)

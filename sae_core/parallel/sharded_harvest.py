@@ -27,7 +27,9 @@ def sharded_chunks(
 ) -> Iterator[Chunk]:
     """Chunks of at least `chunk_tokens` real tokens, holding the rows of the sites this rank trains.
 
-    `owners[i]` is the rank that trains `sites[i]`, or None when every rank does (data parallel).
+    `owners[i]` is the rank that trains `sites[i]`, or None when every rank does (data parallel): those
+    sites' rows stay where they were computed (`Chunk.batch_rows` says how they lie), and each rank
+    fetches only the rows of its slices of the batches (`parallel.row_exchange`).
     """
     pending: list[tuple[int, dict[Site, Tensor] | None]] = []
     total = 0
@@ -51,19 +53,28 @@ def _exchange(
     loaded: LoadedModel, sites: list[Site], owners: list[int | None], pending: list[tuple[int, dict[Site, Tensor] | None]],
     par: Parallel,
 ) -> Chunk:
-    """Send every site's rows of the chunk's batches to its owner(s); return what this rank receives, in batch order."""
+    """Send every owned site's rows of the chunk's batches to its owner; return what this rank holds."""
     counts = [n for n, _ in pending]
-    world = par.world
-    per_rank = [counts[q::world] for q in range(world)]
-    sizes = [sum(c) for c in per_rank]
     device = next(loaded.model.parameters()).device
     acts: dict[Site, Tensor] = {}
     for site, dest in zip(sites, owners):
         mine = [rows[site] for _, rows in pending if rows is not None]
         local = torch.cat(mine) if mine else torch.empty(0, loaded.layout.d_model, device=device)
-        parts = collect_rows(local, sizes, dest, par)
-        if parts is None:
+        if dest is None:
+            acts[site] = local  # data parallel: exchanged batch by batch by the trainer
             continue
-        pieces = [part.split(per_rank[q]) for q, part in enumerate(parts)]
-        acts[site] = torch.cat([pieces[j % world][j // world] for j in range(len(pending))])
-    return Chunk(acts, len(pending), sum(counts))
+        gathered = gather_chunk(local, counts, dest, par)
+        if gathered is not None:
+            acts[site] = gathered
+    return Chunk(acts, len(pending), sum(counts), counts if None in owners else None)
+
+
+def gather_chunk(local: Tensor, batch_rows: list[int], dest: int | None, par: Parallel) -> Tensor | None:
+    """The whole chunk in batch order on rank `dest` (None: every rank), from each rank's rows of its batches."""
+    world = par.world
+    per_rank = [batch_rows[q::world] for q in range(world)]
+    parts = collect_rows(local, [sum(c) for c in per_rank], dest, par)
+    if parts is None:
+        return None
+    pieces = [part.split(per_rank[q]) for q, part in enumerate(parts)]
+    return torch.cat([pieces[j % world][j // world] for j in range(len(batch_rows))])

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 from ..harvest import SiteStats
+from ..parallel.collectives import collect_rows
+from ..parallel.row_exchange import carry_sizes, exchange_rows
 from ..saes import SAE, TrainOutput
 from ..sites import Site
 from .checkpoint import load_optimizer_tensors, optimizer_tensors
@@ -54,6 +56,8 @@ class SiteTrainer:
         device = next(sae.parameters()).device
         self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
         self.carry = torch.empty(0, sae.cfg.d_in, device=device)
+        self.carry_total = 0  # rows left for the next chunk, over all ranks
+        self.carry_split = False  # data parallel: `carry` holds only this rank's slice of them
         self.steps = 0
         self._log: dict[str, Tensor | float] = {}
         self._log_n = 0
@@ -78,6 +82,33 @@ class SiteTrainer:
             used += bs
         # Rows that do not fill a batch wait for the next chunk (they are part of the checkpoint).
         self.carry = x[used:].clone() if not self.done else x[:0].clone()
+        self.carry_total = self.carry.shape[0]
+
+    def feed_rank_rows(self, rows: Tensor, batch_rows: list[int]) -> None:
+        """Data parallel: train on a chunk of which this rank holds the rows of its own batches (`rows`),
+        fetching from the other ranks just the rows of its slices of the steps (`parallel.row_exchange`)."""
+        scope = self.sae.batch
+        par, bs = scope.par, self.cfg.batch_size
+        b = bs // par.world
+        if not self.carry_split:  # a whole leftover (a fresh start or a checkpoint): keep this rank's slice
+            self.carry = self.carry[par.rank * b : (par.rank + 1) * b]
+            self.carry_split = True
+        received, n_steps, tail = exchange_rows(
+            rows, self.stats.keep_mask(rows), batch_rows, self.carry_total, self.shuffle, bs, self.total_steps - self.steps, par
+        )
+        x = torch.cat([self.carry, received.mul_(self.stats.scale)])
+        for s in range(n_steps):
+            self.step(x[s * b : (s + 1) * b])
+        self.carry = x[n_steps * b :].clone() if tail else x[:0].clone()
+        self.carry_total = tail
+
+    def whole_carry(self) -> Tensor:
+        """Every rank's leftover rows, in order (what one process would hold): checkpoints stay rank-count free."""
+        if not self.carry_split or self.carry_total == 0:  # (every rank agrees on both)
+            return self.carry
+        scope = self.sae.batch
+        sizes = carry_sizes(self.carry_total, self.cfg.batch_size // scope.world, scope.world)
+        return torch.cat(collect_rows(self.carry, sizes, None, scope.par))  # type: ignore[arg-type]
 
     def step(self, x: Tensor) -> TrainOutput:
         """One optimiser step on a batch `x (batch_size, d_in)` of normalised activations (this rank's slice of it)."""
@@ -135,12 +166,12 @@ class SiteTrainer:
     # Checkpointing -----------------------------------------------------------------------
 
     def state(self, prefix: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """Tensors and JSON metadata that restore this trainer exactly."""
+        """Tensors and JSON metadata that restore this trainer exactly (data parallel: every rank calls it)."""
         tensors = {f"{prefix}sae.{k}": v for k, v in self.sae.state_dict().items()}
         opt_tensors, opt_meta = optimizer_tensors(self.opt, f"{prefix}opt.")
         tensors.update(opt_tensors)
         tensors[f"{prefix}since_fired"] = self.since_fired
-        tensors[f"{prefix}carry"] = self.carry
+        tensors[f"{prefix}carry"] = self.whole_carry()
         tensors[f"{prefix}shuffle"] = self.shuffle.get_state()
         meta = {"steps": self.steps, "stats": self.stats.to_dict(), "optimizer": opt_meta}
         return tensors, meta
@@ -154,5 +185,6 @@ class SiteTrainer:
         load_optimizer_tensors(self.opt, opt, prefix + "opt.", meta["optimizer"])
         self.since_fired = tensors[prefix + "since_fired"].to(device)
         self.carry = tensors[prefix + "carry"].to(device)
+        self.carry_total, self.carry_split = self.carry.shape[0], False
         self.shuffle.set_state(tensors[prefix + "shuffle"])
         self.steps = int(meta["steps"])

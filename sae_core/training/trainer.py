@@ -33,7 +33,7 @@ from ..loading import save_sae
 from ..memory import LM_DTYPES, resolve_lm_batch_size
 from ..models import LoadedModel, load_model
 from ..parallel import Parallel, RankBatch, all_reduce_, broadcast_params, init_parallel, site_owners
-from ..parallel.sharded_harvest import sharded_chunks
+from ..parallel.sharded_harvest import gather_chunk, sharded_chunks
 from ..runs import RunDir
 from ..saes import ARCHITECTURES, SAEConfig, SAETrainingOptions, create_training_sae
 from ..saes.base import LOCAL_BATCH
@@ -138,11 +138,13 @@ class MultiSiteTrainer:
         done = torch.tensor([int(all(t.done for t in self.trainers))])
         return bool(all_reduce_(done, "min")) if self.par.distributed else bool(done)
 
-    def start(self, first: dict[Site, torch.Tensor]) -> None:
+    def start(self, first: Chunk) -> None:
         """Create each site's SAE, estimate its activation statistics and initialise it, from the first chunk."""
         options = _training_options(self.cfg)
         for site in self.owned:
-            rows = first[site]
+            rows = first.acts[site]
+            if first.batch_rows is not None:  # data parallel: statistics and init from the whole chunk, once
+                rows = gather_chunk(rows, first.batch_rows, None, self.par)
             stats = SiteStats.estimate(rows, self.cfg.outlier_factor, self.cfg.normalize)
             generator = torch.Generator().manual_seed(site_seed(self.cfg.seed, site, "init"))
             sae = create_training_sae(_sae_config(self.cfg, self.loaded, site, self.d_sae), options, generator)
@@ -178,8 +180,8 @@ class MultiSiteTrainer:
         folder = self.run.checkpoint_dir
         files = {s.hook_name: f"{s.hook_name}.{self.lm_batches}.safetensors" for s in self.sites}
         for t in self.trainers:
+            tensors, meta = t.state("")  # on every rank: a data-parallel carry is gathered from all of them
             if self.writes(t.site):
-                tensors, meta = t.state("")
                 save_checkpoint(folder / files[t.site.hook_name], tensors, meta)
         self.par.barrier()
         if self.par.main:
@@ -220,12 +222,16 @@ class MultiSiteTrainer:
             for chunk in chunks:
                 self.lm_batches += chunk.lm_batches
                 if not self.trainers:
-                    self.start(chunk.acts)
+                    self.start(chunk)
                     info["site_stats"] = self.site_stats()
                     if self.par.main:
                         self.run.write(info)
                 for t in self.trainers:
-                    if not t.done:
+                    if t.done:
+                        continue
+                    if chunk.batch_rows is not None:
+                        t.feed_rank_rows(chunk.acts[t.site], chunk.batch_rows)
+                    else:
                         t.feed(chunk.acts[t.site])
                 tokens = self.tokens
                 bar.update(tokens - shown)
