@@ -7,8 +7,10 @@ import torch
 from .errors import UserError
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """`auto` → cuda when available, else cpu; a CUDA device asked for but absent is a clear error."""
+    if isinstance(name, torch.device):  # already chosen (e.g. a torchrun rank's cuda:LOCAL_RANK)
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -17,6 +17,15 @@ from .sites import Site
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """--lm-dtype: the precision the LM's weights are loaded in (activations reach the SAEs as float32)."""
 
+
+
+def dtype_named(name: str, flag: str) -> torch.dtype:
+    """The torch dtype an option such as `--lm-dtype` names (float32, bfloat16, float16), or a clear error."""
+    if name not in LM_DTYPES:
+        raise UserError(f"unknown {flag} {name!r}; use {', '.join(LM_DTYPES)}")
+    return LM_DTYPES[name]
+
+
 AUTO_FRACTION = 0.5
 MAX_AUTO_BATCH = 512
 

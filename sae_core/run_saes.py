@@ -13,7 +13,7 @@ import torch
 from .devices import resolve_device
 from .errors import RunError
 from .loading import check_sae_fits, load_sae
-from .memory import LM_DTYPES
+from .memory import dtype_named
 from .models import LoadedModel, load_model
 from .runs import RunDir
 from .saes import SAE
@@ -55,8 +55,8 @@ def open_run_saes(
     if loaded is None:
         log(f"loading model {info.get('model')} …")
         cfg = info.get("config", {})
-        dtype = LM_DTYPES.get(cfg.get("lm_dtype") or "float32", torch.float32)
-        loaded = load_model(cfg.get("model"), device=device if isinstance(device, torch.device) else resolve_device(device), dtype=dtype)
+        dtype = dtype_named(cfg.get("lm_dtype") or "float32", "lm_dtype in run.json")
+        loaded = load_model(cfg.get("model"), device=resolve_device(device), dtype=dtype)
     model_device = next(loaded.model.parameters()).device
     saes: dict[Site, SAE] = {}
     where: dict[Site, Path] = {}

@@ -40,6 +40,11 @@ class RunDir:
         return self.path / "checkpoints"
 
     @property
+    def has_checkpoint(self) -> bool:
+        """Whether a checkpoint (of any version: one of another is refused when restored) is here to resume."""
+        return self.checkpoint_dir.is_dir() and any(self.checkpoint_dir.iterdir())
+
+    @property
     def checkpoint_path(self) -> Path:
         """The checkpoint's manifest: written last, so it only ever names complete site files."""
         return self.checkpoint_dir / "state.json"
@@ -102,8 +107,8 @@ class RunDir:
                 f"output folder {self.path} already holds this finished run; evaluate it with "
                 f"`sae-explorer eval {self.path}` or pass --overwrite to train again"
             )
-        if self.checkpoint_dir.is_dir() and any(self.checkpoint_dir.iterdir()):
-            return True  # (a checkpoint of another version is refused, with the --overwrite hint, when restored)
+        if self.has_checkpoint:
+            return True
         self.clear()  # an earlier attempt of this run stopped before its first checkpoint: start clean
         return False
 

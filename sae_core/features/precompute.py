@@ -174,10 +174,11 @@ def precompute_run(
         with FeatureDBWriter(out) as db:
             db.insert("vocab", {"token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab})
             db.insert("contexts", {"context_id": np.arange(token_ids.shape[0], dtype=np.int32), "token_ids": list_array(token_ids, dtype=pa.int32())})
-            for sae_id in ids if par.distributed else progress(ids):
-                if par.distributed:
+            if par.distributed:
+                for sae_id in ids:
                     db.insert_parts(parts / f"sae-{sae_id:05d}")
-                else:  # one SAE's tables in memory at a time
+            else:
+                for sae_id in progress(ids):  # one SAE's tables in memory at a time
                     for table, columns in rows_of(sae_id):
                         db.insert(table, columns)
             db.finish({
@@ -202,12 +203,12 @@ def precompute_run(
 
 
 def _analyse(
-    site: Site, sae: SAE, folder: Path, work: list[Path], token_ids: torch.Tensor, loaded: LoadedModel, vocab: list[str],
+    site: Site, sae: SAE, folder: Path, records: list[Path], token_ids: torch.Tensor, loaded: LoadedModel, vocab: list[str],
     options: PrecomputeOptions,
 ) -> SAEResult:
     """All statistics of one SAE from its recorded activations and its decoder."""
     d_sae = sae.cfg.d_sae
-    acts = read_site(work, site)
+    acts = read_site(records, site)
     stats = feature_stats(acts, d_sae, options.hist_bins)
     examples = select_examples(
         acts, stats.fires, n_top=options.n_top, n_intervals=options.n_intervals, per_interval=options.per_interval,

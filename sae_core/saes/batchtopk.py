@@ -53,7 +53,8 @@ class BatchTopKTrainingSAE(TrainingSAE):
         n, d_sae = x.shape[0], self.cfg.d_sae
         dead, k_aux = dead_latents(self, dead_mask)
         with torch.no_grad():
-            sae_in, W_enc, b_enc = x - self.b_dec, self.W_enc, self.b_enc
+            centred = x - self.b_dec
+            sae_in, W_enc, b_enc = centred, self.W_enc, self.b_enc
             if self.select_dtype is not None:  # choose in low precision; exact values below
                 sae_in, W_enc, b_enc = (t.to(self.select_dtype) for t in (sae_in, W_enc, b_enc))
             pre_acts = torch.addmm(b_enc, sae_in, W_enc).relu_()
@@ -70,15 +71,14 @@ class BatchTopKTrainingSAE(TrainingSAE):
             counts = torch.bincount(tokens, minlength=n)
             offsets = counts.cumsum(0) - counts
             if self.select_dtype is not None:
-                exact = exact_pre_acts(x - self.b_dec, self.W_enc, self.b_enc, SparseActs(values, latents, tokens, offsets))
-                values = exact.relu_()
+                values = exact_pre_acts(centred, self.W_enc, self.b_enc, SparseActs(values, latents, tokens, offsets)).relu_()
             self.update_threshold(values)
             aux = None
             if dead is not None:
                 aux_values, j = pre_acts.index_select(1, dead).topk(k_aux, dim=1, sorted=False)
                 aux = per_token(aux_values.to(x.dtype), dead[j])
                 if self.select_dtype is not None:
-                    aux = aux._replace(values=exact_pre_acts(x - self.b_dec, self.W_enc, self.b_enc, aux).relu_())
+                    aux = aux._replace(values=exact_pre_acts(centred, self.W_enc, self.b_enc, aux).relu_())
         acts = gather_pre_acts(x, self.W_enc, self.b_enc, self.b_dec, SparseActs(values, latents, tokens, offsets))
         return sparse_losses(self, x, acts, aux, 0 if dead is None else dead.numel())
 

@@ -73,14 +73,12 @@ class FusedTopKEncoder(torch.autograd.Function):
         exact = sae_in, W_enc, b_enc
         if select_dtype is not None:
             sae_in, W_enc, b_enc = (t.to(select_dtype) for t in exact)
-        values, indices = x.new_empty(n, k), torch.empty(n, k, dtype=torch.long, device=x.device)
+        # (in the selection precision: with select_dtype, values are recomputed exactly below)
+        values, indices = sae_in.new_empty(n, k), torch.empty(n, k, dtype=torch.long, device=x.device)
         n_aux = k_aux if dead is not None else 0
-        aux_values, aux_indices = x.new_empty(n, n_aux), torch.empty(n, n_aux, dtype=torch.long, device=x.device)
+        aux_values, aux_indices = sae_in.new_empty(n, n_aux), torch.empty(n, n_aux, dtype=torch.long, device=x.device)
         if buffer is None or buffer.shape[0] < min(rows, n) or buffer.shape[1] != W_enc.shape[1] or buffer.dtype != sae_in.dtype:
             buffer = sae_in.new_empty(min(rows, n), W_enc.shape[1])
-        if select_dtype is not None:
-            values = values.to(select_dtype)
-            aux_values = aux_values.to(select_dtype)
         for start in range(0, n, rows):
             end = min(n, start + rows)
             pre = torch.addmm(b_enc, sae_in[start:end], W_enc, out=buffer[: end - start])

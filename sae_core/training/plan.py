@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import UserError
-from ..memory import LM_DTYPES
+from ..memory import dtype_named
 from ..models import load_model
-from ..parallel import Parallel, site_owners
-from ..sites import Site, parse_sites
-from ..tokens import check_context_size
+from ..parallel import Parallel
+from ..sites import Site
 from .config import TrainConfig
-from .trainer import validate
+from .trainer import check_job
 
 ADAM_COPIES = 4
 """float32 copies of each SAE parameter while training: weights, gradient and Adam's two moments."""
@@ -57,17 +55,9 @@ class TrainingPlan:
 def plan_training(cfg: TrainConfig, ranks: int | None = None) -> TrainingPlan:
     """Load the model, resolve the sites and check every option as `train` would; nothing is written."""
     ranks = ranks or int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.lm_dtype not in LM_DTYPES:
-        raise UserError(f"unknown --lm-dtype {cfg.lm_dtype!r}; use {', '.join(LM_DTYPES)}")
-    loaded = load_model(cfg.model, device="cpu")
+    loaded = load_model(cfg.model, device="cpu", dtype=dtype_named(cfg.lm_dtype, "--lm-dtype"))
     layout = loaded.layout
-    sites = parse_sites(cfg.sites, layout.n_layers)
-    check_context_size(cfg.context_size, layout.max_positions, loaded.name)
-    d_sae = validate(cfg, layout.d_model)
-    par = Parallel(world=ranks)
-    owners = site_owners(len(sites), par, cfg.parallel)
-    if ranks > 1 and cfg.parallel == "data" and cfg.batch_size % ranks:
-        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {ranks} ranks of a data-parallel job")
+    sites, d_sae, owners = check_job(cfg, loaded, Parallel(world=ranks))
     per_rank = len(sites) if owners[0] is None else max(owners.count(r) for r in range(ranks))
     return TrainingPlan(
         loaded.name, layout.n_layers, layout.d_model, d_sae, sites, ranks, cfg.parallel, per_rank, -(-cfg.tokens // cfg.batch_size)

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..harvest import Chunk, SiteStats, harvest_chunks
 from ..io import read_json, write_json
 from ..loading import save_sae
-from ..memory import LM_DTYPES, resolve_lm_batch_size
+from ..memory import dtype_named, resolve_lm_batch_size
 from ..models import LoadedModel, load_model
 from ..parallel import Parallel, RankBatch, all_reduce_, broadcast_params, init_parallel, site_owners
 from ..parallel.sharded_harvest import gather_chunk, sharded_chunks
@@ -58,12 +58,22 @@ def validate(cfg: TrainConfig, d_in: int) -> int:
         raise UserError(f"--k {cfg.k} must be between 1 and d_sae ({d_sae})")
     if cfg.tokens < cfg.batch_size:
         raise UserError(f"--tokens {cfg.tokens} is less than one batch (--batch-size {cfg.batch_size})")
-    if cfg.sae_dtype not in LM_DTYPES:
-        raise UserError(f"unknown --sae-dtype {cfg.sae_dtype!r}; use {', '.join(LM_DTYPES)}")
+    dtype_named(cfg.sae_dtype, "--sae-dtype")
     if cfg.sae_dtype != "float32" and cfg.arch not in ("topk", "batchtopk"):
         raise UserError(f"--sae-dtype {cfg.sae_dtype} applies to topk and batchtopk only; use float32 with --arch {cfg.arch}")
     _training_options(cfg)  # checks the architecture knobs (b_dec_init, coefficients) before anything is written
     return d_sae
+
+
+def check_job(cfg: TrainConfig, loaded: LoadedModel, par: Parallel) -> tuple[list[Site], int, list[int | None]]:
+    """Check the configuration against the model and the job's ranks; return the sites, d_sae and site owners."""
+    sites = parse_sites(cfg.sites, loaded.layout.n_layers)
+    check_context_size(cfg.context_size, loaded.layout.max_positions, loaded.name)
+    d_sae = validate(cfg, loaded.layout.d_model)
+    owners = site_owners(len(sites), par, cfg.parallel)
+    if par.distributed and cfg.parallel == "data" and cfg.batch_size % par.world:
+        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {par.world} ranks of a data-parallel job")
+    return sites, d_sae, owners
 
 
 def training_batches(
@@ -158,7 +168,7 @@ class MultiSiteTrainer:
     def _place(self, sae: Any) -> None:
         """Give a training SAE this job's batch scope and the precision it selects latents in."""
         sae.batch = self.scope
-        sae.select_dtype = None if self.cfg.sae_dtype == "float32" else LM_DTYPES[self.cfg.sae_dtype]
+        sae.select_dtype = None if self.cfg.sae_dtype == "float32" else dtype_named(self.cfg.sae_dtype, "--sae-dtype")
 
     def site_stats(self) -> dict[str, dict[str, float | None]]:
         """Every site's activation statistics (gathered from the ranks that own them)."""
@@ -272,21 +282,14 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
         resume = run.prepare_training(cfg.fingerprint(), cfg.overwrite)
     par.barrier()
     if not par.main:
-        resume = run.checkpoint_dir.is_dir() and any(run.checkpoint_dir.iterdir())
+        resume = run.has_checkpoint  # rank 0 has kept or cleared it
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    if cfg.lm_dtype not in LM_DTYPES:
-        raise UserError(f"unknown --lm-dtype {cfg.lm_dtype!r}; use {', '.join(LM_DTYPES)}")
     log(f"loading model {cfg.model or 'embedded SmolLM2-135M-Instruct'} …")
-    loaded = load_model(cfg.model, device=device, dtype=LM_DTYPES[cfg.lm_dtype])
+    loaded = load_model(cfg.model, device=device, dtype=dtype_named(cfg.lm_dtype, "--lm-dtype"))
     layout = loaded.layout
-    sites = parse_sites(cfg.sites, layout.n_layers)
-    check_context_size(cfg.context_size, layout.max_positions, loaded.name)
-    d_sae = validate(cfg, layout.d_model)
-    owners = site_owners(len(sites), par, cfg.parallel)
-    if par.distributed and cfg.parallel == "data" and cfg.batch_size % par.world:
-        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {par.world} ranks of a data-parallel job")
+    sites, d_sae, owners = check_job(cfg, loaded, par)
     # a resumed run keeps the batch size it measured: the checkpoint counts LM batches
     measured = (run.read() or {}).get("parallel", {}).get("lm_batch_size") if resume else None
     lm_batch_size = measured or resolve_lm_batch_size(cfg.lm_batch_size, loaded, sites, cfg.context_size)
