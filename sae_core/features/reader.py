@@ -13,13 +13,20 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..errors import UserError
 from .schema import DB_FILE, open_read_only
+from .vector_index import SOURCES, VectorIndex
 
-SORTABLE = ("density", "max_act", "mean_act", "fires", "feature", "sae_id")
+SCORES = ("detection", "fuzzing", "embedding")
+"""An explanation's scores (see `sae_core.interp.scores`)."""
+SORTABLE = ("density", "max_act", "mean_act", "fires", "feature", "sae_id", *SCORES)
 """Columns `list_features` may sort by (a whitelist: column names cannot be query parameters)."""
+CURRENT_EXPLANATIONS = """(SELECT * FROM explanations
+    QUALIFY row_number() OVER (PARTITION BY sae_id, feature ORDER BY created DESC) = 1)"""
+"""The newest explanation of each explained feature: the one lists, searches and hovers show."""
 MAX_TOKEN_IDS = 16
 """A token search looks for at most this many vocabulary ids (e.g. "the", " the", "The", " THE" …)."""
 
@@ -46,7 +53,9 @@ class FeaturePage:
     `token_ids`, `acts` (the feature on each token), `max_index` (index of the example's token in `tokens`)."""
     neighbours: dict[str, pd.DataFrame]
     """By kind (`decoder_cosine`, `coactivation`): `feature`, `score`, `count`, `label`, `density`."""
-
+    explanations: pd.DataFrame
+    """Every explanation of the feature, newest first: `explanation`, `explainer`, `scorer`, `created`, the scores
+    and their baselines (`detection`, `detection_shuffled`, `detection_handle`, …), `details` (parsed JSON)."""
 
 class FeatureStore:
     """Read-only access to one features.duckdb file (a run folder or the file itself)."""
@@ -134,6 +143,17 @@ class FeatureStore:
             return [int(text)]
         return [i for (i,) in self._rows("SELECT token_id FROM vocab WHERE lower(trim(token)) = lower(?)", [text])]
 
+    @cached_property
+    def n_contexts(self) -> int:
+        """How many contexts of held-out text the statistics were computed on."""
+        return int(self._rows("SELECT count(*) FROM contexts")[0][0])
+
+    def context_tokens(self, context_ids: list[int]) -> dict[int, list[int]]:
+        """Token ids of some contexts, by id."""
+        rows = self._rows("SELECT context_id, token_ids FROM contexts WHERE context_id IN (SELECT unnest(?))",
+                          [[int(c) for c in context_ids]])
+        return {int(c): [int(t) for t in ids] for c, ids in rows}
+
     # -- one feature -------------------------------------------------------------------------------
 
     def feature(self, sae: str | int, feature: int) -> FeaturePage:
@@ -153,12 +173,13 @@ class FeatureStore:
             bottom_logits=self._logits(row["bottom_logit_ids"], row["bottom_logit_values"]),
             examples=self.examples(sae_id, feature),
             neighbours=self.neighbours(sae_id, feature),
+            explanations=self.explanations(sae_id, feature),
         )
 
     def examples(self, sae_id: int, feature: int) -> pd.DataFrame:
         """Top and interval examples of one feature with their windows' tokens (see `FeaturePage.examples`)."""
         df = self._df(
-            """SELECT e.kind, e.rank, e.activation, e.position, e.window_start, e.acts,
+            """SELECT e.kind, e.rank, e.activation, e.context_id, e.position, e.window_start, e.acts,
                       list_slice(c.token_ids, e.window_start + 1, e.window_start + len(e.acts)) AS token_ids
                FROM examples e JOIN contexts c ON c.context_id = e.context_id
                WHERE e.sae_id = ? AND e.feature = ? ORDER BY e.kind, e.rank""",
@@ -195,6 +216,30 @@ class FeatureStore:
             })
         return out
 
+    def explanations(self, sae_id: int, feature: int) -> pd.DataFrame:
+        """Every explanation of one feature with its scores, newest first (empty when it has none)."""
+        df = self._df("SELECT * EXCLUDE (explanation_lower) FROM explanations WHERE sae_id = ? AND feature = ? ORDER BY created DESC",
+                      [int(sae_id), int(feature)])
+        df["details"] = [json.loads(d) if isinstance(d, str) else {} for d in df["details"]]
+        return df
+
+    def explained_by(self, explainer: str, scorer: str) -> set[tuple[str, int]]:
+        """`(SAE short name, feature)` of every feature with an explanation by this explainer scored by this scorer."""
+        rows = self._rows("""SELECT s.short_name, e.feature FROM explanations e JOIN saes s USING (sae_id)
+                             WHERE e.explainer = ? AND e.scorer = ?""", [explainer, scorer])
+        return {(str(short), int(f)) for short, f in rows}
+
+    def describe(self, sae: str | int, features: list[int]) -> dict[int, str]:
+        """What to show for features where space is short (hovers, tables): the newest explanation with its
+        detection score, else the token handle."""
+        rows = self._rows(
+            f"""SELECT f.feature, f.label, e.explanation, e.detection FROM features f
+                LEFT JOIN {CURRENT_EXPLANATIONS} e USING (sae_id, feature)
+                WHERE f.sae_id = ? AND f.feature IN (SELECT unnest(?))""",
+            [self.sae_id(sae), [int(f) for f in features]],
+        )
+        return {int(f): describe_feature(label, explanation, detection) for f, label, explanation, detection in rows}
+
     def labels(self, sae: str | int, features: list[int]) -> dict[int, str]:
         """Labels of some features of one SAE (missing ids are left out)."""
         rows = self._rows(
@@ -219,14 +264,19 @@ class FeatureStore:
         max_density: float | None = None,
         min_max_act: float | None = None,
         include_dead: bool = True,
+        explained_only: bool = False,
+        min_score: tuple[str, float] | None = None,
         sort_by: str = "density",
         descending: bool = True,
         limit: int = 100,
         offset: int = 0,
     ) -> pd.DataFrame:
-        """Features filtered by SAE / layer / site, density and max activation, sorted by a column of `SORTABLE`."""
+        """Features filtered by SAE / layer / site, density, max activation and an explanation score
+        (`min_score=("detection", 0.7)`), sorted by a column of `SORTABLE` (unexplained features last)."""
         if sort_by not in SORTABLE:
             raise UserError(f"cannot sort by {sort_by!r}; choose one of {', '.join(SORTABLE)}")
+        if min_score is not None and min_score[0] not in SCORES:
+            raise UserError(f"cannot filter by {min_score[0]!r}; choose one of {', '.join(SCORES)}")
         where, params = self._filters(saes, layers, sites)
         for clause, value in (("f.density >= ?", min_density), ("f.density <= ?", max_density), ("f.max_act >= ?", min_max_act)):
             if value is not None:
@@ -234,10 +284,17 @@ class FeatureStore:
                 params.append(float(value))
         if not include_dead:
             where.append("NOT f.dead")
-        order = f"f.{sort_by} {'DESC' if descending else 'ASC'}, f.sae_id, f.feature"
+        if explained_only:
+            where.append("e.explanation IS NOT NULL")
+        if min_score is not None:
+            where.append(f"e.{min_score[0]} >= ?")
+            params.append(float(min_score[1]))
+        table = "e" if sort_by in SCORES else "f"
+        order = f"{table}.{sort_by} {'DESC' if descending else 'ASC'} NULLS LAST, f.sae_id, f.feature"
         return self._df(
-            f"""SELECT s.short_name AS sae, f.sae_id, f.feature, f.label, f.density, f.max_act, f.mean_act, f.fires, f.dead
-                FROM features f JOIN saes s USING (sae_id)
+            f"""SELECT s.short_name AS sae, f.sae_id, f.feature, f.label, e.explanation, e.detection, e.fuzzing, e.embedding,
+                       f.density, f.max_act, f.mean_act, f.fires, f.dead
+                FROM features f JOIN saes s USING (sae_id) LEFT JOIN {CURRENT_EXPLANATIONS} e USING (sae_id, feature)
                 WHERE {" AND ".join(where) or "TRUE"} ORDER BY {order} LIMIT ? OFFSET ?""",
             [*params, int(limit), int(offset)],
         )
@@ -253,6 +310,70 @@ class FeatureStore:
                 WHERE {" AND ".join(where)} ORDER BY f.max_act DESC, f.sae_id, f.feature LIMIT ?""",
             [*params, int(limit)],
         )
+
+    def search_explanation(self, text: str, *, saes: list[int] | None = None, limit: int = 50) -> pd.DataFrame:
+        """Features whose newest explanation contains `text`, case-insensitively and literally, best detection first."""
+        where, params = self._filters(saes, None, None)
+        where.append("contains(e.explanation_lower, ?)")
+        params.append(text.lower())
+        return self._df(
+            f"""SELECT s.short_name AS sae, f.sae_id, f.feature, f.label, e.explanation, e.detection, f.density, f.max_act
+                FROM {CURRENT_EXPLANATIONS} e JOIN features f USING (sae_id, feature) JOIN saes s USING (sae_id)
+                WHERE {" AND ".join(where)} ORDER BY e.detection DESC NULLS LAST, f.sae_id, f.feature LIMIT ?""",
+            [*params, int(limit)],
+        )
+
+    # -- search by meaning -------------------------------------------------------------------------
+
+    @cached_property
+    def embedder_settings(self) -> dict[str, Any] | None:
+        """Name, dimension and settings of the model that embedded this file's features (None: not embedded)."""
+        return self.meta.get("embedder")
+
+    @cached_property
+    def vector_index(self) -> VectorIndex:
+        """Every feature vector of the file in memory (loaded on first use: 400 MB per million 384-d vectors)."""
+        table = self._con.cursor().execute(
+            "SELECT sae_id, feature, source, scale, vector FROM feature_vectors ORDER BY sae_id, feature, source"
+        ).arrow()
+        if hasattr(table, "read_all"):
+            table = table.read_all()
+        n = table.num_rows
+        dim = int((self.embedder_settings or {}).get("dim") or 0)
+        values = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False) if n else np.zeros(0)
+        sources = np.array([SOURCES.index(s) for s in table.column("source").to_pylist()], dtype=np.int8)
+        return VectorIndex(
+            sae_ids=table.column("sae_id").to_numpy(), features=table.column("feature").to_numpy(), sources=sources,
+            scales=table.column("scale").to_numpy().astype(np.float32),
+            vectors=values.astype(np.int8).reshape(n, dim if n else 0),
+        )
+
+    def search_by_vector(self, vector: np.ndarray, *, saes: list[int] | None = None, limit: int = 50,
+                         exclude: tuple[int, int] | None = None) -> pd.DataFrame:
+        """Features whose vectors are nearest `vector` (cosine), across all SAEs or `saes`: with their label,
+        newest explanation and detection score, `similarity` and which vector `matched`."""
+        hits = self.vector_index.search(vector, limit=limit, sae_ids=saes, exclude=exclude)
+        columns = ["sae", "sae_id", "feature", "similarity", "matched", "label", "explanation", "detection", "density"]
+        if hits.empty:
+            return pd.DataFrame(columns=columns)
+        info = self._df(
+            f"""SELECT f.sae_id, f.feature, s.short_name AS sae, f.label, e.explanation, e.detection, f.density
+                FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) k
+                JOIN features f USING (sae_id, feature) JOIN saes s USING (sae_id)
+                LEFT JOIN {CURRENT_EXPLANATIONS} e USING (sae_id, feature)""",
+            [hits.sae_id.astype(int).tolist(), hits.feature.astype(int).tolist()],
+        )
+        return hits.merge(info, on=["sae_id", "feature"], how="left")[columns]
+
+    def similar_features(self, sae: str | int, feature: int, *, limit: int = 10, across_saes: bool = True) -> pd.DataFrame:
+        """Features like this one by the same vectors (its explanation's if it has one, else its examples'),
+        itself left out; empty when the file or the feature has no vectors."""
+        sae_id = self.sae_id(sae)
+        own = self.vector_index.vectors_of(sae_id, int(feature))
+        vector = own.get("explanation", own.get("examples"))
+        if vector is None:
+            return pd.DataFrame(columns=["sae", "sae_id", "feature", "similarity", "matched", "label", "explanation", "detection", "density"])
+        return self.search_by_vector(vector, saes=None if across_saes else [sae_id], limit=limit, exclude=(sae_id, int(feature)))
 
     def search_token(self, token: str, *, saes: list[int] | None = None, limit: int = 50) -> pd.DataFrame:
         """Features whose top examples peak on `token` or whose logit effects promote it, strongest first.
@@ -280,6 +401,16 @@ class FeatureStore:
         df["where"] = [", ".join(w for w, on in (("fires on", f), ("promotes", p)) if on) for f, p in zip(fires, promotes)]
         return df[columns]
 
+    def live_features(self, sae: str | int) -> list[int]:
+        """The features of one SAE that fired, from the rarest to the most common."""
+        return [int(f) for (f,) in self._rows("SELECT feature FROM features WHERE sae_id = ? AND NOT dead ORDER BY density, feature",
+                                              [self.sae_id(sae)])]
+
+    def is_dead(self, sae: str | int, feature: int) -> bool:
+        """Whether a feature never fired on the precompute tokens."""
+        row = self._rows("SELECT dead FROM features WHERE sae_id = ? AND feature = ?", [self.sae_id(sae), int(feature)])
+        return bool(row[0][0]) if row else True
+
     def random_feature(self, sae: str | int | None = None, rng: random.Random | None = None) -> tuple[int, int]:
         """A random live feature `(sae_id, feature)`, of one SAE or any."""
         rng = rng or random.Random()
@@ -300,6 +431,14 @@ class FeatureStore:
                 where.append(f"{column} IN (SELECT unnest(?))")
                 params.append(list(values))
         return where, params
+
+
+def describe_feature(label: str, explanation: str | None, detection: float | None) -> str:
+    """An explanation with its detection score, or the token handle when there is none."""
+    if not explanation:
+        return label
+    score = f" (detection {detection:.2f})" if detection is not None and detection == detection else ""
+    return f"{explanation}{score}"
 
 
 def _histogram(counts: Any, top: float) -> pd.DataFrame:

@@ -12,7 +12,10 @@ import duckdb
 
 from ..errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version 2 added `explanations` and `feature_vectors` (`sae-explorer upgrade RUN` brings a version-1 file up)."""
+UPGRADABLE = {1}
+"""Older versions `upgrade` can bring to this one without recomputing anything."""
 DB_FILE = "features.duckdb"
 
 TABLES = """
@@ -55,6 +58,26 @@ CREATE TABLE site_summary (
 );
 """
 
+UNDERSTANDING_TABLES = """
+CREATE TABLE explanations (
+    sae_id INTEGER, feature INTEGER,
+    explanation VARCHAR, explanation_lower VARCHAR,
+    explainer VARCHAR, scorer VARCHAR, created VARCHAR,  -- who wrote and who scored it; ISO time
+    detection DOUBLE, fuzzing DOUBLE, embedding DOUBLE,  -- balanced accuracy, balanced accuracy, AUROC (0.5 = chance)
+    detection_shuffled DOUBLE, fuzzing_shuffled DOUBLE, embedding_shuffled DOUBLE,  -- another feature's explanation
+    detection_handle DOUBLE, fuzzing_handle DOUBLE, embedding_handle DOUBLE,  -- the token handle (`label`)
+    n_activating INTEGER, n_non_activating INTEGER,  -- held-out contexts scored
+    details VARCHAR  -- JSON: the baselines' texts, per-context answers, the explainer's raw reply, options
+);
+CREATE TABLE feature_vectors (
+    sae_id INTEGER, feature INTEGER,
+    source VARCHAR,     -- 'examples' (its top contexts) or 'explanation'
+    scale FLOAT, vector TINYINT[]  -- unit sentence embedding ≈ scale × vector (int8)
+);
+"""
+"""Written by `explain` and `embed`; empty in a fresh precompute. Several explainers may explain one feature:
+the newest row is the one lists and hovers show."""
+
 INDEXES = """
 CREATE UNIQUE INDEX saes_id ON saes (sae_id);
 CREATE UNIQUE INDEX vocab_id ON vocab (token_id);
@@ -62,6 +85,7 @@ CREATE UNIQUE INDEX contexts_id ON contexts (context_id);
 CREATE UNIQUE INDEX features_id ON features (sae_id, feature);
 CREATE INDEX examples_feature ON examples (sae_id, feature);
 CREATE INDEX neighbours_feature ON neighbours (sae_id, feature);
+CREATE INDEX explanations_feature ON explanations (sae_id, feature);
 """
 
 
@@ -85,6 +109,12 @@ def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
     except duckdb.Error:
         row = None
     version = int(row[0]) if row else None
+    if version in UPGRADABLE:
+        con.close()
+        raise FeatureDBError(
+            f"{path} has schema version {version}, this sae-explorer reads version {SCHEMA_VERSION}; upgrade it in place "
+            f"with `sae-explorer upgrade {path.parent}` (keeps every statistic, takes seconds)"
+        )
     if version != SCHEMA_VERSION:
         con.close()
         raise FeatureDBError(

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from torch import Tensor
 
 from ..io import atomic_path
-from .schema import INDEXES, SCHEMA_VERSION, TABLES
+from .schema import INDEXES, SCHEMA_VERSION, TABLES, UNDERSTANDING_TABLES
 
 TMP_SUFFIX = ".building"
 
@@ -50,7 +50,7 @@ class FeatureDBWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._remove_tmp()  # a build that was killed earlier
         self.con = duckdb.connect(str(self.tmp))
-        self.con.execute(TABLES)
+        self.con.execute(TABLES + UNDERSTANDING_TABLES)
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
@@ -69,12 +69,7 @@ class FeatureDBWriter:
     def insert(self, table: str, columns: dict[str, Any]) -> None:
         """Append rows given as columns (numpy arrays, tensors, lists or pyarrow arrays) by column name."""
         assert self.con is not None
-        arrays = {name: _arrow(value) for name, value in columns.items()}
-        self.con.register("_rows", pa.table(arrays))
-        try:
-            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
-        finally:
-            self.con.unregister("_rows")
+        insert_columns(self.con, table, columns)
 
     def insert_parts(self, folder: Path) -> None:
         """Append the rows of a folder written by `write_parts`, in the order they were written."""
@@ -98,6 +93,15 @@ def write_parts(folder: Path, rows: list[tuple[str, dict[str, Any]]]) -> None:
     for i, (table, columns) in enumerate(rows):
         with atomic_path(folder / f"{i:03d}-{table}.parquet") as tmp:
             pq.write_table(pa.table({name: _arrow(value) for name, value in columns.items()}), tmp)
+
+
+def insert_columns(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, Any]) -> None:
+    """Append rows given as columns (numpy arrays, tensors, lists or pyarrow arrays) to `table` by column name."""
+    con.register("_rows", pa.table({name: _arrow(value) for name, value in columns.items()}))
+    try:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
+    finally:
+        con.unregister("_rows")
 
 
 def _arrow(value: Any) -> pa.Array:

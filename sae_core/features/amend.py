@@ -1,0 +1,115 @@
+"""Add to an existing features.duckdb without ever damaging it: copy, change the copy, rename it into place.
+
+`explain`, `embed` and `upgrade` write this way. A lock file beside the feature file serialises writers (two
+`explain` jobs finishing at once would otherwise each rename their own copy over the other's); readers never
+wait: they keep the old file until they reopen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ..errors import UserError
+from .schema import DB_FILE, SCHEMA_VERSION, UNDERSTANDING_TABLES, UPGRADABLE, FeatureDBError, open_read_only
+
+AMEND_SUFFIX = ".amending"
+
+
+def feature_file(path: str | Path) -> Path:
+    """The features.duckdb of a run folder (or the file itself), which must exist."""
+    path = Path(path)
+    path = path / DB_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise FeatureDBError(f"{path} does not exist; build it with `sae-explorer precompute RUN`")
+    return path
+
+
+@contextlib.contextmanager
+def amend(path: str | Path, *, check_version: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection to a copy of the feature file, renamed over the original when the block succeeds.
+
+    An exception (or a kill) leaves the original untouched; the copy is removed at the next amend.
+    """
+    path = feature_file(path)
+    if check_version:
+        open_read_only(path).close()  # the version check and its message
+    tmp = path.with_name(path.name + AMEND_SUFFIX)
+    with _locked(path):
+        _remove(tmp)
+        shutil.copyfile(path, tmp)
+        con = duckdb.connect(str(tmp))
+        try:
+            yield con
+            con.execute("CHECKPOINT")
+            con.close()
+            os.replace(tmp, path)
+        except BaseException:
+            con.close()
+            _remove(tmp)
+            raise
+
+
+def set_meta(con: duckdb.DuckDBPyConnection, items: dict[str, Any]) -> None:
+    """Write `meta` keys (values stored as JSON), replacing earlier values of the same keys."""
+    for key, value in items.items():
+        con.execute("DELETE FROM meta WHERE key = ?", [key])
+        con.execute("INSERT INTO meta VALUES (?, ?)", [key, json.dumps(value)])
+
+
+def upgrade(path: str | Path) -> tuple[int, int]:
+    """Bring a feature file of an older schema version to this one in place; returns `(old, new)` version.
+
+    Version 1 → 2 adds the (empty) explanation and vector tables: nothing is recomputed.
+    """
+    path = feature_file(path)
+    version = _version(path)
+    if version == SCHEMA_VERSION:
+        return version, version
+    if version not in UPGRADABLE:
+        raise FeatureDBError(
+            f"{path} has schema version {version}, which this sae-explorer cannot upgrade; rebuild it with "
+            "`sae-explorer precompute` (or use the matching sae-explorer)"
+        )
+    with amend(path, check_version=False) as con:
+        con.execute(UNDERSTANDING_TABLES)
+        con.execute("CREATE INDEX explanations_feature ON explanations (sae_id, feature)")
+        set_meta(con, {"schema_version": SCHEMA_VERSION, "upgraded_from": version})
+    return version, SCHEMA_VERSION
+
+
+def _version(path: Path) -> int | None:
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.Error as e:
+        raise FeatureDBError(f"cannot read {path} as a feature file ({e}); rebuild it with `sae-explorer precompute`") from None
+    return int(json.loads(row[0])) if row else None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    lock = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock, "a")
+    except OSError as e:
+        raise UserError(f"cannot write beside {path} ({e}); the run folder must be writable to add to its feature file") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove(tmp: Path) -> None:
+    for p in (tmp, tmp.with_name(tmp.name + ".wal")):
+        p.unlink(missing_ok=True)
