@@ -1,4 +1,4 @@
-"""The `sae-explorer` command: train and evaluate SAEs, cache activations, list a model's sites, show a run."""
+"""The `sae-explorer` command: train, evaluate, precompute, explain and browse SAEs; cache activations; list sites."""
 
 from __future__ import annotations
 
@@ -22,6 +22,20 @@ on several processes or GPUs (torchrun; see README "Scaling out"):
   torchrun --nproc_per_node 2 -m sae_core.cli train --sites L15R --expansion 64 --parallel data --out runs/wide
 
 A killed run resumes from its last checkpoint when the same command is run again, on any number of ranks.
+"""
+
+
+_EPILOG_EXPLAIN = """\
+examples:
+  sae-explorer explain runs/demo --features 20                  # 20 features per SAE, spread over density
+  sae-explorer explain runs/demo --saes L14R --features 12,40,77
+  sae-explorer explain runs/demo --explainer-url http://127.0.0.1:8000/v1 --explainer Qwen/Qwen3-8B --features all
+  sae-explorer explain runs/demo --explainer ~/models/qwen3-1.7b --device cuda
+  torchrun --nproc_per_node 4 -m sae_core.cli explain runs/big --features all --device cuda
+
+A local explainer is the embedded SmolLM2-135M-Instruct unless --explainer names another; it writes weak
+explanations (see docs/explanations.md): point --explainer-url at a larger model served by vLLM, llama.cpp's
+server or Ollama for useful ones. The scorer is the explainer unless --scorer / --scorer-url say otherwise.
 """
 
 
@@ -77,7 +91,7 @@ def _precompute_options(args: argparse.Namespace):
 
     return PrecomputeOptions(
         tokens=parse_count(args.tokens), corpus=args.corpus, split=args.split, window=args.window, n_top=args.top,
-        n_intervals=args.intervals, per_interval=args.per_interval, device=args.device,
+        n_intervals=args.intervals, per_interval=args.per_interval, device=args.device, embed=args.embed,
     )
 
 
@@ -108,6 +122,38 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from .interp.config import ExplainConfig
+    from .interp.explain import explain_run
+    from .options import config_from_args
+
+    summary = explain_run(args.run, config_from_args(args, ExplainConfig))
+    if summary.means:
+        print(f"explained {summary.explained} feature(s) with {summary.explainer}, scored by {summary.scorer} "
+              "(balanced accuracy / AUROC; 0.5 = chance):")
+        print(summary.table())
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
+    from .embedder import load_embedder
+    from .features.embed import embed_run
+
+    embedder = load_embedder(args.embedder, device=resolve_device(args.device))
+    embed_run(args.run, embedder, n_examples=args.examples, half_width=args.window, batch_size=args.batch_size,
+              log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from .features.amend import upgrade
+
+    old, new = upgrade(args.run)
+    print(f"{args.run}: schema version {old}" + (f" → {new}" if old != new else " is current; nothing to do"))
+    return 0
+
+
 def _add_precompute_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", default="128k", help="real tokens to stream through the model, e.g. 128k, 2M (default: 128k)")
     p.add_argument("--corpus", help="text source (file, folder, hf:NAME); default: the run's own corpus")
@@ -117,6 +163,8 @@ def _add_precompute_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=20, help="top activating contexts kept per feature (default: 20)")
     p.add_argument("--intervals", type=int, default=5, help="activation-quantile intervals sampled per feature (default: 5)")
     p.add_argument("--per-interval", type=int, default=4, help="examples sampled per interval (default: 4)")
+    p.add_argument("--embed", action=argparse.BooleanOptionalAction, default=True,
+                   help="embed every feature for search by meaning when the sentence-embedding model is installed (default: yes)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
 
 
@@ -214,6 +262,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (also used to render --help in docs)."""
+    from .interp.config import ExplainConfig
     from .refusal.cli import add_refusal_parser
     from .training.config import add_config_arguments
 
@@ -320,6 +369,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stored precision; training reads it back as float32 (default: float32)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.set_defaults(func=_cache)
+
+    p = sub.add_parser(
+        "explain",
+        help="explain features in one sentence with an LLM and score how far to trust each explanation",
+        description="Write a one-sentence explanation of each chosen feature from its precomputed examples (firing "
+        "tokens marked, promoted tokens listed), then score it on held-out contexts the explainer never saw: detection, "
+        "fuzzing (balanced accuracy, as EleutherAI delphi defines them) and embedding (AUROC), each beside two "
+        "baselines (another feature's explanation, and the token handle). Results go into RUN/features.duckdb; a killed "
+        "job resumes where it stopped when run again.",
+        epilog=_EPILOG_EXPLAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder with a features.duckdb, e.g. runs/demo")
+    add_config_arguments(p, ExplainConfig)
+    p.set_defaults(func=_explain)
+
+    p = sub.add_parser(
+        "embed",
+        help="embed every feature of a run for search by meaning (sentence embeddings of its examples and explanation)",
+        description="Embed each feature's top-example contexts, and its explanation if it has one, with a sentence-embedding "
+        "model (default: all-MiniLM-L6-v2 from PyPI) into RUN/features.duckdb, replacing earlier vectors. precompute "
+        "does this already when the model is installed.",
+    )
+    p.add_argument("run", help="run folder with a features.duckdb, e.g. runs/demo")
+    p.add_argument("--embedder", help="a sentence-transformers folder (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--examples", type=int, default=4, help="top examples per feature in its text (default: 4)")
+    p.add_argument("--window", type=int, default=6, help="tokens on each side of an example's peak (default: 6)")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.set_defaults(func=_embed)
+
+    p = sub.add_parser(
+        "upgrade",
+        help="bring a run's features.duckdb of an older schema version up to date, in place",
+        description="Upgrade RUN/features.duckdb to the current schema without recomputing anything (the file is "
+        "rewritten atomically: an interrupted upgrade leaves the old one).",
+    )
+    p.add_argument("run", help="run folder or features.duckdb file")
+    p.set_defaults(func=_upgrade)
 
     add_refusal_parser(sub)
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..corpus import describe_source, iter_documents
+from ..embedder import EMBEDDER_INSTALL, embedder_available, load_embedder
 from ..errors import RunError, UserError
 from ..io import read_json
 from ..models import LoadedModel
@@ -32,6 +33,7 @@ from ..run_saes import open_run_saes
 from ..saes import SAE
 from ..sites import Site
 from ..tokens import check_context_size, decode_each, token_batches
+from .embed import embed_features
 from .feature_stats import Examples, FeatureStats, feature_stats, select_examples
 from .labels import make_label, top_tokens
 from .logit_effects import LogitEffects, logit_effects
@@ -64,6 +66,8 @@ class PrecomputeOptions:
     shard_tokens: int = 65_536
     seed: int = 0
     device: str = "auto"
+    embed: bool = True
+    """Embed every feature for search by meaning (when the sentence-embedding model is installed)."""
 
     def __post_init__(self) -> None:
         for name in ("tokens", "n_top", "n_intervals", "n_logits", "hist_bins", "shard_tokens"):
@@ -181,6 +185,8 @@ def precompute_run(
                 for sae_id in progress(ids):  # one SAE's tables in memory at a time
                     for table, columns in rows_of(sae_id):
                         db.insert(table, columns)
+            if options.embed:
+                _embed(db, device, log)
             db.finish({
                 "model": info.get("model"),
                 "run": str(run.path),
@@ -303,6 +309,15 @@ def _site_summary(sae_id: int, r: SAEResult, l0: float) -> dict[str, list[Any]]:
         "max_act_median": [q(stats.max_act[alive].double(), 0.5)],
         "log10_density_edges": [edges.tolist()], "log10_density_counts": [counts.astype(int).tolist()],
     }
+
+
+def _embed(db: FeatureDBWriter, device: torch.device, log: Callable[[str], None]) -> None:
+    """Sentence vectors of every feature's examples into the file being built, if the embedding model is installed."""
+    if not embedder_available():
+        log(f"not embedding features for search by meaning: the model is not installed ({EMBEDDER_INSTALL})")
+        return
+    assert db.con is not None
+    embed_features(db.con, load_embedder(device=device))
 
 
 def _vocab(loaded: LoadedModel) -> list[str]:

@@ -333,11 +333,9 @@ class FeatureStore:
     @cached_property
     def vector_index(self) -> VectorIndex:
         """Every feature vector of the file in memory (loaded on first use: 400 MB per million 384-d vectors)."""
-        table = self._con.cursor().execute(
+        table = self._con.cursor().sql(
             "SELECT sae_id, feature, source, scale, vector FROM feature_vectors ORDER BY sae_id, feature, source"
-        ).arrow()
-        if hasattr(table, "read_all"):
-            table = table.read_all()
+        ).to_arrow_table()
         n = table.num_rows
         dim = int((self.embedder_settings or {}).get("dim") or 0)
         values = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False) if n else np.zeros(0)
@@ -401,10 +399,11 @@ class FeatureStore:
         df["where"] = [", ".join(w for w, on in (("fires on", f), ("promotes", p)) if on) for f, p in zip(fires, promotes)]
         return df[columns]
 
-    def live_features(self, sae: str | int) -> list[int]:
-        """The features of one SAE that fired, from the rarest to the most common."""
-        return [int(f) for (f,) in self._rows("SELECT feature FROM features WHERE sae_id = ? AND NOT dead ORDER BY density, feature",
-                                              [self.sae_id(sae)])]
+    def live_features(self, sae: str | int, min_fires: int = 1) -> list[int]:
+        """The features of one SAE that fired at least `min_fires` times, from the rarest to the most common."""
+        return [int(f) for (f,) in self._rows(
+            "SELECT feature FROM features WHERE sae_id = ? AND fires >= ? ORDER BY density, feature", [self.sae_id(sae), max(1, int(min_fires))]
+        )]
 
     def is_dead(self, sae: str | int, feature: int) -> bool:
         """Whether a feature never fired on the precompute tokens."""

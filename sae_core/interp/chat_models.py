@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -103,21 +103,29 @@ class LocalChatModel:
 
     @torch.no_grad()
     def yes_probabilities(self, groups: Sequence[Sequence[Messages]]) -> list[list[float | None]]:
-        return [self._group(list(group)) for group in groups]
+        rows = [[self._ids(m) for m in group] for group in groups]
+        flat = [r for group in rows for r in group]
+        if not flat:
+            return [[] for _ in groups]
+        # what every chat shares (instructions, worked examples) runs once; each group's own prefix once more
+        common = min(_common_prefix(flat), min(len(r) for r in flat) - 1)
+        base = self._extend(None, flat[0][:common], 0) if common > 0 else None
+        return [self._group(group, base, common) if group else [] for group in rows]
 
-    def _group(self, chats: list[Messages]) -> list[float | None]:
-        """Run the group's shared prefix once, then its tails in batches on copies of the prefix's cache."""
-        if not chats:
-            return []
-        rows = [self._ids(m) for m in chats]
-        shared = _common_prefix(rows)
-        shared = min(shared, min(len(r) for r in rows) - 1)  # every row keeps at least one token of its own
-        model = self.loaded.model
-        cache = None
-        if shared > 0:
-            prefix = torch.tensor([rows[0][:shared]], device=self.device)
-            out_prefix = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-            cache = out_prefix["cache"] if "cache" in out_prefix else out_prefix["past_key_values"]
+    def _extend(self, cache: Any, ids: list[int], start: int) -> Any:
+        """A copy of `cache` (covering positions < `start`) extended by `ids`, for one row."""
+        past = copy.deepcopy(cache) if cache is not None else None
+        out = self.loaded.model(
+            input_ids=torch.tensor([ids], device=self.device), position_ids=torch.arange(start, start + len(ids), device=self.device)[None],
+            use_cache=True, logits_to_keep=1, **({self._cache_arg: past} if past is not None else {}),
+        )
+        return out["cache"] if "cache" in out else out["past_key_values"]
+
+    def _group(self, rows: list[list[int]], base: Any, common: int) -> list[float | None]:
+        """Extend the shared cache by the group's own prefix, then run its tails in batches on copies of it."""
+        shared = min(_common_prefix(rows), min(len(r) for r in rows) - 1)  # every row keeps at least one token of its own
+        cache = self._extend(base, rows[0][common:shared], common) if shared > common else base
+        shared = max(shared, common) if cache is not None else 0
         out: list[float | None] = []
         for start in range(0, len(rows), self.batch_size):
             tails = [r[shared:] for r in rows[start : start + self.batch_size]]
@@ -129,7 +137,7 @@ class LocalChatModel:
                 past = copy.deepcopy(cache)
                 past.batch_repeat_interleave(n)
                 mask = torch.cat([torch.ones(n, shared, dtype=mask.dtype), mask], dim=1)
-            logits = model(
+            logits = self.loaded.model(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
                 use_cache=past is not None, logits_to_keep=1, **({self._cache_arg: past} if past is not None else {}),
             ).logits[:, -1].float()

@@ -15,7 +15,7 @@ class ExplainConfig:
 
     saes: str | None = option(None, "SAEs to explain, e.g. L14R,L2R (default: every SAE of the run)")
     features: str = option(
-        "20", "which features: N per SAE spread evenly over firing density (e.g. 20), a list of ids (12,40 or "
+        "20", "which features: N per SAE spread evenly over firing density (e.g. 20; among features that fired 8+ times), ids (12,40 or "
         "L14R:12,L2R:7), or all"
     )
     explainer: str | None = option(
@@ -24,7 +24,7 @@ class ExplainConfig:
     )
     explainer_url: str | None = option(
         None, "an OpenAI-compatible chat-completions server to explain with, e.g. http://127.0.0.1:8000/v1 (vLLM, "
-        "llama.cpp's server, Ollama); an API key is read from SAE_EXPLORER_API_KEY or OPENAI_API_KEY"
+        "llama.cpp's server, Ollama); an API key is read from SAE_EXPLORER_API_KEY or OPENAI_API_KEY (default: none: a local model)"
     )
     scorer: str | None = option(
         None, "scorer model, as --explainer (default: the explainer); with --explainer-url and no --scorer-url, a model "

@@ -37,6 +37,8 @@ class WindowPool:
 
     def for_feature(self, sae: str, feature: int, n: int, *, avoid: set[int] = frozenset(), seed: int = 0) -> list[Context]:
         """Up to `n` windows where the feature never fires, in a random order fixed by `seed`, outside the contexts `avoid`."""
+        if n <= 0:
+            return []
         quiet = ~self.fires[(sae, feature)]
         order = np.random.default_rng([seed, zlib.crc32(sae.encode()), feature]).permutation(len(self.context_ids))
         out = []

@@ -22,17 +22,9 @@ EXPLAINER_SYSTEM = (
     "You are a meticulous AI researcher studying one feature of a language model. You see short texts on which "
     "the feature fires; the tokens where it fires most strongly are marked <<like this>>. Below them are the "
     "tokens the feature makes the model predict next.\n"
-    "Reply with one short sentence that says what the feature responds to: the marked tokens and the context "
-    "around them. Do not mention the << >> marks and do not list the examples."
+    "Reply with one short sentence that says what the feature responds to: the kind of marked tokens and the "
+    "context around them. Do not mention the << >> marks, do not list the examples and do not explain your reasoning."
 )
-_EXPLAINER_SHOTS = [
-    ("Examples:\n1. and he was <<over the moon>> to find\n2. we'll be laughing <<till the cows come home>>! Pro\n"
-     "3. there's more <<than meets the eye>>! I'd\nPromoted tokens: \"!\", \".\"",
-     "Idioms that express happiness or surprise."),
-    ("Examples:\n1. Chief<< of>> Staff Charlie said\n2. Head<< of>> Talent Development and Production\n"
-     "3. devised by Director<< of>> Public Prosecutions\nPromoted tokens: \" the\", \" Public\"",
-     "The word \"of\" after a job title such as Director, Head or Chief."),
-]
 
 SCORER_SYSTEM = (
     "You are a meticulous linguistics researcher. A feature of a language model is described by an explanation. "
@@ -42,33 +34,31 @@ DETECTION_QUESTION = "Does the feature fire on this text, i.e. does the text con
 FUZZING_QUESTION = ("The tokens marked <<like this>> are said to be where the feature fires. Is every marked token "
                     "an instance of what the explanation describes?")
 _DETECTION_SHOTS = [
-    ("Words about American football positions, such as tight end.", "Patriots tight end Rob Gronkowski had his boss", "Yes"),
     ("The word \"guys\" in the phrase \"you guys\".", "du Soleil Fall Protection Program with construction rules", "No"),
+    ("Words about American football positions, such as tight end.", "Patriots tight end Rob Gronkowski had his boss", "Yes"),
 ]
 _FUZZING_SHOTS = [
-    ("Words about American football positions, such as tight end.", "Media Day: LSU<< defensive end>> Isaiah Washington", "Yes"),
     ("The word \"of\" after a job title.", "the birth<< control>> access, but I assure<< you>> that", "No"),
+    ("Words about American football positions, such as tight end.", "Media Day: LSU<< defensive end>> Isaiah Washington", "Yes"),
 ]
 
 
 def explainer_messages(shown: Sequence[Context], promoted: Sequence[str]) -> Messages:
-    """The explainer's chat: its instructions, two worked examples, then this feature's marked contexts and promoted tokens."""
+    """The explainer's chat: its instructions, then this feature's marked contexts and promoted tokens (no worked
+    examples: small explainers copy them)."""
     lines = [f"{i}. {marked_text(c.tokens, firing_marks(c.acts))}" for i, c in enumerate(shown, 1)]
     tokens = ", ".join(f'"{clean_text(t)}"' for t in promoted)
     task = "Examples:\n" + "\n".join(lines) + (f"\nPromoted tokens: {tokens}" if tokens else "")
-    messages: Messages = [{"role": "system", "content": EXPLAINER_SYSTEM}]
-    for user, reply in _EXPLAINER_SHOTS:
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-    return messages + [{"role": "user", "content": task}]
+    return [{"role": "system", "content": EXPLAINER_SYSTEM}, {"role": "user", "content": task}]
 
 
 def _scoring_messages(explanation: str, text: str, question: str, shots: list[tuple[str, str, str]]) -> Messages:
     messages: Messages = [{"role": "system", "content": SCORER_SYSTEM}]
     for shot_explanation, shot_text, answer in shots:
-        messages += [{"role": "user", "content": f"Explanation: {shot_explanation}\nText: {shot_text}\n{question}"},
+        messages += [{"role": "user", "content": f"Explanation: {shot_explanation}\n{question}\nText: {shot_text}"},
                      {"role": "assistant", "content": answer}]
-    # the explanation comes first: every chat of one explanation shares everything up to its text
-    return messages + [{"role": "user", "content": f"Explanation: {one_line(explanation)}\nText: {text}\n{question}"}]
+    # the text comes last: every chat of one explanation and task shares everything before it
+    return messages + [{"role": "user", "content": f"Explanation: {one_line(explanation)}\n{question}\nText: {text}"}]
 
 
 def detection_messages(explanation: str, context: Context) -> Messages:
@@ -81,14 +71,16 @@ def fuzzing_messages(explanation: str, context: Context, marked: Sequence[bool])
     return _scoring_messages(explanation, marked_text(context.tokens, marked), FUZZING_QUESTION, _FUZZING_SHOTS)
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“])")
 _PREFIX = re.compile(r"^\s*(\[?explanation\]?\s*:|the feature (?:responds to|fires on)\s*:)\s*", re.IGNORECASE)
 
 
 def parse_explanation(reply: str) -> str:
-    """The explanation in a reply: after an `[EXPLANATION]:` tag if there is one, its first non-empty line,
-    without marks or wrapping quotes, on one line of at most 300 characters ("" when there is nothing)."""
+    """The explanation in a reply: after an `[EXPLANATION]:` tag if there is one, the first sentence of its first
+    non-empty line, without marks or wrapping quotes, at most 300 characters ("" when there is nothing)."""
     tagged = re.search(r"\[EXPLANATION\]\s*:\s*(.*)", reply, re.IGNORECASE | re.DOTALL)
     text = tagged.group(1) if tagged else reply
     line = next((ln for ln in text.splitlines() if ln.strip()), "")
     line = _PREFIX.sub("", line).replace("<<", "").replace(">>", "")
+    line = _SENTENCE_END.split(line.strip(), maxsplit=1)[0]
     return one_line(line.strip().strip('"“”\'` '))

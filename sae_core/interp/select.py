@@ -7,12 +7,16 @@ import numpy as np
 from ..errors import UserError
 from ..features.reader import FeatureStore
 
+MIN_FIRES = 8
+"""A count of features is drawn from those that fired at least this often: rarer ones leave no held-out contexts to score."""
+
 
 def select_features(store: FeatureStore, saes: str | None, spec: str) -> tuple[list[tuple[str, int]], list[str]]:
     """`([(SAE short name, feature)…] in SAE then feature order, notes)`; the notes say what was left out and why.
 
-    `spec` is `all`, a count N (per SAE: N live features at evenly spaced ranks of firing density, so rare and
-    common features are both represented), or ids: `12,40` (in every chosen SAE) or `L14R:12,L2R:7`.
+    `spec` is `all` (every live feature), a count N (per SAE: N features at evenly spaced ranks of firing density
+    among those that fired at least `MIN_FIRES` times, so rare and common features are both represented), or ids:
+    `12,40` (in every chosen SAE) or `L14R:12,L2R:7`.
     """
     names = [s.strip() for s in saes.split(",") if s.strip()] if saes else list(store.saes().short_name)
     shorts = [store.sae(store.sae_id(n))["short_name"] for n in names]
@@ -21,7 +25,7 @@ def select_features(store: FeatureStore, saes: str | None, spec: str) -> tuple[l
     chosen: list[tuple[str, int]] = []
     if spec.lower() == "all" or spec.isdigit():
         for short in shorts:
-            live = store.live_features(short)  # sorted by density
+            live = store.live_features(short, 1 if spec.lower() == "all" else MIN_FIRES)  # sorted by density
             if spec.lower() == "all" or int(spec) >= len(live):
                 picked = live
             else:
