@@ -7,6 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from sae_core.embedder import SentenceEmbedder, load_embedder
 from sae_core.errors import UserError
 from sae_core.features.reader import FeatureStore
 from sae_core.features.schema import DB_FILE
@@ -53,6 +54,12 @@ def open_feature_store_or_stop() -> tuple[Path, FeatureStore]:
         st.info(f"Build it with `sae-explorer precompute {run}`, or open another run with `?run=PATH` in the URL.")
         st.stop()
         raise  # st.stop() does not return; this keeps type checkers content
+
+
+@st.cache_resource(show_spinner="loading the sentence-embedding model …")
+def sentence_embedder(name: str | None) -> SentenceEmbedder:
+    """The model that embeds search queries (the one that embedded the run's features), loaded once."""
+    return load_embedder(name)
 
 
 @st.cache_resource(show_spinner="loading the model and SAEs …")

@@ -1,7 +1,9 @@
 """Features: search and filter a run's features, and each feature's page (deep link: ?sae=L14R&feature=123)."""
 
+import pandas as pd
 import streamlit as st
 
+from explorer.explanation_view import SCORE_HELP, explanation_markdown, provenance, score_table, similar_table, verdict
 from explorer.feature_view import (
     escape_markdown,
     example_groups,
@@ -11,9 +13,10 @@ from explorer.feature_view import (
     neighbour_table,
     summary_line,
 )
-from explorer.state import open_feature_store_or_stop, page_header, refusal_notes
+from explorer.state import open_feature_store_or_stop, page_header, refusal_notes, sentence_embedder
 from sae_core.errors import UserError
-from sae_core.features.reader import SORTABLE
+from sae_core.features.reader import SCORES, SORTABLE
+from sae_core.interp.semantic_search import search_by_meaning
 
 page_header("Features")
 run, store = open_feature_store_or_stop()
@@ -22,6 +25,41 @@ saes = store.saes()
 names = list(saes.short_name)
 marks = refusal_notes(run)
 link_column = st.column_config.LinkColumn("feature", display_text=r"feature=(\d+)")
+score_columns = {score: st.column_config.NumberColumn(format="%.2f", help=SCORE_HELP[score]) for score in SCORES}
+
+
+def show_explanations(page) -> None:
+    """The newest explanation with its scores beside both baselines; older ones folded away."""
+    explanations = page.explanations
+    if explanations.empty:
+        st.caption(f"No explanation yet: `sae-explorer explain {run} --saes {page.sae['short_name']} "
+                   f"--features {page.feature['feature']},`")
+        return
+    rows = explanations.to_dict("records")
+    st.markdown(explanation_markdown(rows[0]))
+    st.caption(provenance(rows[0]) + " · " + verdict(rows[0]))
+    st.dataframe(score_table(rows[0]), hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="%.2f") for c in ("explanation", "another feature's explanation", "token handle", "margin")
+    })
+    if len(rows) > 1:
+        with st.expander(f"{len(rows) - 1} earlier explanation(s)"):
+            for row in rows[1:]:
+                st.markdown(explanation_markdown(row))
+                st.caption(provenance(row))
+                st.dataframe(score_table(row), hide_index=True)
+
+
+def show_similar(sae: str, feature: int) -> None:
+    """Features like this one, by the same sentence vectors as search by meaning."""
+    try:
+        similar = store.similar_features(sae, feature, limit=10)
+    except UserError as exc:
+        st.caption(str(exc))
+        return
+    if similar.empty:
+        st.caption(f"No feature vectors in this file: `sae-explorer embed {run}` adds them.")
+        return
+    st.dataframe(similar_table(similar), hide_index=True, column_config={"feature": link_column, **score_columns})
 
 
 def show_feature(sae: str, feature: int) -> None:
@@ -33,6 +71,7 @@ def show_feature(sae: str, feature: int) -> None:
     st.subheader(f"{page.sae['short_name']} · feature {feature}")
     st.markdown(f"**{escape_markdown(page.feature['label'])}**")
     st.caption(f"{page.sae['hook_name']} · {summary_line(page)}")
+    show_explanations(page)
     short = page.sae["short_name"]
     st.markdown(f"[see it on your own text →]({feature_link(short, feature, page='Prompt')}) · "
                 f"[steer with it →]({feature_link(short, feature, page='Steering')})")
@@ -59,6 +98,8 @@ def show_feature(sae: str, feature: int) -> None:
                              column_config={"feature": link_column})
         else:
             column.write("none")
+    st.caption("features like this one (sentence embeddings of explanations and examples, all SAEs)")
+    show_similar(page.sae["short_name"], feature)
 
 
 with st.sidebar:
@@ -68,6 +109,9 @@ with st.sidebar:
     max_density = st.number_input("max density", min_value=0.0, max_value=1.0, value=1.0, format="%.6f")
     min_max_act = st.number_input("min max activation", min_value=0.0, value=0.0)
     include_dead = st.checkbox("include dead features", value=False)
+    explained_only = st.checkbox("explained features only", value=False)
+    score_name = st.selectbox("filter by score", ["none", *SCORES], index=0)
+    min_score = st.slider("minimum score", 0.0, 1.0, 0.5, 0.05, disabled=score_name == "none")
     sort_by = st.selectbox("sort by", SORTABLE, index=0)
     descending = st.checkbox("descending", value=True)
 
@@ -81,15 +125,18 @@ if "sae" in params and "feature" in params:
         st.error(f"feature must be a number, got {params['feature']!r}")
     st.stop()
 
-modes = ["label text", "token", "feature id"] + (["refusal features"] if marks else [])
+has_vectors = bool(store.embedder_settings)
+modes = (["meaning"] if has_vectors else []) + ["label or explanation", "token", "feature id"] + (["refusal features"] if marks else [])
 mode = st.radio("search", modes, horizontal=True)
 if mode == "refusal features":
-    rows = [{"sae": sae, "feature": feature_link(sae, f), "note": note, "label": store.labels(sae, [f]).get(f, "")}
+    rows = [{"sae": sae, "feature": feature_link(sae, f), "note": note, "label": store.describe(sae, [f]).get(f, "")}
             for (sae, f), note in marks.items() if not chosen or sae in chosen]
     st.caption(f"{len(rows)} feature(s) marked by the run's refusal study")
     st.dataframe(rows, hide_index=True, column_config={"feature": link_column})
     st.stop()
-query = st.text_input("query", placeholder={"label text": "e.g. department", "token": "e.g.  the", "feature id": "e.g. L14R 123"}[mode])
+placeholders = {"meaning": "e.g. legal documents, or numbers with thousands separators", "label or explanation": "e.g. department",
+                "token": "e.g.  the", "feature id": "e.g. L14R 123"}
+query = st.text_input("query", placeholder=placeholders[mode], max_chars=1000)
 if st.button("random feature"):
     sae_id, feature = store.random_feature(chosen[0] if len(chosen) == 1 else None)
     st.query_params.update({"sae": names[sae_id], "feature": str(feature)})
@@ -102,12 +149,29 @@ if query and mode == "feature id":
         st.stop()
     st.query_params.update({"sae": parts[0], "feature": parts[1]})
     st.rerun()
+if query and mode == "meaning":
+    try:
+        embedder = sentence_embedder((store.embedder_settings or {}).get("name"))
+        found = search_by_meaning(store, embedder, query, saes=sae_ids, limit=100)
+    except UserError as exc:
+        st.error(str(exc))
+        st.stop()
+    st.caption(f"the {len(found)} features whose explanation or examples mean the most like the query, across "
+               f"{'the chosen SAEs' if sae_ids else 'all SAEs'} (cosine similarity of sentence embeddings)")
+    st.dataframe(similar_table(found), hide_index=True, column_config={"feature": link_column, **score_columns})
+    st.stop()
 if query:
-    found = store.search_label(query, saes=sae_ids, limit=200) if mode == "label text" else store.search_token(query, saes=sae_ids, limit=200)
+    if mode == "label or explanation":
+        by_label = store.search_label(query, saes=sae_ids, limit=200)
+        by_explanation = store.search_explanation(query, saes=sae_ids, limit=200)
+        found = pd.concat([by_explanation, by_label]).drop_duplicates(["sae_id", "feature"]).head(200)
+    else:
+        found = store.search_token(query, saes=sae_ids, limit=200)
     st.caption(f"{len(found)} feature(s) found" + (" (first 200)" if len(found) == 200 else ""))
 else:
     found = store.list_features(saes=sae_ids, min_density=min_density or None, max_density=max_density if max_density < 1 else None,
-                                min_max_act=min_max_act or None, include_dead=include_dead, sort_by=sort_by,
+                                min_max_act=min_max_act or None, include_dead=include_dead, explained_only=explained_only,
+                                min_score=None if score_name == "none" else (score_name, min_score), sort_by=sort_by,
                                 descending=descending, limit=200)
 if found.empty:
     st.info("No features match.")
@@ -115,5 +179,5 @@ if found.empty:
 if marks:
     found = found.assign(refusal=[marks.get((s, int(f)), "") for s, f in zip(found["sae"], found["feature"])])
 found = found.assign(feature=[feature_link(s, f) for s, f in zip(found["sae"], found["feature"])])
-st.dataframe(found.drop(columns=["sae_id"]), hide_index=True, column_config={"feature": link_column,
+st.dataframe(found.drop(columns=["sae_id"]), hide_index=True, column_config={"feature": link_column, **score_columns,
              "density": st.column_config.NumberColumn(format="%.5f")})

@@ -47,7 +47,7 @@ for tab, short in zip(st.tabs(chosen), chosen):
         if not features:
             st.info("No feature fires on this prompt at this site.")
             continue
-        labels = store.labels(short, features) if store is not None else {}
+        labels = store.describe(short, features) if store is not None else {}
         st.plotly_chart(heatmap_figure(site_acts, tokens, features, labels, f"{short}: strongest features"), width="stretch")
         left, right = st.columns(2)
         with left:

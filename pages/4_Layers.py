@@ -66,7 +66,7 @@ except UserError as exc:
     st.stop()
 if truncated_from:
     st.warning(f"The prompt has {truncated_from:,} tokens; only the first {len(tokens):,} are shown (the model's limit).")
-labels = {short: store.labels(short, acts[short].max(dim=1).indices.unique().tolist()) for short in chosen}
+labels = {short: store.describe(short, acts[short].max(dim=1).indices.unique().tolist()) for short in chosen}
 st.plotly_chart(strongest_per_token(acts, tokens, labels), width="stretch")
 per_row = 3
 for i in range(0, len(chosen), per_row):
@@ -77,6 +77,6 @@ for i in range(0, len(chosen), per_row):
             if not features:
                 st.info("No feature fires on this prompt here.")
             else:
-                table = prompt_features_table(acts[short], tokens, features, store.labels(short, features), short)
+                table = prompt_features_table(acts[short], tokens, features, store.describe(short, features), short)
                 st.dataframe(table, hide_index=True, column_config={
                     "feature": st.column_config.LinkColumn("feature", display_text=r"feature=(\d+)")})

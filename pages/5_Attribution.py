@@ -60,7 +60,7 @@ for p, a in zip(table["position"], table["attribution"]):
 st.markdown("tokens shaded by the total |attribution| of their features:")
 st.markdown(shade_tokens_html(prompt.tokens, totals, max(totals), focus=position), unsafe_allow_html=True)
 if store is not None:
-    labels = {site: store.labels(site, list(group["feature"])) for site, group in table.groupby("site")}  # one query per site
+    labels = {site: store.describe(site, list(group["feature"])) for site, group in table.groupby("site")}  # one query per site
     table["label"] = [labels[s].get(f, "") for s, f in zip(table["site"], table["feature"])]
 table["feature"] = [feature_link(s, f) for s, f in zip(table["site"], table["feature"])]
 st.dataframe(table, hide_index=True, column_config={"feature": st.column_config.LinkColumn("feature", display_text=r"feature=(\d+)")})

@@ -51,7 +51,7 @@ for i in range(int(n_edits)):
     strength = d.number_input("strength", step=1.0, key=f"strength-{i}")
     edits.append(FeatureEdit(parse_site(site), int(feature), float(strength), mode))
     if store is not None:
-        st.caption(f"{site} #{int(feature)}: {store.labels(site, [int(feature)]).get(int(feature), '')}")
+        st.caption(f"{site} #{int(feature)}: {store.describe(site, [int(feature)]).get(int(feature), '')}")
 max_new = st.slider("new tokens", 8, 128, 48)
 
 

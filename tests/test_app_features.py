@@ -42,6 +42,7 @@ def test_list_shows_features_with_links(monkeypatch, precomputed_run):
 def test_label_search_finds_a_known_feature(monkeypatch, precomputed_run, busiest):
     sae, feature, label = busiest
     at = _page(monkeypatch, precomputed_run)
+    at.radio[0].set_value("label or explanation").run()
     at.text_input[0].set_value(label).run()
     assert not at.exception
     links = list(at.dataframe[0].value["feature"])
@@ -55,7 +56,9 @@ def test_feature_deep_link_renders_the_whole_page(monkeypatch, precomputed_run, 
     assert at.subheader[0].value == f"{sae} · feature {feature}"
     assert any(escape_markdown(label) in m.value for m in at.markdown)
     assert len(at.expander) >= 2  # top activations + at least one interval
-    assert len(at.dataframe) == 4  # promotes, suppresses, two neighbour lists
+    assert len(at.dataframe) == 5  # promotes, suppresses, two neighbour lists, features like this one
+    similar = at.dataframe[4].value
+    assert len(similar) == 10 and feature_link(sae, feature) not in list(similar["feature"])
 
 
 def test_examples_html_matches_the_stored_activations(precomputed_run, busiest):

@@ -12,7 +12,7 @@ from conftest import DEAD_FEATURE
 
 from sae_core.errors import UserError
 from sae_core.features.reader import FeatureNotFound, FeatureStore
-from sae_core.features.schema import DB_FILE, FeatureDBError
+from sae_core.features.schema import DB_FILE, SCHEMA_VERSION, FeatureDBError
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def store(precomputed_run):
 
 
 def test_meta_and_saes(store):
-    assert store.meta["schema_version"] == 1
+    assert store.meta["schema_version"] == SCHEMA_VERSION
     assert store.meta["tokens"] >= 2_000
     saes = store.saes()
     assert list(saes.short_name) == ["L0R", "L1A", "L1M"]
@@ -130,7 +130,7 @@ def test_missing_and_other_version_files_are_refused(precomputed_run, tmp_path):
     shutil.copy(precomputed_run / DB_FILE, copy)
     with duckdb.connect(str(copy)) as con:
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [json.dumps(999)])
-    with pytest.raises(FeatureDBError, match="schema version 999, this sae-explorer reads version 1"):
+    with pytest.raises(FeatureDBError, match=f"schema version 999, this sae-explorer reads version {SCHEMA_VERSION}"):
         FeatureStore(copy)
     garbage = tmp_path / "garbage.duckdb"
     garbage.write_bytes(b"not a database at all" * 100)
