@@ -110,6 +110,29 @@ def precomputed_run(tmp_path_factory, published_saes, tiny_loaded, tiny_model_di
     return run.path
 
 
+HOSTILE_EXPLANATION = 'Tokens like **bold** <script>alert(1)</script> [x](http://evil) $\\frac{1}{2}$ "quoted" <<end>>'
+"""What the stand-in explainer says of every feature of `explained_run`: the page must show it literally."""
+
+
+@pytest.fixture(scope="session")
+def explained_run(tmp_path_factory, precomputed_run) -> Path:
+    """A copy of the precomputed run with five L1A features explained (stand-in models, hostile text)."""
+    import shutil
+
+    from stand_ins import CannedExplainer, KeywordScorer
+
+    from sae_core.interp.config import ExplainConfig
+    from sae_core.interp.explain import explain_run
+
+    run = tmp_path_factory.mktemp("explained") / "run"
+    shutil.copytree(precomputed_run, run)
+    # short scored windows: these random SAEs' features are dense, so long windows without a firing are rare
+    cfg = ExplainConfig(saes="L1A", features="5", explain_examples=4, score_examples=3, score_window=2, pool_contexts=16,
+                        device="cpu")
+    explain_run(run, cfg, explainer=CannedExplainer(other=HOSTILE_EXPLANATION), scorer=KeywordScorer(), log=lambda m: None)
+    return run
+
+
 def app_page(monkeypatch, page: str, run: Path, timeout: float = 60, **params: str):
     """An AppTest of `pages/<page>` showing run `run` (as `sae-explorer app RUN` would), with URL query `params`; not yet run."""
     from streamlit.testing.v1 import AppTest

@@ -133,6 +133,27 @@ def test_two_rank_precompute_matches_one_rank(one_process, tmp_path):
     assert not (runs[2] / ".precompute").exists()
 
 
+def test_two_rank_explain_matches_one_process(precomputed_run, tiny_model_dir, tmp_path):
+    """Features dealt across two ranks get the same explanations and scores as in one process."""
+    import shutil
+
+    runs = {}
+    for n in (1, 2):
+        runs[n] = tmp_path / f"ranks{n}"
+        shutil.copytree(precomputed_run, runs[n])
+    args = ["--saes", "L0R,L1A", "--features", "3", "--explainer", str(tiny_model_dir), "--max-new-tokens", "5",
+            "--score-examples", "3", "--score-window", "2", "--pool-contexts", "12", "--batch-size", "1", "--device", "cpu"]
+    assert main(["explain", str(runs[1]), *args]) == 0
+    torchrun(["explain", str(runs[2]), *args])
+    query = "SELECT * EXCLUDE (created, details) FROM explanations ORDER BY sae_id, feature"
+    a = duckdb.connect(str(runs[1] / "features.duckdb"), read_only=True).execute(query).df()
+    b = duckdb.connect(str(runs[2] / "features.duckdb"), read_only=True).execute(query).df()
+    assert len(a) == 6 and list(a.explanation) == list(b.explanation)
+    for column in ("detection", "fuzzing", "detection_shuffled", "fuzzing_handle", "embedding", "embedding_handle"):
+        assert a[column].fillna(-1).round(4).tolist() == b[column].fillna(-1).round(4).tolist(), column
+    assert not (runs[2] / ".explain").exists()
+
+
 def test_site_owners_and_batch_rules():
     assert site_owners(5, Parallel(rank=1, world=2), "sites") == [0, 1, 0, 1, 0]
     assert site_owners(3, Parallel(rank=0, world=2), "data") == [None] * 3

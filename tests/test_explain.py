@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_text
+from stand_ins import TOKEN, CannedExplainer, KeywordScorer
 from test_openai_client import StubServer, completion
 
 from sae_core.cli import main
@@ -36,59 +36,8 @@ from sae_core.saes import SAEConfig, create_sae
 from sae_core.sites import parse_site
 from sae_core.tokens import token_batches
 
-TOKEN = "iv"
-"""The constructed feature 0 fires exactly where this token (inside "river") is."""
 OPTIONS = ExplainConfig(features="0,1,2,3", explain_examples=4, score_examples=4, explain_window=4, score_window=3,
                         batch_size=2, pool_contexts=24, device="cpu")
-
-
-class KeywordScorer:
-    """A scorer that follows its instructions perfectly: the first quoted word of the explanation is what fires.
-
-    Detection: Yes iff the text contains the word. Fuzzing: Yes iff every marked span contains it.
-    """
-
-    name = "keyword-scorer"
-
-    def generate(self, conversations, max_new_tokens):
-        raise AssertionError("a scorer is never asked to generate")
-
-    def yes_probabilities(self, groups):
-        out = []
-        for group in groups:
-            answers = []
-            for messages in group:
-                text = messages[-1]["content"]
-                explanation, _, rest = text.partition("\n")
-                word = (re.findall(r'"([^"]+)"', explanation) or ["\0"])[0]
-                context = rest.split("Text: ", 1)[1]
-                spans = re.findall(r"<<(.*?)>>", context)
-                if spans:
-                    answers.append(float(all(word in s for s in spans)))
-                else:
-                    answers.append(float(word in context))
-            out.append(answers)
-        return out
-
-
-class CannedExplainer:
-    """Explains feature 0 rightly, the others with words that never occur; counts what it is asked."""
-
-    name = "canned-explainer"
-
-    def __init__(self, fail_after: int | None = None):
-        self.asked: list[str] = []
-        self.fail_after = fail_after
-
-    def generate(self, conversations, max_new_tokens):
-        if self.fail_after is not None and len(self.asked) >= self.fail_after:
-            raise KeyboardInterrupt  # what a kill looks like to the job
-        replies = []
-        for messages in conversations:
-            task = messages[-1]["content"]
-            self.asked.append(task)
-            replies.append(f'The token "{TOKEN}" inside the word river.' if f"<<{TOKEN}>>" in task else 'The token "zzz".')
-        return replies
 
 
 @pytest.fixture(scope="module")
