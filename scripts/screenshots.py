@@ -15,29 +15,41 @@ from explorer.serve import running_app, wait_until_rendered
 from sae_core.features.reader import FeatureStore
 from sae_core.features.schema import DB_FILE
 
-PAGES = {"runs": "Runs", "features": "Features", "feature": "Features?sae=L14R&feature={feature}", "prompt": "Prompt",
-         "layers": "Layers", "attribution": "Attribution", "steering": "Steering?sae=L14R&feature={feature}"}
+PAGES = {"runs": "Runs", "features": "Features", "feature": "Features?sae={sae}&feature={feature}", "prompt": "Prompt",
+         "layers": "Layers", "attribution": "Attribution", "steering": "Steering?sae={sae}&feature={feature}"}
+MEANING_QUERY = "legal documents"
 
 
-def showcase_feature(run: str, sae: str = "L14R") -> int:
-    """A feature worth a screenshot: the strongest one of `sae` that fires on 0.2–2% of tokens."""
+def showcase_feature(run: str, sae: str = "L14R") -> tuple[str, int]:
+    """A feature worth a screenshot: the explained one with the best embedding score, else the strongest one of
+    `sae` that fires on 0.2–2% of tokens."""
     with FeatureStore(Path(run) / DB_FILE) as store:
+        explained = store.list_features(explained_only=True, sort_by="embedding", limit=1)
+        if len(explained):
+            return str(explained["sae"].iloc[0]), int(explained["feature"].iloc[0])
         found = store.list_features(saes=[store.sae_id(sae)], min_density=0.002, max_density=0.02, sort_by="max_act",
                                     limit=1)
-    return int(found["feature"].iloc[0]) if len(found) else 0
+    return sae, int(found["feature"].iloc[0]) if len(found) else 0
 
 
 def main(run: str, out: str) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
-    feature = showcase_feature(run)
+    sae, feature = showcase_feature(run)
     with running_app(run) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         for name, path in PAGES.items():
-            page.goto(f"{url}/{path.format(feature=feature)}")
+            page.goto(f"{url}/{path.format(sae=sae, feature=feature)}")
             wait_until_rendered(page, timeout_ms=180_000)
             page.screenshot(path=f"{out}/{name}.png")
             print(f"{out}/{name}.png")
+            if name == "features":  # search by meaning
+                page.get_by_label("query").fill(MEANING_QUERY)
+                page.keyboard.press("Enter")
+                wait_until_rendered(page, timeout_ms=180_000)
+                page.wait_for_timeout(1500)
+                page.screenshot(path=f"{out}/meaning.png")
+                print(f"{out}/meaning.png")
             if name == "steering":  # with the answers
                 page.get_by_role("button", name="generate").click()
                 wait_until_rendered(page, timeout_ms=180_000)

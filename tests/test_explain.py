@@ -276,3 +276,22 @@ def test_explain_options_are_checked():
     with pytest.raises(UserError, match="score-examples must be at least 1"):
         ExplainConfig(score_examples=0)
     assert json.dumps(ExplainConfig().fingerprint())
+
+
+def test_a_second_explainer_adds_a_row_and_becomes_current(river_run, tmp_path):
+    run = _copy(river_run, tmp_path)
+    cfg = ExplainConfig(**{**OPTIONS.__dict__, "features": "0,"})
+    explain_run(run, cfg, explainer=CannedExplainer(), scorer=KeywordScorer(), log=lambda m: None)
+
+    class Other(CannedExplainer):
+        name = "other-explainer"
+
+    explain_run(run, cfg, explainer=Other(other="x"), scorer=KeywordScorer(), log=lambda m: None)
+    explain_run(run, ExplainConfig(**{**cfg.__dict__, "overwrite": True}), explainer=Other(), scorer=KeywordScorer(),
+                log=lambda m: None)  # the same models again: replaced, not added
+    with FeatureStore(run) as store:
+        rows = store.explanations(0, 0)
+        assert list(rows.explainer) == ["other-explainer", "canned-explainer"]
+        current = store._df("SELECT explainer FROM explanations WHERE current")
+        assert list(current.explainer) == ["other-explainer"]
+        assert store.list_features(explained_only=True).shape[0] == 1

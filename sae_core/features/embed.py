@@ -59,8 +59,7 @@ def example_texts(con: duckdb.DuckDBPyConnection, sae_id: int, n_examples: int =
 def current_explanations(con: duckdb.DuckDBPyConnection) -> list[tuple[int, int, str]]:
     """`(sae_id, feature, explanation)` of the newest explanation of every explained feature."""
     return con.execute(
-        """SELECT sae_id, feature, explanation FROM explanations WHERE explanation <> ''
-           QUALIFY row_number() OVER (PARTITION BY sae_id, feature ORDER BY created DESC) = 1 ORDER BY sae_id, feature"""
+        "SELECT sae_id, feature, explanation FROM explanations WHERE current AND explanation <> '' ORDER BY sae_id, feature"
     ).fetchall()
 
 

@@ -24,8 +24,7 @@ SCORES = ("detection", "fuzzing", "embedding")
 """An explanation's scores (see `sae_core.interp.scores`)."""
 SORTABLE = ("density", "max_act", "mean_act", "fires", "feature", "sae_id", *SCORES)
 """Columns `list_features` may sort by (a whitelist: column names cannot be query parameters)."""
-CURRENT_EXPLANATIONS = """(SELECT * FROM explanations
-    QUALIFY row_number() OVER (PARTITION BY sae_id, feature ORDER BY created DESC) = 1)"""
+CURRENT_EXPLANATIONS = "(SELECT * FROM explanations WHERE current)"
 """The newest explanation of each explained feature: the one lists, searches and hovers show."""
 MAX_TOKEN_IDS = 16
 """A token search looks for at most this many vocabulary ids (e.g. "the", " the", "The", " THE" …)."""
@@ -218,7 +217,8 @@ class FeatureStore:
 
     def explanations(self, sae_id: int, feature: int) -> pd.DataFrame:
         """Every explanation of one feature with its scores, newest first (empty when it has none)."""
-        df = self._df("SELECT * EXCLUDE (explanation_lower) FROM explanations WHERE sae_id = ? AND feature = ? ORDER BY created DESC",
+        df = self._df("""SELECT * EXCLUDE (explanation_lower, current) FROM explanations WHERE sae_id = ? AND feature = ?
+                         ORDER BY current DESC, created DESC""",
                       [int(sae_id), int(feature)])
         df["details"] = [json.loads(d) if isinstance(d, str) else {} for d in df["details"]]
         return df

@@ -63,6 +63,7 @@ CREATE TABLE explanations (
     sae_id INTEGER, feature INTEGER,
     explanation VARCHAR, explanation_lower VARCHAR,
     explainer VARCHAR, scorer VARCHAR, created VARCHAR,  -- who wrote and who scored it; ISO time
+    current BOOLEAN,    -- the feature's newest explanation: the one lists, searches and hovers show
     detection DOUBLE, fuzzing DOUBLE, embedding DOUBLE,  -- balanced accuracy, balanced accuracy, AUROC (0.5 = chance)
     detection_shuffled DOUBLE, fuzzing_shuffled DOUBLE, embedding_shuffled DOUBLE,  -- another feature's explanation
     detection_handle DOUBLE, fuzzing_handle DOUBLE, embedding_handle DOUBLE,  -- the token handle (`label`)
@@ -75,8 +76,8 @@ CREATE TABLE feature_vectors (
     scale FLOAT, vector TINYINT[]  -- unit sentence embedding ≈ scale × vector (int8)
 );
 """
-"""Written by `explain` and `embed`; empty in a fresh precompute. Several explainers may explain one feature:
-the newest row is the one lists and hovers show."""
+"""Written by `explain` and `embed`; empty in a fresh precompute. Several explainers may explain one feature;
+the newest row is marked `current`."""
 
 INDEXES = """
 CREATE UNIQUE INDEX saes_id ON saes (sae_id);

@@ -2,7 +2,9 @@
 
 Realistic means the real file's shapes: a vocabulary of subword strings, labels of five tokens,
 log-normal densities, 50-bin histograms, top and interval examples whose windows are mostly zero
-with a peak on the example's token, ten logit effects each way and ten neighbours of each kind.
+with a peak on the example's token, ten logit effects each way, ten neighbours of each kind, a 384-d
+int8 sentence vector per live feature (random, around a few hundred topics) and, for a share of the
+features, an explanation with scores and its own vector.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .labels import DEAD_LABEL
+from .vector_index import quantize
 from .writer import FeatureDBWriter, list_array
 
 
@@ -46,6 +49,8 @@ def build_synthetic(
     n_intervals: int = 5,
     per_interval: int = 4,
     window: int = 16,
+    explained_fraction: float = 0.05,
+    vector_dim: int = 384,
     seed: int = 0,
 ) -> Path:
     """Write a synthetic features.duckdb at `path` (atomically) and return the path."""
@@ -54,6 +59,7 @@ def build_synthetic(
     sites = ("resid_post", "mlp_out", "attn_out")
     width = 2 * window + 1
     per_feature = n_top + n_intervals * per_interval
+    topics = rng.standard_normal((256, vector_dim)).astype(np.float32)
     with FeatureDBWriter(path) as db:
         db.insert("vocab", {"token_id": np.arange(vocab_size, dtype=np.int32), "token": vocab})
         contexts = rng.integers(0, vocab_size, (n_contexts, context_size), dtype=np.int32)
@@ -69,7 +75,8 @@ def build_synthetic(
                 "dense_fraction": [0.0], "ce_loss_recovered": [float(rng.uniform(0.85, 0.99))], "kl_div": [None],
                 "delta_lm_loss": [None], "metrics": [None],
             })
-            _insert_features(db, rng, sae_id, d_sae, vocab, n_contexts, context_size, per_feature, n_top, n_intervals, width, window)
+            dead = _insert_features(db, rng, sae_id, d_sae, vocab, n_contexts, context_size, per_feature, n_top, n_intervals, width, window)
+            _insert_understanding(db, rng, sae_id, dead, vocab, topics, explained_fraction)
             db.insert("site_summary", {
                 "sae_id": [sae_id], "hook_name": [f"blocks.{layer}.hook_{site}"], "short_name": [short], "layer": [layer],
                 "site": [site], "d_sae": [d_sae], "n_tokens": [n_contexts * context_size], "alive": [d_sae], "dead_fraction": [0.0],
@@ -79,6 +86,7 @@ def build_synthetic(
         db.finish({
             "model": "synthetic", "corpus": "synthetic", "split": "eval", "tokens": n_contexts * context_size,
             "contexts": n_contexts, "context_size": context_size, "sae_explorer_version": __version__, "synthetic": True,
+            "embedder": {"name": "synthetic", "dim": vector_dim}, "created": "synthetic",
         })
     return Path(path)
 
@@ -86,7 +94,7 @@ def build_synthetic(
 def _insert_features(
     db: FeatureDBWriter, rng: np.random.Generator, sae_id: int, d_sae: int, vocab: list[str], n_contexts: int,
     context_size: int, per_feature: int, n_top: int, n_intervals: int, width: int, window: int,
-) -> None:
+) -> np.ndarray:
     vocab_size = len(vocab)
     feature = np.arange(d_sae, dtype=np.int32)
     ids = np.full(d_sae, sae_id, dtype=np.int32)
@@ -136,3 +144,38 @@ def _insert_features(
             "ids": list_array(neighbours, dtype=pa.int32()), "scores": list_array(scores),
             "counts": list_array(counts, dtype=pa.int32()) if counts is not None else pa.nulls(d_sae, pa.list_(pa.int32())),
         })
+    return dead
+
+
+def _vectors(rng: np.random.Generator, topics: np.ndarray, n: int) -> tuple[np.ndarray, pa.Array]:
+    """`n` unit vectors near random topics, quantised: (scales, int8 list array)."""
+    v = topics[rng.integers(0, len(topics), n)] + rng.standard_normal((n, topics.shape[1])).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    scales, q = quantize(v)
+    return scales, list_array(q, dtype=pa.int8())
+
+
+def _insert_understanding(db: FeatureDBWriter, rng: np.random.Generator, sae_id: int, dead: np.ndarray, vocab: list[str],
+                          topics: np.ndarray, explained_fraction: float) -> None:
+    """Example vectors for live features; explanations (with scores and vectors) for a random share of them."""
+    live = np.flatnonzero(~dead).astype(np.int32)
+    scales, vectors = _vectors(rng, topics, len(live))
+    db.insert("feature_vectors", {"sae_id": np.full(len(live), sae_id, np.int32), "feature": live,
+                                  "source": ["examples"] * len(live), "scale": scales, "vector": vectors})
+    explained = np.sort(rng.choice(live, int(len(live) * explained_fraction), replace=False)).astype(np.int32)
+    n = len(explained)
+    if not n:
+        return
+    texts = [f"Tokens such as{''.join(vocab[t] for t in rng.integers(0, len(vocab), 3))} in{vocab[rng.integers(len(vocab))]} contexts"
+             for _ in range(n)]
+    scores = {name: rng.uniform(0.4, 0.95, n) for name in ("detection", "fuzzing", "embedding")}
+    baselines = {f"{name}_{b}": rng.uniform(0.4, 0.7, n) for name in ("detection", "fuzzing", "embedding") for b in ("shuffled", "handle")}
+    db.insert("explanations", {
+        "sae_id": np.full(n, sae_id, np.int32), "feature": explained, "explanation": texts,
+        "explanation_lower": [t.lower() for t in texts], "explainer": ["synthetic"] * n, "scorer": ["synthetic"] * n,
+        "created": ["2026-01-01T00:00:00+00:00"] * n, "current": np.ones(n, bool), **scores, **baselines,
+        "n_activating": np.full(n, 8, np.int32), "n_non_activating": np.full(n, 8, np.int32), "details": ["{}"] * n,
+    })
+    scales, vectors = _vectors(rng, topics, n)
+    db.insert("feature_vectors", {"sae_id": np.full(n, sae_id, np.int32), "feature": explained,
+                                  "source": ["explanation"] * n, "scale": scales, "vector": vectors})

@@ -93,7 +93,12 @@ def explain_run(
     log = log or ((lambda m: print(m, file=sys.stderr, flush=True)) if par.main else (lambda m: None))
     run = Path(run)
     db = feature_file(run)
-    store = FeatureStore(db)
+    with FeatureStore(db) as store:
+        return _explain(run, db, store, cfg, par, device, explainer, scorer, embedder, log)
+
+
+def _explain(run: Path, db: Path, store: FeatureStore, cfg: ExplainConfig, par: Any, device: Any, explainer: ChatModel | None,
+             scorer: ChatModel | None, embedder: Embedder | None, log: Callable[[str], None]) -> ExplainSummary:
     targets, notes = select_features(store, cfg.saes, cfg.features)
     for note in notes:
         log(f"note: {note}")
@@ -104,7 +109,7 @@ def explain_run(
     same_scorer = (cfg.scorer, cfg.scorer_url) in ((None, None), (cfg.explainer, cfg.explainer_url))
     scorer = scorer or (explainer if same_scorer else open_chat_model(cfg.scorer or cfg.explainer, cfg.scorer_url or cfg.explainer_url, cfg, opened, device))
     if embedder is None and cfg.embed:
-        settings = file_embedder_settings(db)
+        settings = store.embedder_settings
         embedder = load_embedder(settings["name"] if settings else None, device=device)
 
     done = set() if cfg.overwrite else store.explained_by(explainer.name, scorer.name)
@@ -137,11 +142,6 @@ def explain_run(
         log(f"added {len(scored)} explanation(s) to {db}")
     par.barrier()
     return ExplainSummary(len(todo), skipped, explainer.name, scorer.name, means)
-
-
-def file_embedder_settings(db: Path) -> dict[str, Any] | None:
-    with FeatureStore(db) as store:
-        return store.embedder_settings
 
 
 def _samples(store: FeatureStore, key: tuple[str, int], cfg: ExplainConfig) -> tuple[FeatureSamples, list[str], str]:
@@ -227,7 +227,7 @@ def _store_results(db: Path, scored: list[dict[str, Any]], explainer: str, score
         ids = {short: store.sae_id(short) for short in {r["sae"] for r in scored}}
     rows = pd.DataFrame([{
         "sae_id": ids[r["sae"]], "feature": int(r["feature"]), "explanation": r["explanation"],
-        "explanation_lower": r["explanation"].lower(), "explainer": explainer, "scorer": scorer, "created": created,
+        "explanation_lower": r["explanation"].lower(), "explainer": explainer, "scorer": scorer, "created": created, "current": True,
         **{k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)) for k, v in r["scores"].items()},
         "n_activating": r["n_activating"], "n_non_activating": r["n_non_activating"],
         "details": json.dumps({**r["details"], "texts": r["texts"], "shuffled_from": r["shuffled_from"], "reply": r["reply"],
@@ -238,6 +238,7 @@ def _store_results(db: Path, scored: list[dict[str, Any]], explainer: str, score
         try:
             con.execute("""DELETE FROM explanations x USING _new n WHERE x.sae_id = n.sae_id AND x.feature = n.feature
                            AND x.explainer = n.explainer AND x.scorer = n.scorer""")
+            con.execute("UPDATE explanations x SET current = FALSE FROM _new n WHERE x.sae_id = n.sae_id AND x.feature = n.feature")
             con.execute("INSERT INTO explanations BY NAME SELECT * FROM _new")
         finally:
             con.unregister("_new")
