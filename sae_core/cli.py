@@ -252,12 +252,29 @@ def _info(args: argparse.Namespace) -> int:
     print(metrics_table(metrics) if metrics else "  no metrics yet; run `sae-explorer eval` on it")
     db = run.path / DB_FILE
     if db.is_file():
+        from .interp.summary import explanation_summary
+        from .report import markdown_table
+
         with FeatureStore(db) as store:
             n = int(store.saes().d_sae.sum())
             print(f"features: {db} ({n:,} features, {store.meta.get('tokens', 0):,} tokens of {store.meta.get('corpus')})")
+            summary = explanation_summary(store)
+            n_explained = int(summary["features"].max()) if len(summary) else 0
+            if n_explained:
+                print(f"explanations of {n_explained:,} features (0.5 = chance; `sae-explorer explain` adds more):")
+                print(markdown_table(list(summary.columns), [[_cell(v) for v in row] for row in summary.itertuples(index=False)]))
+            else:
+                print(f"explanations: none yet; `sae-explorer explain {args.run}` writes and scores them")
     else:
         print(f"features: none yet; run `sae-explorer precompute {args.run}` to browse them")
     return 0
+
+
+def _cell(value: object) -> str:
+    """A table cell: numbers to three decimals, missing values as a dash."""
+    if isinstance(value, float):
+        return "—" if value != value else f"{value:.3f}"
+    return str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
