@@ -1,6 +1,5 @@
 """Features: search and filter a run's features, and each feature's page (deep link: ?sae=L14R&feature=123)."""
 
-import pandas as pd
 import streamlit as st
 
 from explorer.explanation_view import SCORE_HELP, explanation_markdown, provenance, score_table, similar_table, verdict
@@ -128,6 +127,8 @@ if "sae" in params and "feature" in params:
 has_vectors = bool(store.embedder_settings)
 modes = (["meaning"] if has_vectors else []) + ["label or explanation", "token", "feature id"] + (["refusal features"] if marks else [])
 mode = st.radio("search", modes, horizontal=True)
+if not has_vectors:
+    st.caption(f"Search by meaning needs feature vectors: `sae-explorer embed {run}` adds them.")
 if mode == "refusal features":
     rows = [{"sae": sae, "feature": feature_link(sae, f), "note": note, "label": store.describe(sae, [f]).get(f, "")}
             for (sae, f), note in marks.items() if not chosen or sae in chosen]
@@ -161,12 +162,8 @@ if query and mode == "meaning":
     st.dataframe(similar_table(found), hide_index=True, column_config={"feature": link_column, **score_columns})
     st.stop()
 if query:
-    if mode == "label or explanation":
-        by_label = store.search_label(query, saes=sae_ids, limit=200)
-        by_explanation = store.search_explanation(query, saes=sae_ids, limit=200)
-        found = pd.concat([by_explanation, by_label]).drop_duplicates(["sae_id", "feature"]).head(200)
-    else:
-        found = store.search_token(query, saes=sae_ids, limit=200)
+    search = store.search_text if mode == "label or explanation" else store.search_token
+    found = search(query, saes=sae_ids, limit=200)
     st.caption(f"{len(found)} feature(s) found" + (" (first 200)" if len(found) == 200 else ""))
 else:
     found = store.list_features(saes=sae_ids, min_density=min_density or None, max_density=max_density if max_density < 1 else None,

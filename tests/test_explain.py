@@ -295,3 +295,23 @@ def test_a_second_explainer_adds_a_row_and_becomes_current(river_run, tmp_path):
         current = store._df("SELECT explainer FROM explanations WHERE current")
         assert list(current.explainer) == ["other-explainer"]
         assert store.list_features(explained_only=True).shape[0] == 1
+
+
+def test_a_new_precompute_keeps_the_explanations_of_unchanged_saes(river_run, tmp_path, tiny_loaded):
+    import os
+
+    run = _copy(river_run, tmp_path)
+    explain_run(run, OPTIONS, explainer=CannedExplainer(), scorer=KeywordScorer(), log=lambda m: None)
+    before = _rows(run)
+    options = PrecomputeOptions(tokens=4_000, window=6, n_top=8, n_intervals=4, per_interval=2, shard_tokens=2_000, device="cpu")
+    logs = []
+    precompute_run(run, options, loaded=tiny_loaded, log=logs.append)
+    after = _rows(run)
+    assert sorted(after) == sorted(before) and after[0]["explanation"] == before[0]["explanation"]
+    assert any("kept 4 explanation(s)" in m for m in logs)
+    with FeatureStore(run) as store:
+        assert "explanation" in set(store._df("SELECT source FROM feature_vectors").source)
+    weights = run / "saes" / "blocks.0.hook_resid_post" / "sae_weights.safetensors"
+    os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime + 10))  # the SAE changed
+    precompute_run(run, options, loaded=tiny_loaded, log=lambda m: None)
+    assert _rows(run) == {}

@@ -94,11 +94,13 @@ def embed_features(con: duckdb.DuckDBPyConnection, embedder: Embedder, *, n_exam
     sae_ids = [int(s) for (s,) in con.execute("SELECT sae_id FROM saes ORDER BY sae_id").fetchall()]
     n_features = con.execute("SELECT count(*) FROM features WHERE NOT dead").fetchone()[0]
     counts = {"examples": 0, "explanation": 0}
+    # everything is embedded anew: free the old vectors' blocks first, so the file reuses them instead of growing
+    con.execute("DELETE FROM feature_vectors")
+    con.execute("CHECKPOINT")
     with tqdm(total=n_features, desc="embedding features", unit="feature", file=sys.stderr, dynamic_ncols=True,
               disable=not progress) as bar:
         for sae_id in sae_ids:
             features, texts = example_texts(con, sae_id, n_examples, half_width, vocab)
-            con.execute("DELETE FROM feature_vectors WHERE source = 'examples' AND sae_id = ?", [sae_id])
             for start in range(0, len(texts), 1024):  # write as we go: memory stays one block of vectors
                 block = slice(start, start + 1024)
                 vectors = embedder.embed(texts[block], batch_size=batch_size)
@@ -106,19 +108,19 @@ def embed_features(con: duckdb.DuckDBPyConnection, embedder: Embedder, *, n_exam
                               replace=False)
                 bar.update(len(vectors))
             counts["examples"] += len(texts)
-    counts["explanation"] = embed_explanations(con, embedder, batch_size=batch_size)
+    counts["explanation"] = embed_explanations(con, embedder, batch_size=batch_size, replace=False)
     settings = {"name": embedder.name, "dim": embedder.dim, "n_examples": n_examples, "half_width": half_width}
     set_meta(con, {"embedder": settings})
     return {**counts, **settings}
 
 
 def embed_explanations(con: duckdb.DuckDBPyConnection, embedder: Embedder, keys: set[tuple[int, int]] | None = None,
-                       batch_size: int = 64) -> int:
+                       batch_size: int = 64, replace: bool = True) -> int:
     """(Re-)embed the current explanation of every explained feature (or only of `keys`); returns how many."""
     rows = [r for r in current_explanations(con) if keys is None or (r[0], r[1]) in keys]
     if rows:
         vectors = embedder.embed([r[2] for r in rows], batch_size=batch_size)
-        write_vectors(con, "explanation", np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), vectors)
+        write_vectors(con, "explanation", np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), vectors, replace=replace)
     return len(rows)
 
 

@@ -35,6 +35,7 @@ from ..sites import Site
 from ..tokens import check_context_size, decode_each, token_batches
 from .embed import embed_features
 from .feature_stats import Examples, FeatureStats, feature_stats, select_examples
+from .keep_explanations import kept_explanations
 from .labels import make_label, top_tokens
 from .logit_effects import LogitEffects, logit_effects
 from .neighbours import Neighbours, coactivation_neighbours, decoder_cosine_neighbours
@@ -175,6 +176,7 @@ def precompute_run(
         par.barrier()
     out = run.path / DB_FILE
     if par.main:
+        kept = kept_explanations(out, fingerprint["saes"])
         with FeatureDBWriter(out) as db:
             db.insert("vocab", {"token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab})
             db.insert("contexts", {"context_id": np.arange(token_ids.shape[0], dtype=np.int32), "token_ids": list_array(token_ids, dtype=pa.int32())})
@@ -185,6 +187,11 @@ def precompute_run(
                 for sae_id in progress(ids):  # one SAE's tables in memory at a time
                     for table, columns in rows_of(sae_id):
                         db.insert(table, columns)
+            if len(kept):
+                new_ids = {site.hook_name: i for i, site in enumerate(sites)}
+                db.insert("explanations", kept.assign(sae_id=kept.hook_name.map(new_ids)).drop(columns="hook_name").to_dict("list"))
+                log(f"kept {len(kept)} explanation(s) of the unchanged SAEs from the previous feature file "
+                    "(scored on its examples; `explain --overwrite` scores them anew)")
             if options.embed:
                 _embed(db, device, log)
             db.finish({
@@ -201,6 +208,7 @@ def precompute_run(
                 "stream_seconds": round(stream_seconds, 1),
                 "total_seconds": round(time.time() - started, 1),
                 "ranks": par.world,
+                "sae_files": fingerprint["saes"],
             })
         shutil.rmtree(work, ignore_errors=True)
         log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {len(sites)} SAE(s), {writer.counted_tokens:,} tokens")

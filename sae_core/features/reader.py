@@ -323,6 +323,11 @@ class FeatureStore:
             [*params, int(limit)],
         )
 
+    def search_text(self, text: str, *, saes: list[int] | None = None, limit: int = 50) -> pd.DataFrame:
+        """Features whose explanation or label contains `text`: explanation matches first, then label matches."""
+        found = pd.concat([self.search_explanation(text, saes=saes, limit=limit), self.search_label(text, saes=saes, limit=limit)])
+        return found.drop_duplicates(["sae_id", "feature"]).head(limit).reset_index(drop=True)
+
     # -- search by meaning -------------------------------------------------------------------------
 
     @cached_property

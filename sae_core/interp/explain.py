@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -153,22 +153,28 @@ def _samples(store: FeatureStore, key: tuple[str, int], cfg: ExplainConfig) -> t
     return samples, list(page.top_logits["token"][:N_PROMOTED]), str(page.feature["label"])
 
 
+def _pending_batches(stage: str, mine: list[tuple[str, int]], records: dict, batch_size: int, show: bool,
+                     desc: str) -> Iterator[list[tuple[str, int]]]:
+    """This rank's features that the journal has no `stage` record of, in batches, with a progress bar over all of them."""
+    pending = [k for k in mine if (stage, *k) not in records]
+    with tqdm(total=len(mine), initial=len(mine) - len(pending), desc=desc, unit="feature", file=sys.stderr,
+              dynamic_ncols=True, disable=not show) as bar:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            yield batch
+            bar.update(len(batch))
+
+
 def _explain_stage(store: FeatureStore, mine: list[tuple[str, int]], explainer: ChatModel, journal: Journal,
                    cfg: ExplainConfig, show: bool) -> None:
-    records = journal.read()
-    pending = [k for k in mine if ("explained", *k) not in records]
-    with tqdm(total=len(mine), initial=len(mine) - len(pending), desc="explaining", unit="feature", file=sys.stderr,
-              dynamic_ncols=True, disable=not show) as bar:
-        for start in range(0, len(pending), cfg.batch_size):
-            batch = pending[start : start + cfg.batch_size]
-            chats = []
-            for key in batch:
-                samples, promoted, _ = _samples(store, key, cfg)
-                chats.append(explainer_messages(samples.shown, promoted))
-            replies = explainer.generate(chats, cfg.max_new_tokens)
-            journal.write([{"stage": "explained", "sae": k[0], "feature": k[1], "explanation": parse_explanation(r), "reply": r}
-                           for k, r in zip(batch, replies)])
-            bar.update(len(batch))
+    for batch in _pending_batches("explained", mine, journal.read(), cfg.batch_size, show, "explaining"):
+        chats = []
+        for key in batch:
+            samples, promoted, _ = _samples(store, key, cfg)
+            chats.append(explainer_messages(samples.shown, promoted))
+        replies = explainer.generate(chats, cfg.max_new_tokens)
+        journal.write([{"stage": "explained", "sae": k[0], "feature": k[1], "explanation": parse_explanation(r), "reply": r}
+                       for k, r in zip(batch, replies)])
 
 
 def _non_activating_pool(store: FeatureStore, opened: RunSAEs, mine: list[tuple[str, int]], cfg: ExplainConfig,
@@ -196,27 +202,22 @@ def shuffled_partner(keys: list[tuple[str, int]], seed: int) -> dict[tuple[str, 
 def _score_stage(store: FeatureStore, mine: list[tuple[str, int]], explanations: dict[tuple[str, int], str], pool: WindowPool,
                  scorer: ChatModel, embedder: Embedder | None, journal: Journal, cfg: ExplainConfig, show: bool) -> None:
     records = journal.read()
-    pending = [k for k in mine if ("scored", *k) not in records]
     partner = shuffled_partner(sorted(explanations), cfg.seed)
-    with tqdm(total=len(mine), initial=len(mine) - len(pending), desc="scoring", unit="feature", file=sys.stderr,
-              dynamic_ncols=True, disable=not show) as bar:
-        for start in range(0, len(pending), cfg.batch_size):
-            batch = pending[start : start + cfg.batch_size]
-            items = []
-            for key in batch:
-                samples, _, handle = _samples(store, key, cfg)
-                quiet = pool.for_feature(*key, len(samples.held_out), avoid=samples.example_contexts, seed=cfg.seed)
-                other = partner.get(key)
-                texts = {"explanation": explanations[key], "shuffled": explanations[other] if other else None, "handle": handle}
-                items.append(ScoringItem(key, texts, samples.held_out + quiet))
-            results = score_batch(items, scorer, embedder, seed=cfg.seed)
-            journal.write([
-                {"stage": "scored", "sae": it.key[0], "feature": it.key[1], "explanation": it.texts["explanation"],
-                 "shuffled_from": list(partner[it.key]) if it.key in partner else None,
-                 "reply": records.get(("explained", *it.key), {}).get("reply"), "texts": it.texts, **result}
-                for it, result in zip(items, results)
-            ])
-            bar.update(len(batch))
+    for batch in _pending_batches("scored", mine, records, cfg.batch_size, show, "scoring"):
+        items = []
+        for key in batch:
+            samples, _, handle = _samples(store, key, cfg)
+            quiet = pool.for_feature(*key, len(samples.held_out), avoid=samples.example_contexts, seed=cfg.seed)
+            other = partner.get(key)
+            texts = {"explanation": explanations[key], "shuffled": explanations[other] if other else None, "handle": handle}
+            items.append(ScoringItem(key, texts, samples.held_out + quiet))
+        results = score_batch(items, scorer, embedder, seed=cfg.seed)
+        journal.write([
+            {"stage": "scored", "sae": it.key[0], "feature": it.key[1], "explanation": it.texts["explanation"],
+             "shuffled_from": list(partner[it.key]) if it.key in partner else None,
+             "reply": records.get(("explained", *it.key), {}).get("reply"), "texts": it.texts, **result}
+            for it, result in zip(items, results)
+        ])
 
 
 def _store_results(db: Path, scored: list[dict[str, Any]], explainer: str, scorer: str, embedder: Embedder | None,
