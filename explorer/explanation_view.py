@@ -71,7 +71,7 @@ def similar_table(frame: pd.DataFrame) -> pd.DataFrame:
         "sae": frame["sae"],
         "similarity": frame["similarity"].astype(float).round(3),
         "explanation": frame["explanation"].fillna(""),
-        "detection": frame["detection"],
+        "detection": pd.to_numeric(frame["detection"], errors="coerce"),  # blank, not "None", where unexplained
         "label": frame["label"],
         "matched": frame["matched"],
     })
