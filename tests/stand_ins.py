@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 TOKEN = "iv"
-"""The constructed feature of the river run fires exactly where this token (inside "river") is."""
+"""The token (inside "river") the constructed feature of the river run fires on, if a linear read-out separates it."""
 
 
 class KeywordScorer:
@@ -42,10 +42,11 @@ class CannedExplainer:
 
     name = "canned-explainer"
 
-    def __init__(self, fail_after: int | None = None, other: str = 'The token "zzz".'):
+    def __init__(self, fail_after: int | None = None, other: str = 'The token "zzz".', token: str = TOKEN):
         self.asked: list[str] = []
         self.fail_after = fail_after
         self.other = other
+        self.token = token
 
     def generate(self, conversations, max_new_tokens):
         if self.fail_after is not None and len(self.asked) >= self.fail_after:
@@ -54,5 +55,5 @@ class CannedExplainer:
         for messages in conversations:
             task = messages[-1]["content"]
             self.asked.append(task)
-            replies.append(f'The token "{TOKEN}" inside the word river.' if f"<<{TOKEN}>>" in task else self.other)
+            replies.append(f'The token "{self.token}" of the corpus.' if f"<<{self.token}>>" in task else self.other)
         return replies

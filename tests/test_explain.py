@@ -32,6 +32,7 @@ from sae_core.interp.journal import WORK_DIR
 from sae_core.interp.openai_client import RemoteModelError
 from sae_core.interp.semantic_search import search_by_meaning
 from sae_core.loading import save_sae
+from sae_core.models import load_model
 from sae_core.saes import SAEConfig, create_sae
 from sae_core.sites import parse_site
 from sae_core.tokens import token_batches
@@ -41,26 +42,40 @@ OPTIONS = ExplainConfig(features="0,1,2,3", explain_examples=4, score_examples=4
 
 
 @pytest.fixture(scope="module")
-def river_run(tmp_path_factory, tiny_loaded, tiny_model_dir) -> Path:
+def river_loaded(tiny_model_dir):
+    """The tiny model loaded for this module alone: the constructed feature must see activations no other test's hooks touch."""
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def river_run(tmp_path_factory, river_loaded, tiny_model_dir) -> Path:
     """A run with one SAE at L0R whose feature 0 is a linear read-out of the token "iv" (fires on it, nowhere else)."""
+    loaded = river_loaded
     root = tmp_path_factory.mktemp("river")
     corpus = root / "corpus.txt"
     corpus.write_text("\n\n".join(make_text(400, seed=3)), encoding="utf-8")
-    tok = tiny_loaded.tokenizer
-    target = tok.convert_tokens_to_ids(TOKEN)
+    tok = loaded.tokenizer
     site = parse_site("L0R")
     xs, ids = [], []
     for batch in token_batches(iter_documents(str(corpus), "all"), tok, 32, 8):
-        x = run_to_sites(tiny_loaded.model, batch.input_ids, batch.attention_mask, sites=[site], layout=tiny_loaded.layout)[site]
+        x = run_to_sites(loaded.model, batch.input_ids, batch.attention_mask, sites=[site], layout=loaded.layout)[site]
         xs.append(x[batch.real])
         ids.append(batch.input_ids[batch.real])
     x, ids = torch.cat(xs), torch.cat(ids)
-    on = ids == target
-    X = torch.cat([x, torch.ones(len(x), 1)], 1)
-    w = torch.linalg.lstsq(X, on.float()[:, None]).solution[:, 0]
-    score = X @ w
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in loaded.model.modules())
+    assert hooks == 0, f"{hooks} hooks left on the model"
+    X = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    for token in CANDIDATES:  # the first token a linear read-out separates exactly (in practice the first)
+        on = ids == tok.convert_tokens_to_ids(token)
+        w = torch.linalg.lstsq(X, on.double()[:, None]).solution[:, 0]
+        score = X @ w
+        if on.any() and score[on].min() > score[~on].max():
+            break
+    else:
+        raise AssertionError(f"no read-out of {CANDIDATES} separates its token at L0R")
+    (root / "token.txt").write_text(tok.convert_tokens_to_string([token]).strip())
     cut = float(score[on].min() + score[~on].max()) / 2
-    assert score[on].min() > score[~on].max(), "the read-out must separate the token exactly"
+    w = w.float()
     g = torch.Generator().manual_seed(0)
     d_sae = 8
     W_enc = torch.randn(64, d_sae, generator=g) / 4
@@ -70,11 +85,21 @@ def river_run(tmp_path_factory, tiny_loaded, tiny_model_dir) -> Path:
     sae = create_sae(cfg).load_tensors({"W_enc": W_enc, "b_enc": b_enc, "b_dec": torch.zeros(64),
                                         "W_dec": torch.nn.functional.normalize(torch.randn(d_sae, 64, generator=g), dim=-1)})
     save_sae(sae, root / "saes" / site.hook_name)
-    run = import_saes([root / "saes" / site.hook_name], root / "run", tiny_loaded, model=str(tiny_model_dir), corpus=str(corpus),
+    run = import_saes([root / "saes" / site.hook_name], root / "run", loaded, model=str(tiny_model_dir), corpus=str(corpus),
                       context_size=32, log=lambda m: None)
     precompute_run(run.path, PrecomputeOptions(tokens=6_000, window=6, n_top=8, n_intervals=4, per_interval=2, shard_tokens=2_000,
-                                               device="cpu"), loaded=tiny_loaded, log=lambda m: None)
+                                               device="cpu"), loaded=loaded, log=lambda m: None)
     return run.path
+
+
+CANDIDATES = (TOKEN, "Ġocean", "Ġtoken", "arse", "ick")
+"""Tokens of the tiny tokenizer that each occur in one word of the test corpus only."""
+
+
+@pytest.fixture(scope="module")
+def river_token(river_run) -> str:
+    """The token the constructed feature fires on."""
+    return (river_run.parent / "token.txt").read_text()
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:
@@ -88,21 +113,21 @@ def _rows(run: Path) -> dict[int, dict]:
         return {int(f): store.explanations(0, int(f)).iloc[0].to_dict() for f in range(4) if not store.explanations(0, f).empty}
 
 
-def test_an_explanation_that_names_the_token_scores_high_and_a_shuffled_one_near_chance(river_run, tmp_path, tiny_loaded):
+def test_an_explanation_that_names_the_token_scores_high_and_a_shuffled_one_near_chance(river_run, river_token, tmp_path):
     run = _copy(river_run, tmp_path)
     with FeatureStore(run) as store:
         tokens = store.vocab
         page = store.feature("L0R", 0)
-        assert {tokens[t] for t in page.examples.token_ids.explode().tolist()} >= {TOKEN}
-    summary = explain_run(run, OPTIONS, explainer=CannedExplainer(), scorer=KeywordScorer(), log=lambda m: None)
+        assert river_token in {tokens[t].strip() for t in page.examples.token_ids.explode().tolist()}
+    summary = explain_run(run, OPTIONS, explainer=CannedExplainer(token=river_token), scorer=KeywordScorer(), log=lambda m: None)
     assert summary.explained == 4
     rows = _rows(run)
     river = rows[0]
-    assert river["explanation"] == f'The token "{TOKEN}" inside the word river.'
+    assert river["explanation"] == f'The token "{river_token}" of the corpus.'
     assert river["detection"] == 1.0 and river["fuzzing"] == 1.0
     assert river["detection_shuffled"] == 0.5 and river["fuzzing_shuffled"] == 0.5  # "zzz" fires on nothing: chance
     assert river["n_activating"] >= 2 and river["n_non_activating"] == river["n_activating"]
-    assert river["embedding"] > 0.5
+    assert 0 <= river["embedding"] <= 1  # its known-answer test is the next one, on real sentences
     details = river["details"]
     assert details["texts"]["shuffled"] == 'The token "zzz".' and details["shuffled_from"][0] == "L0R"
     # the scorer never saw a context the explainer saw
@@ -159,9 +184,9 @@ def _table_hashes(run: Path) -> dict[str, str]:
                 for t in ("features", "examples", "neighbours", "saes", "contexts", "site_summary")}
 
 
-def test_a_killed_job_resumes_and_does_nothing_twice(river_run, tmp_path):
+def test_a_killed_job_resumes_and_does_nothing_twice(river_run, river_token, tmp_path):
     run = _copy(river_run, tmp_path)
-    first = CannedExplainer(fail_after=2)  # killed in its second batch
+    first = CannedExplainer(fail_after=2, token=river_token)  # killed in its second batch
     with pytest.raises(KeyboardInterrupt):
         explain_run(run, OPTIONS, explainer=first, scorer=KeywordScorer(), log=lambda m: None)
     assert len(first.asked) == 2 and any((run / WORK_DIR).rglob("rank-*.jsonl"))
@@ -176,12 +201,12 @@ def test_a_killed_job_resumes_and_does_nothing_twice(river_run, tmp_path):
                 raise KeyboardInterrupt
             return super().yes_probabilities(groups)
 
-    second = CannedExplainer()
+    second = CannedExplainer(token=river_token)
     with pytest.raises(KeyboardInterrupt):
         explain_run(run, OPTIONS, explainer=second, scorer=KilledScorer(), log=lambda m: None)
     assert len(second.asked) == 2  # only the two features the first job had not explained
 
-    third = CannedExplainer()
+    third = CannedExplainer(token=river_token)
     scorer = KeywordScorer()
     asked = []
     original = scorer.yes_probabilities
@@ -193,7 +218,7 @@ def test_a_killed_job_resumes_and_does_nothing_twice(river_run, tmp_path):
     assert not (run / WORK_DIR).exists()
 
 
-def test_a_failing_server_keeps_the_work_done_and_a_rerun_finishes(river_run, tmp_path):
+def test_a_failing_server_keeps_the_work_done_and_a_rerun_finishes(river_run, river_token, tmp_path):
     run = _copy(river_run, tmp_path)
     state = {"fail": True, "generated": 0}
 
@@ -219,7 +244,7 @@ def test_a_failing_server_keeps_the_work_done_and_a_rerun_finishes(river_run, tm
     assert sorted(_rows(run)) == [0, 1, 2, 3]
 
 
-def test_a_failed_store_leaves_the_feature_file_untouched(river_run, tmp_path, monkeypatch):
+def test_a_failed_store_leaves_the_feature_file_untouched(river_run, river_token, tmp_path, monkeypatch):
     run = _copy(river_run, tmp_path)
     digest = hashlib.sha1((run / DB_FILE).read_bytes()).hexdigest()
 
@@ -228,18 +253,18 @@ def test_a_failed_store_leaves_the_feature_file_untouched(river_run, tmp_path, m
 
     monkeypatch.setattr(explain_module, "embed_explanations", broken)
     with pytest.raises(OSError, match="disk full"):
-        explain_run(run, OPTIONS, explainer=CannedExplainer(), scorer=KeywordScorer(), log=lambda m: None)
+        explain_run(run, OPTIONS, explainer=CannedExplainer(token=river_token), scorer=KeywordScorer(), log=lambda m: None)
     assert hashlib.sha1((run / DB_FILE).read_bytes()).hexdigest() == digest
     assert not list(run.glob("*.amending*"))
     monkeypatch.undo()
-    again = CannedExplainer()
+    again = CannedExplainer(token=river_token)
     explain_run(run, OPTIONS, explainer=again, scorer=KeywordScorer(), log=lambda m: None)
     assert again.asked == []  # the journal survived the failed store
 
 
-def test_search_by_meaning_finds_the_river_feature(river_run, tmp_path):
+def test_search_by_meaning_finds_the_river_feature(river_run, river_token, tmp_path):
     run = _copy(river_run, tmp_path)
-    explain_run(run, OPTIONS, explainer=CannedExplainer(), scorer=KeywordScorer(), log=lambda m: None)
+    explain_run(run, OPTIONS, explainer=CannedExplainer(token=river_token), scorer=KeywordScorer(), log=lambda m: None)
     embedder = load_embedder()
     with FeatureStore(run) as store:
         hits = search_by_meaning(store, embedder, "rivers and streams")
@@ -278,16 +303,16 @@ def test_explain_options_are_checked():
     assert json.dumps(ExplainConfig().fingerprint())
 
 
-def test_a_second_explainer_adds_a_row_and_becomes_current(river_run, tmp_path):
+def test_a_second_explainer_adds_a_row_and_becomes_current(river_run, river_token, tmp_path):
     run = _copy(river_run, tmp_path)
     cfg = ExplainConfig(**{**OPTIONS.__dict__, "features": "0,"})
-    explain_run(run, cfg, explainer=CannedExplainer(), scorer=KeywordScorer(), log=lambda m: None)
+    explain_run(run, cfg, explainer=CannedExplainer(token=river_token), scorer=KeywordScorer(), log=lambda m: None)
 
     class Other(CannedExplainer):
         name = "other-explainer"
 
-    explain_run(run, cfg, explainer=Other(other="x"), scorer=KeywordScorer(), log=lambda m: None)
-    explain_run(run, ExplainConfig(**{**cfg.__dict__, "overwrite": True}), explainer=Other(), scorer=KeywordScorer(),
+    explain_run(run, cfg, explainer=Other(other="x", token=river_token), scorer=KeywordScorer(), log=lambda m: None)
+    explain_run(run, ExplainConfig(**{**cfg.__dict__, "overwrite": True}), explainer=Other(token=river_token), scorer=KeywordScorer(),
                 log=lambda m: None)  # the same models again: replaced, not added
     with FeatureStore(run) as store:
         rows = store.explanations(0, 0)
@@ -297,15 +322,15 @@ def test_a_second_explainer_adds_a_row_and_becomes_current(river_run, tmp_path):
         assert store.list_features(explained_only=True).shape[0] == 1
 
 
-def test_a_new_precompute_keeps_the_explanations_of_unchanged_saes(river_run, tmp_path, tiny_loaded):
+def test_a_new_precompute_keeps_the_explanations_of_unchanged_saes(river_run, river_token, tmp_path, river_loaded):
     import os
 
     run = _copy(river_run, tmp_path)
-    explain_run(run, OPTIONS, explainer=CannedExplainer(), scorer=KeywordScorer(), log=lambda m: None)
+    explain_run(run, OPTIONS, explainer=CannedExplainer(token=river_token), scorer=KeywordScorer(), log=lambda m: None)
     before = _rows(run)
     options = PrecomputeOptions(tokens=4_000, window=6, n_top=8, n_intervals=4, per_interval=2, shard_tokens=2_000, device="cpu")
     logs = []
-    precompute_run(run, options, loaded=tiny_loaded, log=logs.append)
+    precompute_run(run, options, loaded=river_loaded, log=logs.append)
     after = _rows(run)
     assert sorted(after) == sorted(before) and after[0]["explanation"] == before[0]["explanation"]
     assert any("kept 4 explanation(s)" in m for m in logs)
@@ -313,5 +338,6 @@ def test_a_new_precompute_keeps_the_explanations_of_unchanged_saes(river_run, tm
         assert "explanation" in set(store._df("SELECT source FROM feature_vectors").source)
     weights = run / "saes" / "blocks.0.hook_resid_post" / "sae_weights.safetensors"
     os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime + 10))  # the SAE changed
-    precompute_run(run, options, loaded=tiny_loaded, log=lambda m: None)
+    precompute_run(run, options, loaded=river_loaded, log=lambda m: None)
     assert _rows(run) == {}
+
