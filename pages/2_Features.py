@@ -2,7 +2,15 @@
 
 import streamlit as st
 
-from explorer.explanation_view import SCORE_HELP, explanation_markdown, provenance, score_table, similar_table, verdict
+from explorer.explanation_view import (
+    BASELINES,
+    SCORE_HELP,
+    explanation_markdown,
+    provenance,
+    score_table,
+    similar_table,
+    verdict,
+)
 from explorer.feature_view import (
     escape_markdown,
     example_groups,
@@ -38,7 +46,7 @@ def show_explanations(page) -> None:
     st.markdown(explanation_markdown(rows[0]))
     st.caption(provenance(rows[0]) + " · " + verdict(rows[0]))
     st.dataframe(score_table(rows[0]), hide_index=True, column_config={
-        c: st.column_config.NumberColumn(format="%.2f") for c in ("explanation", "another feature's explanation", "token handle", "margin")
+        c: st.column_config.NumberColumn(format="%.2f") for c in (*BASELINES.values(), "margin")
     })
     if len(rows) > 1:
         with st.expander(f"{len(rows) - 1} earlier explanation(s)"):

@@ -20,7 +20,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from .amend import amend, set_meta
-from .vector_index import SOURCES, quantize
+from .vector_index import quantize
 from .writer import insert_columns
 
 N_EXAMPLES = 4
@@ -34,10 +34,15 @@ class Embedder(Protocol):
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
 
 
+def file_vocab(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Display string of every token id, from the file's `vocab` table."""
+    return [t for (t,) in con.execute("SELECT token FROM vocab ORDER BY token_id").fetchall()]
+
+
 def example_texts(con: duckdb.DuckDBPyConnection, sae_id: int, n_examples: int = N_EXAMPLES, half_width: int = HALF_WIDTH,
                   vocab: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """`(features, texts)`: the text embedded for each feature of one SAE that has top examples."""
-    vocab = vocab if vocab is not None else [t for (t,) in con.execute("SELECT token FROM vocab ORDER BY token_id").fetchall()]
+    vocab = vocab if vocab is not None else file_vocab(con)
     rows = con.execute(
         """SELECT e.feature, list_slice(c.token_ids, greatest(e.position - ?, 0) + 1, e.position + ? + 1) AS ids
            FROM examples e JOIN contexts c ON c.context_id = e.context_id
@@ -89,8 +94,7 @@ def write_vectors(con: duckdb.DuckDBPyConnection, source: str, sae_ids: np.ndarr
 def embed_features(con: duckdb.DuckDBPyConnection, embedder: Embedder, *, n_examples: int = N_EXAMPLES,
                    half_width: int = HALF_WIDTH, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
     """Embed every feature of the open file (examples, then current explanations); returns counts and settings."""
-    assert SOURCES == ("examples", "explanation")
-    vocab = [t for (t,) in con.execute("SELECT token FROM vocab ORDER BY token_id").fetchall()]
+    vocab = file_vocab(con)
     sae_ids = [int(s) for (s,) in con.execute("SELECT sae_id FROM saes ORDER BY sae_id").fetchall()]
     n_features = con.execute("SELECT count(*) FROM features WHERE NOT dead").fetchone()[0]
     counts = {"examples": 0, "explanation": 0}

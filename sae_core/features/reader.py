@@ -26,6 +26,8 @@ SORTABLE = ("density", "max_act", "mean_act", "fires", "feature", "sae_id", *SCO
 """Columns `list_features` may sort by (a whitelist: column names cannot be query parameters)."""
 CURRENT_EXPLANATIONS = "(SELECT * FROM explanations WHERE current)"
 """The newest explanation of each explained feature: the one lists, searches and hovers show."""
+SEARCH_COLUMNS = ["sae", "sae_id", "feature", "similarity", "matched", "label", "explanation", "detection", "density"]
+"""The columns of a search by vector (and of "features like this one")."""
 MAX_TOKEN_IDS = 16
 """A token search looks for at most this many vocabulary ids (e.g. "the", " the", "The", " THE" …)."""
 
@@ -55,6 +57,7 @@ class FeaturePage:
     explanations: pd.DataFrame
     """Every explanation of the feature, newest first: `explanation`, `explainer`, `scorer`, `created`, the scores
     and their baselines (`detection`, `detection_shuffled`, `detection_handle`, …), `details` (parsed JSON)."""
+
 
 class FeatureStore:
     """Read-only access to one features.duckdb file (a run folder or the file itself)."""
@@ -356,9 +359,8 @@ class FeatureStore:
         """Features whose vectors are nearest `vector` (cosine), across all SAEs or `saes`: with their label,
         newest explanation and detection score, `similarity` and which vector `matched`."""
         hits = self.vector_index.search(vector, limit=limit, sae_ids=saes, exclude=exclude)
-        columns = ["sae", "sae_id", "feature", "similarity", "matched", "label", "explanation", "detection", "density"]
         if hits.empty:
-            return pd.DataFrame(columns=columns)
+            return pd.DataFrame(columns=SEARCH_COLUMNS)
         info = self._df(
             f"""SELECT f.sae_id, f.feature, s.short_name AS sae, f.label, e.explanation, e.detection, f.density
                 FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) k
@@ -366,7 +368,7 @@ class FeatureStore:
                 LEFT JOIN {CURRENT_EXPLANATIONS} e USING (sae_id, feature)""",
             [hits.sae_id.astype(int).tolist(), hits.feature.astype(int).tolist()],
         )
-        return hits.merge(info, on=["sae_id", "feature"], how="left")[columns]
+        return hits.merge(info, on=["sae_id", "feature"], how="left")[SEARCH_COLUMNS]
 
     def similar_features(self, sae: str | int, feature: int, *, limit: int = 10, across_saes: bool = True) -> pd.DataFrame:
         """Features like this one by the same vectors (its explanation's if it has one, else its examples'),
@@ -375,7 +377,7 @@ class FeatureStore:
         own = self.vector_index.vectors_of(sae_id, int(feature))
         vector = own.get("explanation", own.get("examples"))
         if vector is None:
-            return pd.DataFrame(columns=["sae", "sae_id", "feature", "similarity", "matched", "label", "explanation", "detection", "density"])
+            return pd.DataFrame(columns=SEARCH_COLUMNS)
         return self.search_by_vector(vector, saes=None if across_saes else [sae_id], limit=limit, exclude=(sae_id, int(feature)))
 
     def search_token(self, token: str, *, saes: list[int] | None = None, limit: int = 50) -> pd.DataFrame:
@@ -423,7 +425,7 @@ class FeatureStore:
         for _ in range(64):  # rejection sampling: cheap lookups instead of a scan over all features
             sae_id, d_sae = rng.choices(counts, weights=[c[1] for c in counts])[0]
             feature = rng.randrange(d_sae)
-            if not self._rows("SELECT dead FROM features WHERE sae_id = ? AND feature = ?", [sae_id, feature])[0][0]:
+            if not self.is_dead(sae_id, feature):
                 return int(sae_id), feature
         raise FeatureNotFound("found no live feature in 64 random draws; the SAEs may be (nearly) all dead")
 

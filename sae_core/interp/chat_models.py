@@ -125,7 +125,8 @@ class LocalChatModel:
         """Extend the shared cache by the group's own prefix, then run its tails in batches on copies of it."""
         shared = min(_common_prefix(rows), min(len(r) for r in rows) - 1)  # every row keeps at least one token of its own
         cache = self._extend(base, rows[0][common:shared], common) if shared > common else base
-        shared = max(shared, common) if cache is not None else 0
+        if cache is None:  # nothing shared at all: every row runs from its first token
+            shared = 0
         out: list[float | None] = []
         for start in range(0, len(rows), self.batch_size):
             tails = [r[shared:] for r in rows[start : start + self.batch_size]]

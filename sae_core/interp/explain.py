@@ -136,7 +136,7 @@ def _explain(run: Path, db: Path, store: FeatureStore, cfg: ExplainConfig, par: 
     means: dict[str, tuple[float, float, int]] = {}
     if par.main:
         scored = [r for (stage, *_), r in journal.read().items() if stage == "scored"]
-        _store_results(db, scored, explainer.name, scorer.name, embedder, cfg)
+        _store_results(db, scored, store, explainer.name, scorer.name, embedder, cfg)
         journal.remove()
         means = _means(scored)
         log(f"added {len(scored)} explanation(s) to {db}")
@@ -220,12 +220,11 @@ def _score_stage(store: FeatureStore, mine: list[tuple[str, int]], explanations:
         ])
 
 
-def _store_results(db: Path, scored: list[dict[str, Any]], explainer: str, scorer: str, embedder: Embedder | None,
-                   cfg: ExplainConfig) -> None:
+def _store_results(db: Path, scored: list[dict[str, Any]], store: FeatureStore, explainer: str, scorer: str,
+                   embedder: Embedder | None, cfg: ExplainConfig) -> None:
     """Replace this explainer/scorer's rows for these features, add the new ones and their explanation vectors."""
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    with FeatureStore(db) as store:
-        ids = {short: store.sae_id(short) for short in {r["sae"] for r in scored}}
+    ids = {short: store.sae_id(short) for short in {r["sae"] for r in scored}}
     rows = pd.DataFrame([{
         "sae_id": ids[r["sae"]], "feature": int(r["feature"]), "explanation": r["explanation"],
         "explanation_lower": r["explanation"].lower(), "explainer": explainer, "scorer": scorer, "created": created, "current": True,
