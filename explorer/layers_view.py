@@ -1,5 +1,5 @@
-"""The Layers page's charts: the paper's comparison of SAEs across layers and sites, from `layer_summary()`,
-and one prompt's active features side by side across layers.
+"""The Layers page's charts: the paper's comparison of SAEs across layers and sites (held-out metrics of every
+evaluated SAE, the feature file's statistics otherwise), and one prompt's active features side by side across layers.
 
 No Streamlit here; the page renders these figures and tests call them directly.
 """
@@ -13,44 +13,70 @@ import torch
 from torch import Tensor
 
 from sae_core.features.labels import display_token
+from sae_core.layer_report import BY_LAYER, NOTES, SITE_NAMES
 
 from .feature_view import feature_link
 from .prompt_view import token_heatmap
 
-SITE_NAMES = {"resid_post": "residual stream", "mlp_out": "MLP output", "attn_out": "attention output"}
-METRICS = {
-    "fvu": "FVU (held-out; lower is better)",
-    "explained_variance": "explained variance (held-out)",
-    "l0": "L0 on the precompute tokens",
-    "dead_fraction": "dead fraction on the precompute tokens",
-    "ce_loss_recovered": "CE-loss recovered (held-out; higher is better)",
-    "delta_lm_loss": "Δ LM loss with the SAE spliced in (nats)",
-}
-"""Column of `FeatureStore.layer_summary()` → chart title."""
+METRICS = {"fvu": "FVU (held-out; lower is better)", **BY_LAYER}
+"""Column of `by_layer_frame()` → chart title: the paper's per-layer panels."""
+PRECOMPUTE_METRICS = {"l0": "L0 on the precompute tokens", "dead_fraction": "dead fraction on the precompute tokens"}
+"""The charts of a run without held-out metrics (e.g. imported and not evaluated), from the feature file."""
+
+
+def by_layer_frame(metrics: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per SAE, what the per-layer charts plot, with `layer`, `kind`, `site name`, `short_name` and `d_sae`.
+
+    Held-out metrics of every evaluated SAE (`metrics`, from metrics.json: also SAEs left out of the feature
+    file), or else the feature file's `summary` (its L0 and dead fraction on the precompute tokens).
+    """
+    if not metrics.empty:
+        return metrics.rename(columns={"site": "short_name"}).sort_values(["layer", "kind"], kind="stable")
+    frame = summary.rename(columns={"site": "kind"})
+    return frame.assign(**{"site name": frame["kind"].map(SITE_NAMES).fillna(frame["kind"])}).sort_values(["layer", "kind"])
 
 
 def with_site_names(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary with a readable `site name` column, in layer order."""
+    """The feature file's summary with a readable `site name` column, in layer order."""
     return summary.assign(**{"site name": summary["site"].map(SITE_NAMES).fillna(summary["site"])}).sort_values(["layer", "site"])
 
 
-def metric_by_layer(summary: pd.DataFrame, metric: str) -> go.Figure | None:
-    """One line per site of `metric` against layer; None when no SAE has that metric."""
-    data = with_site_names(summary).dropna(subset=[metric])
+def metric_by_layer(frame: pd.DataFrame, metric: str, title: str | None = None) -> go.Figure | None:
+    """One line per site of `metric` against layer; None when no SAE has that metric.
+
+    SAEs whose value is n/a (e.g. CE-loss recovered where zero ablation barely moves the loss) are left out and
+    counted in the title; values with a warning (a dead fraction over too short a window) get an open ring.
+    """
+    if metric not in frame:
+        return None
+    data = frame.dropna(subset=[metric])
     if data.empty:
         return None
-    fig = px.line(data, x="layer", y=metric, color="site name", markers=True, hover_data=["short_name", "d_sae"],
-                  title=METRICS.get(metric, metric))
+    note = NOTES.get(metric)
+    noted = note in data and data[note].notna().any()
+    fig = px.line(data, x="layer", y=metric, color="site name", markers=True,
+                  hover_data=["short_name", "d_sae"] + ([note] if noted else []), title=title or METRICS.get(metric, metric))
+    if noted:
+        flagged = data[data[note].notna()]
+        fig.add_scatter(x=flagged["layer"], y=flagged[metric], mode="markers", name="warning (hover)",
+                        hovertext=flagged["short_name"] + ": " + flagged[note],
+                        marker=dict(symbol="circle-open", size=13, color="black"))
+    n_na = len(frame) - len(data)
+    if n_na:
+        fig.update_layout(title_text=f"{fig.layout.title.text} · {n_na} n/a")
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="")
     return fig
 
 
-def sparsity_fidelity(summary: pd.DataFrame) -> go.Figure | None:
+def sparsity_fidelity(frame: pd.DataFrame) -> go.Figure | None:
     """L0 against FVU, one point per SAE, coloured by site: the sparsity–fidelity trade-off."""
-    data = with_site_names(summary).dropna(subset=["fvu"])
+    if "fvu" not in frame:
+        return None
+    data = frame.dropna(subset=["fvu"])
     if data.empty:
         return None
-    fig = px.scatter(data, x="l0", y="fvu", color="site name", text="short_name", hover_data=["layer", "d_sae", "architecture"],
+    fig = px.scatter(data, x="l0", y="fvu", color="site name", text="short_name" if len(data) <= 15 else None,
+                     hover_data=["short_name", "layer", "d_sae"],
                      title="sparsity vs fidelity (each point one SAE)", labels={"l0": "L0", "fvu": "FVU"})
     fig.update_traces(textposition="top center")
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="")

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from sae_core.eval_run import read_metrics
+from sae_core.layer_report import metrics_frame as layer_metrics_frame
 from sae_core.runs import RunDir
 
 METRIC_COLUMNS = [
-    "site", "hook_name", "architecture", "d_sae", "k", "l0", "fvu", "explained_variance",
-    "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_div", "delta_lm_loss",
-    "training_tokens", "eval_tokens", "ce_tokens",
+    "site", "hook_name", "layer", "kind", "site name", "architecture", "d_sae", "k", "l0", "fvu", "explained_variance",
+    "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_div", "delta_lm_loss", "delta_lm_loss_se",
+    "training_tokens", "eval_tokens", "ce_tokens", "ce_loss_recovered_note", "dead_fraction_note", "eval_note",
 ]
 
 
@@ -26,9 +26,8 @@ def list_runs(root: str | Path = "runs") -> list[Path]:
 
 
 def metrics_frame(run: str | Path) -> pd.DataFrame:
-    """One row per evaluated SAE of `run`, in layer/site order, with the metric columns that exist."""
-    rows = list(read_metrics(str(run)).values())
-    frame = pd.DataFrame(rows)
+    """One row per evaluated SAE of `run`, in layer/site order, with the metric and note columns that exist."""
+    frame = layer_metrics_frame(run)
     if frame.empty:
         return frame
     return frame[[c for c in METRIC_COLUMNS if c in frame.columns]]

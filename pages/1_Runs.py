@@ -3,9 +3,11 @@
 import plotly.express as px
 import streamlit as st
 
+from explorer.layers_view import by_layer_frame, metric_by_layer
 from explorer.runs import list_runs, metrics_frame, run_summary
 from explorer.state import current_run, page_header
 from sae_core.errors import UserError
+from sae_core.report import metrics_notes
 
 page_header("Runs")
 started_on = current_run()
@@ -35,9 +37,20 @@ if frame.empty:
     st.stop()
 
 st.dataframe(frame, hide_index=True)
+notes = metrics_notes({row["hook_name"]: row for row in frame.to_dict("records")})
+if notes:
+    with st.expander(f"{len(notes)} note(s) on these numbers: n/a values and short windows"):
+        st.markdown("\n".join(f"- {note}" for note in notes))
 left, right = st.columns(2)
-left.plotly_chart(px.bar(frame, x="site", y="fvu", title="FVU on held-out tokens (lower is better)"))
-if "ce_loss_recovered" in frame:
-    right.plotly_chart(
-        px.bar(frame, x="site", y="ce_loss_recovered", title="CE-loss recovered (higher is better)")
-    )
+if len(frame) > 12:  # a suite: the paper's view, each metric against layer with one line per site
+    by_layer = by_layer_frame(frame, frame.iloc[:0])
+    for column, metric in ((left, "fvu"), (right, "ce_loss_recovered")):
+        if (fig := metric_by_layer(by_layer, metric)) is not None:
+            column.plotly_chart(fig, width="stretch")
+    st.caption("The Layers page draws every metric against layer, beside the feature file's statistics.")
+else:
+    left.plotly_chart(px.bar(frame, x="site", y="fvu", title="FVU on held-out tokens (lower is better)"))
+    if "ce_loss_recovered" in frame:
+        right.plotly_chart(
+            px.bar(frame, x="site", y="ce_loss_recovered", title="CE-loss recovered (higher is better; gaps are n/a)")
+        )

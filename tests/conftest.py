@@ -146,6 +146,13 @@ def app_page(monkeypatch, page: str, run: Path, timeout: float = 60, **params: s
     return at
 
 
+def trace_values(values) -> list:
+    """A plotly trace's x or y as a list, whether sent as a plain list or as a typed array."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return list(values)
+
+
 def heatmap_values(chart) -> np.ndarray:
     """The z matrix of the first trace of an AppTest plotly chart (plotly sends it as a typed array)."""
     z = json.loads(chart.proto.spec)["data"][0]["z"]

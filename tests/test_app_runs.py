@@ -62,3 +62,14 @@ def test_the_run_picked_here_is_the_one_the_other_pages_show(tmp_path):
     assert not at.exception
     assert at.session_state["run"] == str(second)
     assert at.query_params["run"] == [str(second)] or at.query_params["run"] == str(second)
+
+
+def test_a_suite_is_shown_against_layer_with_its_notes(tmp_path):
+    from test_layer_report import fake_suite
+
+    fake_suite(tmp_path, n_layers=5)  # 15 SAEs: too many for one bar per SAE
+    at = _page(tmp_path)
+    assert not at.exception and len(at.dataframe[0].value) == 15
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert titles[0].startswith("FVU") and titles[1].startswith("CE-loss recovered") and titles[1].endswith("1 n/a")
+    assert "L1M CE rec.: n/a" in at.expander[0].markdown[0].value

@@ -71,7 +71,7 @@ def test_data_parallel_matches_one_process(arch, one_process, tiny_model_dir, ti
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=2e-5, msg=name)
     for site, m in _metrics(single).items():
         other = _metrics(out)[site]
-        for key in ("fvu", "l0", "mse", "ce_loss_recovered", "kl_div", "dead_fraction", "eval_tokens", "ce_tokens"):
+        for key in ("fvu", "l0", "mse", "ce_loss_recovered_raw", "delta_lm_loss_se", "kl_div", "dead_fraction", "eval_tokens", "ce_tokens"):
             assert other[key] == pytest.approx(m[key], rel=1e-3, abs=1e-6), (site, key)
     logs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     reference = [json.loads(line) for line in (single / "train_log.jsonl").read_text().splitlines()]

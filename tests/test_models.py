@@ -121,7 +121,7 @@ def test_unsupported_architecture_fails_at_load(tmp_path):
 def test_embedded_model_is_converted_once_and_cached(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("SAE_EXPLORER_CACHE", str(tmp_path))
     first = load_model()
-    assert "converting the embedded GGUF model" in capsys.readouterr().err
+    assert "converting the embedded model" in capsys.readouterr().err
     assert embedded_cache_path().joinpath("config.json").is_file()
     assert not [p for p in embedded_cache_path().parent.iterdir() if p.name.startswith(".")]  # no temp folder left
     second = load_model("default")

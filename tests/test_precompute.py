@@ -209,3 +209,18 @@ def test_a_corpus_without_held_out_text_is_a_clear_error(built_run, loaded, tmp_
         precompute_run(built_run, replace(OPTIONS, corpus=str(empty)), loaded=loaded, log=lambda m: None)
     assert not (built_run / ".precompute").exists()
     assert (built_run / DB_FILE).is_file()  # the earlier file is untouched
+
+
+def test_a_sample_of_the_run_saes_is_precomputed_on_request(precomputed_run, loaded, tmp_path):
+    from dataclasses import replace
+
+    from sae_core.errors import UserError
+    from sae_core.features.reader import FeatureStore
+
+    run = tmp_path / "sample"
+    shutil.copytree(precomputed_run, run)
+    precompute_run(run, replace(OPTIONS, saes="L*/2R,L1M", embed=False), loaded=loaded, log=lambda m: None)
+    with FeatureStore(run) as store:  # L*/2R: every second layer of 2, i.e. layer 0
+        assert sorted(store.saes().short_name) == ["L0R", "L1M"]
+    with pytest.raises(UserError, match="no SAE at L0M.*its SAEs are at L0R, L1A, L1M"):
+        precompute_run(run, replace(OPTIONS, saes="L0M"), loaded=loaded, log=lambda m: None)

@@ -89,6 +89,8 @@ def test_parse_sites_all_wildcards_and_ranges():
     assert parse_sites("l*a", 2) == [Site(0, "attn_out"), Site(1, "attn_out")]
     assert parse_sites("L0-5M", 30) == [Site(i, "mlp_out") for i in range(6)]
     assert parse_sites("L1-2R, L*R", 4) == [Site(i, "resid_post") for i in (1, 2, 0, 3)]
+    assert parse_sites("L*/3M", 30) == [Site(i, "mlp_out") for i in range(0, 30, 3)]  # every third layer
+    assert parse_sites("L2-9/4A", 30) == [Site(2, "attn_out"), Site(6, "attn_out")]
 
 
 def test_parse_sites_errors():
@@ -100,5 +102,7 @@ def test_parse_sites_errors():
         parse_sites("L0-5R", 3)
     with pytest.raises(SiteError, match="empty"):
         parse_sites("L5-2R", 30)
+    with pytest.raises(SiteError, match="step.*at least 1"):
+        parse_sites("L*/0R", 30)
     with pytest.raises(SiteError, match="out of range"):
         parse_sites("L1R, L3M", 2)

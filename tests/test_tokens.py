@@ -55,6 +55,13 @@ def test_render_chat_without_template_names_the_problem():
         render_chat(CHAT, variant(eos_token="<|im_end|>"))
 
 
+def test_a_base_model_reads_chat_records_as_plain_text():
+    tok = variant(eos_token="<|im_end|>")
+    tok.chat_template = None
+    ids = document_ids(Document(messages=CHAT), tok)
+    assert ids == tok("User: What is the capital of France?\n\nAssistant: Paris.", add_special_tokens=True)["input_ids"]
+
+
 def test_document_ids_of_text_and_chat():
     tok = tiny_tokenizer()
     text = "The quick brown fox"

@@ -31,7 +31,7 @@ from ..models import LoadedModel
 from ..parallel import init_parallel
 from ..run_saes import open_run_saes
 from ..saes import SAE
-from ..sites import Site
+from ..sites import Site, parse_sites
 from ..tokens import check_context_size, decode_each, token_batches
 from .embed import embed_features
 from .feature_stats import Examples, FeatureStats, feature_stats, select_examples
@@ -69,6 +69,8 @@ class PrecomputeOptions:
     device: str = "auto"
     embed: bool = True
     """Embed every feature for search by meaning (when the sentence-embedding model is installed)."""
+    saes: str | None = None
+    """Only the run's SAEs at these sites (e.g. `L*/3R,L*/3M,L*/3A`: every third layer of a suite); None: all."""
 
     def __post_init__(self) -> None:
         for name in ("tokens", "n_top", "n_intervals", "n_logits", "hist_bins", "shard_tokens"):
@@ -77,6 +79,16 @@ class PrecomputeOptions:
         for name in ("window", "per_interval", "n_neighbours"):
             if getattr(self, name) < 0:
                 raise UserError(f"precompute option {name} must not be negative, got {getattr(self, name)}")
+
+
+def _chosen(saes: dict[Site, SAE], spec: str, n_layers: int, run: str) -> dict[Site, SAE]:
+    """The SAEs at the sites `spec` names, in the run's order; an error names sites the run has no SAE for."""
+    wanted = parse_sites(spec, n_layers)
+    missing = [s.short for s in wanted if s not in saes]
+    if missing:
+        raise UserError(f"--saes {spec}: run {run} has no SAE at {', '.join(missing)}; "
+                        f"its SAEs are at {', '.join(s.short for s in saes)}")
+    return {s: sae for s, sae in saes.items() if s in wanted}
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,8 @@ def precompute_run(
     opened = open_run_saes(run_path, loaded=loaded, device=device, log=log)
     run, info, cfg, loaded = opened.run, opened.info, opened.config, opened.loaded
     saes, sae_folders = opened.saes, opened.folders
+    if options.saes is not None:
+        saes = _chosen(saes, options.saes, loaded.layout.n_layers, str(run_path))
     sites = list(saes)
     context_size = int(cfg.get("context_size", 128))
     check_context_size(context_size, loaded.layout.max_positions, loaded.name)

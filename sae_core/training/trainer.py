@@ -227,9 +227,11 @@ class MultiSiteTrainer:
         cfg = self.cfg
         total = -(-cfg.tokens // cfg.batch_size) * cfg.batch_size
         last_ckpt = shown = self.tokens
+        timing = info.setdefault("timing", {"lm_seconds": 0.0, "sae_seconds": 0.0})
         with tqdm(total=total, initial=last_ckpt, unit="tok", unit_scale=True, desc="training", dynamic_ncols=True,
                   file=sys.stderr, disable=not self.par.main) as bar:
-            for chunk in chunks:
+            for chunk in _timed(chunks, timing):
+                fed = time.perf_counter()
                 self.lm_batches += chunk.lm_batches
                 if not self.trainers:
                     self.start(chunk)
@@ -244,6 +246,7 @@ class MultiSiteTrainer:
                     else:
                         t.feed(chunk.acts[t.site])
                 tokens = self.tokens
+                timing["sae_seconds"] += time.perf_counter() - fed
                 bar.update(tokens - shown)
                 shown = tokens
                 records = {t.site: t.pop_log() for t in self.trainers}
@@ -254,6 +257,8 @@ class MultiSiteTrainer:
                 if self.all_done():
                     return True
                 if tokens - last_ckpt >= cfg.checkpoint_every:
+                    if self.par.main:
+                        self.run.write(info)  # the timing so far, kept with the checkpoint for a resumed run
                     self.checkpoint()
                     last_ckpt = tokens
                     if stop_after_tokens is not None and tokens >= stop_after_tokens:
@@ -342,6 +347,18 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
     return run
 
 
+def _timed(chunks: Iterator[Chunk], timing: dict[str, float]) -> Iterator[Chunk]:
+    """Chunks, adding the seconds spent producing each (LM forward passes and harvest, or cache reads) to `timing`."""
+    it = iter(chunks)
+    while True:
+        start = time.perf_counter()
+        chunk = next(it, None)
+        if chunk is None:
+            return
+        timing["lm_seconds"] += time.perf_counter() - start
+        yield chunk
+
+
 def _rank_log(par: Parallel) -> Callable[[str], None]:
     """Messages to stderr: from rank 0 only, so a job of many ranks says each thing once."""
     if not par.main:
@@ -365,7 +382,7 @@ def _run_info(cfg: TrainConfig, run: RunDir, loaded: LoadedModel, sites: list[Si
         "corpus": corpus,
         "config": cfg.to_dict(),
         "config_fingerprint": cfg.fingerprint(),
-        **({"site_stats": previous["site_stats"]} if previous and "site_stats" in previous else {}),
+        **{key: previous[key] for key in ("site_stats", "timing") if previous and key in previous},
     }
 
 
