@@ -19,7 +19,7 @@ def _train_args(model_dir, corpus, out, *extra):
     ]
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["precompute"], ["import"], ["app"], ["sites"], ["info"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["precompute"], ["import"], ["app"], ["sites"], ["info"], ["report"]])
 def test_help_explains_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
