@@ -59,7 +59,7 @@ def main() -> None:
 
     print(f"run {args.run}: {loaded.name}, {len(sites)} SAEs of d_sae {read_json(RunDir(args.run).sae_dirs()[0] / 'cfg.json')['d_sae']:,}, "
           f"{train_tokens:,} training tokens each, {batch} x {context}-token contexts per forward, {args.threads} threads")
-    print(f"| measure | value |\n|---|---:|")
+    print("| measure | value |\n|---|---:|")
     print(f"| training wall time (all sittings) | {total / 60:,.1f} min |")
     print(f"| of which LM forward passes + harvest | {lm_s / 60:,.1f} min ({lm_s / total:.0%}) |")
     print(f"| of which SAE steps (all {len(sites)} SAEs) | {sae_s / 60:,.1f} min ({sae_s / total:.0%}) |")
