@@ -179,14 +179,20 @@ class CEAccumulator:
             "ce_loss_zero_ablation": ce_abl,
             "ce_loss_recovered": recovered if trusted else None,
             "ce_loss_recovered_raw": recovered,
-            "ce_loss_recovered_note": None if trusted else
-            f"n/a: zero ablation changes the loss by only {gap:.3f} nats (under {CE_GAP_MIN} nats), so the ratio is noise",
+            "ce_loss_recovered_note": None if trusted else _gap_note(gap),
             "kl_div": self.kl / self.n,
             "kl_div_zero_ablation": self.kl_ablated / self.n,
             "delta_lm_loss": delta,
             "delta_lm_loss_se": max(self.delta_sq / self.n - delta**2, 0.0) ** 0.5 / self.n**0.5,
             "ce_tokens": int(self.n),
         }
+
+
+def _gap_note(gap: float) -> str:
+    """Why CE-loss recovered is n/a for a zero-ablation gap below CE_GAP_MIN."""
+    if gap < 0:
+        return f"n/a: zero ablation lowers the loss (by {-gap:.3f} nats), so there is no loss for the SAE to recover"
+    return f"n/a: zero ablation changes the loss by only {gap:.3f} nats (under {CE_GAP_MIN} nats), so the ratio is noise"
 
 
 def non_outliers(x: Tensor, threshold: float | None) -> Tensor:

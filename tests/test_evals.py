@@ -141,6 +141,8 @@ def test_ce_loss_recovered_is_na_when_zero_ablation_barely_moves_the_loss():
     assert "0.020 nats" in m["ce_loss_recovered_note"] and str(CE_GAP_MIN) in m["ce_loss_recovered_note"]
     trusted = CEAccumulator(n=100, clean=200.0, sae=230.0, ablated=200.0 + 200 * CE_GAP_MIN).result()
     assert trusted["ce_loss_recovered"] is not None and trusted["ce_loss_recovered_note"] is None
+    helped = CEAccumulator(n=100, clean=200.0, sae=210.0, ablated=150.0).result()  # ablation lowers the loss
+    assert helped["ce_loss_recovered"] is None and "lowers the loss (by 0.500 nats)" in helped["ce_loss_recovered_note"]
 
 
 def test_delta_lm_loss_standard_error():
@@ -180,7 +182,7 @@ def test_a_site_whose_ablation_changes_nothing_reports_na(tiny_model_dir):
     m = evaluate_saes(loaded, {silent: _zero_sae(64, silent.hook_name)}, _batches(loaded.tokenizer),
                       eval_tokens=10_000, ce_tokens=10_000)[silent]
     assert m["ce_loss_zero_ablation"] == pytest.approx(m["ce_loss_clean"], abs=1e-6)
-    assert m["ce_loss_recovered"] is None and "only 0.000 nats" in m["ce_loss_recovered_note"]
+    assert m["ce_loss_recovered"] is None and "0.000 nats" in m["ce_loss_recovered_note"]
     assert math.isnan(m["fvu"])  # a constant site: no variance to explain, and no crash
 
 

