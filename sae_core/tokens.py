@@ -71,27 +71,46 @@ def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(ids)
 
 
+def context_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """`[BOS]` for a tokenizer that starts every text with BOS (Gemma, Llama 3), else `[]`.
+
+    Such models saw BOS at position 0 throughout training and degrade without it (Gemma 3 270M on the
+    default corpus: 4.5 nats of next-token loss on packed contexts, 3.1 with BOS first), so every packed
+    context starts with it, as SAELens's `prepend_bos` does.
+    """
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return [bos] if ids[:1] == [bos] else []
+
+
 def pack_contexts(
     docs: Iterable[Document], tokenizer: PreTrainedTokenizerBase, context_size: int
 ) -> Iterator[Tensor]:
-    """Concatenate documents, each followed by EOS (if any), and cut them into `(context_size,)` contexts.
+    """Concatenate documents, each followed by EOS (if any), and cut them into `(context_size,)` contexts,
+    each starting with `context_prefix` (BOS where the model expects it; a document's own leading BOS is dropped).
 
     Contexts come in order and the remainder at the end is dropped, so the output is deterministic.
     """
-    if context_size < 1:
-        raise ValueError(f"context_size must be positive, got {context_size}")
+    prefix = context_prefix(tokenizer)
+    body = context_size - len(prefix)
+    if body < 1:
+        raise ValueError(f"context_size must be more than {len(prefix)}, got {context_size}")
     separator = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     buffer: list[int] = []
     docs = iter(docs)
     while chunk := list(islice(docs, TOKENIZE_BATCH)):
         for ids in _encode(chunk, tokenizer):
-            buffer.extend(ids)
+            buffer.extend(ids[len(prefix):] if prefix and ids[: len(prefix)] == prefix else ids)
             buffer.extend(separator)
-        n_full = len(buffer) // context_size
+        n_full = len(buffer) // body
         if n_full:
-            packed = torch.tensor(buffer[: n_full * context_size], dtype=torch.long)
-            yield from packed.view(n_full, context_size).unbind(0)
-            del buffer[: n_full * context_size]
+            packed = torch.tensor(buffer[: n_full * body], dtype=torch.long).view(n_full, body)
+            if prefix:
+                packed = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(n_full, -1), packed], dim=1)
+            yield from packed.unbind(0)
+            del buffer[: n_full * body]
 
 
 def real_token_mask(

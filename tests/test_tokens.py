@@ -15,6 +15,7 @@ from sae_core.tiny import tiny_tokenizer
 from sae_core.tokens import (
     TokenBatch,
     check_context_size,
+    context_prefix,
     document_ids,
     pack_contexts,
     real_token_mask,
@@ -99,6 +100,18 @@ def test_pack_contexts_hand_example():
         [IM_END, c],
     ]
     assert list(pack_contexts(docs, tiny_tokenizer(), 8)) == []  # 7 tokens: nothing full
+
+
+def test_every_context_starts_with_bos_where_the_model_expects_it():
+    tok = variant(bos_token="<|im_start|>", eos_token="<|im_end|>")
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", 1)])
+    a, b, c = ids_of("a", "b", "c")
+    docs = [Document(text="a"), Document(text="bc"), Document(text="c")]
+    # stream without each document's own BOS: a EOS b c EOS c EOS; each context is BOS + 2 of it
+    assert [t.tolist() for t in pack_contexts(docs, tok, 3)] == [[IM_START, a, IM_END], [IM_START, b, c], [IM_START, IM_END, c]]
+    assert context_prefix(tiny_tokenizer()) == []  # a tokenizer that adds no BOS packs as before
+    with pytest.raises(ValueError, match="more than 1"):
+        list(pack_contexts(docs, tok, 1))
 
 
 def test_pack_contexts_without_eos_has_no_separator():
