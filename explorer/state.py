@@ -13,6 +13,7 @@ from sae_core.features.reader import FeatureStore
 from sae_core.features.schema import DB_FILE
 from sae_core.prompt_features import prompt_activations, tokenize_prompt
 from sae_core.refusal.results import FEATURES_FILE, refusal_dir, refusal_marks
+from sae_core.report import metrics_notes
 from sae_core.run_saes import RunSAEs, open_run_saes
 from sae_core.runs import APP_RUN_ENV
 
@@ -24,6 +25,14 @@ def page_header(title: str) -> None:
     """Every page's start: the wide layout (heatmaps and side-by-side tables need the room) and its title."""
     st.set_page_config(page_title=f"{title} · SAE Explorer", layout="wide")
     st.title(title)
+
+
+def show_metric_notes(frame) -> None:
+    """The notes behind n/a values and warned-about numbers of a metrics table, folded away under one line."""
+    notes = metrics_notes({row["hook_name"]: row for row in frame.to_dict("records")}) if len(frame) else []
+    if notes:
+        with st.expander(f"{len(notes)} note(s) on these numbers: n/a values and short windows"):
+            st.markdown("\n".join(f"- {note}" for note in notes))
 
 
 def current_run() -> Path:

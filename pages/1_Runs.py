@@ -5,9 +5,8 @@ import streamlit as st
 
 from explorer.layers_view import by_layer_frame, metric_by_layer
 from explorer.runs import list_runs, metrics_frame, run_summary
-from explorer.state import current_run, page_header
+from explorer.state import current_run, page_header, show_metric_notes
 from sae_core.errors import UserError
-from sae_core.report import metrics_notes
 
 page_header("Runs")
 started_on = current_run()
@@ -37,10 +36,7 @@ if frame.empty:
     st.stop()
 
 st.dataframe(frame, hide_index=True)
-notes = metrics_notes({row["hook_name"]: row for row in frame.to_dict("records")})
-if notes:
-    with st.expander(f"{len(notes)} note(s) on these numbers: n/a values and short windows"):
-        st.markdown("\n".join(f"- {note}" for note in notes))
+show_metric_notes(frame)
 left, right = st.columns(2)
 if len(frame) > 12:  # a suite: the paper's view, each metric against layer with one line per site
     by_layer = by_layer_frame(frame, frame.iloc[:0])

@@ -14,10 +14,9 @@ from explorer.layers_view import (
     with_site_names,
 )
 from explorer.runs import metrics_frame
-from explorer.state import live_activations, open_feature_store_or_stop, page_header, run_saes
+from explorer.state import live_activations, open_feature_store_or_stop, page_header, run_saes, show_metric_notes
 from sae_core.errors import UserError
 from sae_core.prompt_features import strongest_features
-from sae_core.report import metrics_notes
 
 page_header("Layers")
 run, store = open_feature_store_or_stop()
@@ -38,10 +37,7 @@ charts = [fig for metric, title in titles.items() if (fig := metric_by_layer(fra
 for i in range(0, len(charts), 2):
     for column, fig in zip(st.columns(2), charts[i : i + 2]):
         column.plotly_chart(fig, width="stretch")
-notes = metrics_notes({row["hook_name"]: row for row in evaluated.to_dict("records")}) if not evaluated.empty else []
-if notes:
-    with st.expander(f"{len(notes)} note(s) on these numbers: n/a values and short windows"):
-        st.markdown("\n".join(f"- {note}" for note in notes))
+show_metric_notes(evaluated)
 scatter = sparsity_fidelity(frame)
 left, right = st.columns(2)
 if scatter is not None:
