@@ -69,6 +69,9 @@ def layer_figure(frame: pd.DataFrame, title: str, path: str | Path) -> Path:
         n_na = int(frame[metric].isna().sum()) if metric in frame else len(frame)
         ax.set_title(label + (f"\n({n_na} SAE(s) n/a, see the notes)" if n_na and metric in NOTES else ""), fontsize=10)
         ax.set_xlabel("layer")
+        ax.ticklabel_format(axis="y", useOffset=False)  # TopK's L0 sits at k: no "+3.199e1" offset axis
+        if metric in ("l0", "dead_fraction"):
+            ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=9)
     fig.suptitle(title)
