@@ -64,6 +64,8 @@ def metric_by_layer(frame: pd.DataFrame, metric: str, title: str | None = None) 
     n_na = len(frame) - len(data)
     if n_na:
         fig.update_layout(title_text=f"{fig.layout.title.text} · {n_na} n/a")
+    if metric in ("l0", "dead_fraction"):  # counts and fractions from 0: TopK's L0 of 32.0 is not a wiggle
+        fig.update_yaxes(rangemode="tozero")
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend_title_text="")
     return fig
 
