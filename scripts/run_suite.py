@@ -54,8 +54,13 @@ def main() -> int:
     parser.add_argument("--stop-after", type=int, help="stop training after the checkpoint at this many tokens per SAE")
     args = parser.parse_args()
     for config in args.configs:
-        if not run_suite(config, args.stop_after):
-            return 0
+        try:
+            if not run_suite(config, args.stop_after):
+                return 0
+        except subprocess.CalledProcessError as failed:  # the command has said why; say how to go on
+            print(f"error: `sae-explorer {failed.cmd[3]}` failed for {config} (exit {failed.returncode}); "
+                  "fix what it reported and run this again: finished steps are not redone", file=sys.stderr)
+            return failed.returncode
     return 0
 
 
