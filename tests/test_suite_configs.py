@@ -71,3 +71,14 @@ def test_run_suite_resumes_each_step_and_leaves_a_browsable_suite(tiny_model_dir
                             "--threads", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT / "benchmarks")
     assert bench.returncode == 0, bench.stderr[-3000:]
     assert "whole run ÷ plain forward" in bench.stdout
+
+
+def test_run_suite_stops_at_a_failed_step_with_a_line_saying_how_to_go_on(tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text(f"model: {tmp_path / 'no-such-model'}\nsites: L0R\nout: {tmp_path / 'out'}\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_suite.py"), str(config)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 2
+    assert "does not exist" in done.stderr  # the command's own message
+    assert "`sae-explorer train` failed" in done.stderr and "run this again" in done.stderr
+    assert "Traceback" not in done.stderr
