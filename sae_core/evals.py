@@ -41,6 +41,7 @@ from .harvest import batch_activations
 from .hooks import splice
 from .models import LoadedModel
 from .parallel import Parallel, all_reduce_
+from .replay import LayerReplay
 from .saes import SAE
 from .sites import Site
 from .tokens import TokenBatch
@@ -279,18 +280,27 @@ def _ce_batch(
     batch: TokenBatch,
     ce: dict[Site, CEAccumulator],
 ) -> None:
-    """One batch of clean, SAE-spliced and zero-ablated forward passes for every site."""
+    """One batch of clean, SAE-spliced and zero-ablated forward passes for every site.
+
+    The spliced passes rerun only the layers from the site's on (`LayerReplay`), unless replaying does
+    not reproduce the model's own logits, in which case they are full forward passes.
+    """
     model = loaded.model
     device = next(model.parameters()).device
     ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
     target_mask = batch.real.to(device).float()
-    logp_clean, nll_clean = next_token_loss(model(input_ids=ids, attention_mask=attn).logits, ids, target_mask)
+    replay = LayerReplay(model, loaded.layout, ids, attn)
+
+    def logits_from(site: Site) -> Tensor:
+        return replay.from_layer(site.layer) if replay.exact else model(input_ids=ids, attention_mask=attn).logits
+
+    logp_clean, nll_clean = next_token_loss(replay.logits, ids, target_mask)
     n = float(target_mask[:, 1:].sum())
     for s, sae in saes.items():
         with splice(model, s, _splice_fn(batch.real, thresholds[s], sae), layout=loaded.layout):
-            logp_sae, nll_sae = next_token_loss(model(input_ids=ids, attention_mask=attn).logits, ids, target_mask)
+            logp_sae, nll_sae = next_token_loss(logits_from(s), ids, target_mask)
         with splice(model, s, _splice_fn(batch.real, thresholds[s], torch.zeros_like), layout=loaded.layout):
-            logp_abl, nll_abl = next_token_loss(model(input_ids=ids, attention_mask=attn).logits, ids, target_mask)
+            logp_abl, nll_abl = next_token_loss(logits_from(s), ids, target_mask)
         acc = ce[s]
         acc.n += n
         acc.clean += float(nll_clean.sum())
