@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from sae_core.features.labels import display_token
-from sae_core.layer_report import BY_LAYER, NOTES, SITE_NAMES
+from sae_core.layer_report import BY_LAYER, SITE_NAMES
+from sae_core.report import NOTES
 
 from .feature_view import feature_link
 from .prompt_view import token_heatmap
@@ -32,8 +33,7 @@ def by_layer_frame(metrics: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame
     """
     if not metrics.empty:
         return metrics.rename(columns={"site": "short_name"}).sort_values(["layer", "kind"], kind="stable")
-    frame = summary.rename(columns={"site": "kind"})
-    return frame.assign(**{"site name": frame["kind"].map(SITE_NAMES).fillna(frame["kind"])}).sort_values(["layer", "kind"])
+    return with_site_names(summary).rename(columns={"site": "kind"})
 
 
 def with_site_names(summary: pd.DataFrame) -> pd.DataFrame:

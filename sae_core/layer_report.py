@@ -16,7 +16,7 @@ import pandas as pd
 from .errors import UserError
 from .eval_run import read_metrics
 from .io import atomic_path
-from .report import metrics_markdown
+from .report import NOTES, metrics_markdown
 from .runs import RunDir
 from .sites import parse_site
 
@@ -30,7 +30,6 @@ BY_LAYER = {
     "delta_lm_loss": "Δ LM loss with the SAE spliced in (nats)",
 }
 """The paper's per-layer panels: metric → title. FVU = 1 − explained variance."""
-NOTES = {"ce_loss_recovered": "ce_loss_recovered_note", "dead_fraction": "dead_fraction_note"}
 
 
 def metrics_frame(run: str | Path) -> pd.DataFrame:

@@ -30,12 +30,13 @@ def _cell(fmt: str, value: Any) -> str:
         return str(value)
 
 
-_FLAGS = {"ce_loss_recovered": "ce_loss_recovered_note", "dead_fraction": "dead_fraction_note"}
+NOTES = {"ce_loss_recovered": "ce_loss_recovered_note", "dead_fraction": "dead_fraction_note"}
 """Metric → the note that qualifies it (evals.py): a flagged cell reads "n/a" (no value) or carries a "*"."""
+_NOTE_TITLES = {"ce_loss_recovered": "CE rec.", "dead_fraction": "dead"}
 
 
 def _flagged_cell(m: dict[str, Any], key: str, fmt: str) -> str:
-    note = isinstance(m.get(_FLAGS.get(key, "")), str)
+    note = isinstance(m.get(NOTES.get(key, "")), str)
     value = m.get(key)
     if note and (value is None or value != value):  # None, or NaN from a table
         return "n/a"
@@ -54,10 +55,7 @@ def metrics_notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     for m in metrics.values():
         site = m.get("site") or m.get("hook_name", "?")
-        if isinstance(m.get("ce_loss_recovered_note"), str):
-            lines.append(f"{site} CE rec.: {m['ce_loss_recovered_note']}")
-        if isinstance(m.get("dead_fraction_note"), str):
-            lines.append(f"{site} dead: {m['dead_fraction_note']}")
+        lines += [f"{site} {_NOTE_TITLES[key]}: {m[note]}" for key, note in NOTES.items() if isinstance(m.get(note), str)]
     shortfalls = dict.fromkeys(m["eval_note"] for m in metrics.values() if isinstance(m.get("eval_note"), str))
     return lines + list(shortfalls)
 
