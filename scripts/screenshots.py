@@ -20,13 +20,17 @@ PAGES = {"runs": "Runs", "features": "Features", "feature": "Features?sae={sae}&
 MEANING_QUERY = "legal documents"
 
 
-def showcase_feature(run: str, sae: str = "L14R") -> tuple[str, int]:
+def showcase_feature(run: str) -> tuple[str, int]:
     """A feature worth a screenshot: the explained one with the best embedding score, else the strongest one of
-    `sae` that fires on 0.2–2% of tokens."""
+    the residual-stream SAE nearest the middle layer that fires on 0.2–2% of tokens."""
     with FeatureStore(Path(run) / DB_FILE) as store:
         explained = store.list_features(explained_only=True, sort_by="embedding", limit=1)
         if len(explained):
             return str(explained["sae"].iloc[0]), int(explained["feature"].iloc[0])
+        saes = store.saes()
+        residual = saes[saes.site == "resid_post"] if (saes.site == "resid_post").any() else saes
+        middle = (saes.layer.min() + saes.layer.max()) / 2
+        sae = str(residual.loc[(residual.layer - middle).abs().idxmin(), "short_name"])
         found = store.list_features(saes=[store.sae_id(sae)], min_density=0.002, max_density=0.02, sort_by="max_act",
                                     limit=1)
     return sae, int(found["feature"].iloc[0]) if len(found) else 0
