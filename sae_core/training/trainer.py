@@ -227,6 +227,7 @@ class MultiSiteTrainer:
         cfg = self.cfg
         total = -(-cfg.tokens // cfg.batch_size) * cfg.batch_size
         last_ckpt = shown = self.tokens
+        fvu: dict[str, float] = {}  # each SAE's latest training FVU, kept once it is done (no more steps to log)
         timing = info.setdefault("timing", {"lm_seconds": 0.0, "sae_seconds": 0.0})
         with tqdm(total=total, initial=last_ckpt, unit="tok", unit_scale=True, desc="training", dynamic_ncols=True,
                   file=sys.stderr, disable=not self.par.main) as bar:
@@ -250,7 +251,8 @@ class MultiSiteTrainer:
                 bar.update(tokens - shown)
                 shown = tokens
                 records = {t.site: t.pop_log() for t in self.trainers}
-                bar.set_postfix_str("  ".join(f"{s.short} fvu {r.get('fvu', float('nan')):.3f}" for s, r in records.items())[:120])
+                fvu.update({s.short: float(r["fvu"]) for s, r in records.items() if "fvu" in r})
+                bar.set_postfix_str("  ".join(f"{short} fvu {value:.3f}" for short, value in fvu.items())[:120])
                 for s, r in records.items():
                     if self.writes(s):
                         self.run.append_log({"site": s.short, "lm_batches": self.lm_batches, **r})
