@@ -8,7 +8,12 @@ work, now with its "features like this one" table), a label search, a token sear
 meaning (the query embedded by the real all-MiniLM-L6-v2, then every feature vector scored), and a sorted, filtered feature
 list. Prints p50 / p95 latencies, the file size and build time.
 
-    python benchmarks/feature_db_queries.py                      # 64 × 16,384 features
+Label, token and explanation searches run twice per query, through the search index
+(`features.search.sqlite`) and by scanning the DuckDB file as before, in alternating order, and must
+return the same rows; the table gives both and their ratio.
+
+    python benchmarks/feature_db_queries.py                      # 64 × 16,384 features (1M)
+    python benchmarks/feature_db_queries.py --preset qwen3-1.7b  # 84 × 65,536 (5.5M): one Qwen3-1.7B suite
     python benchmarks/feature_db_queries.py --saes 4 --d-sae 1024  # quick smoke test
 """
 
@@ -28,7 +33,13 @@ from explorer.explanation_view import score_table, similar_table
 from explorer.feature_view import example_groups, histogram_figure, logit_table, neighbour_table, summary_line
 from sae_core.embedder import load_embedder
 from sae_core.features.reader import FeatureStore
+from sae_core.features.search_index import build_search_index, index_path
 from sae_core.features.synthetic import build_synthetic
+
+PRESETS = {"1m": (64, 16_384), "qwen3-1.7b": (84, 65_536), "paper": (300, 65_536)}
+"""(SAEs, d_sae): 1M features; one Qwen3-1.7B suite at 65,536 latents (28 layers × 3 sites: 5.5M); the paper's
+three models at 65,536 latents and every site of 28 + 36 + 36 layers (19.7M)."""
+SEARCHES = ("label search", "token search", "explanation search")
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -38,14 +49,18 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=PRESETS, help="a size named for the paper's models (sets --saes, --d-sae)")
     parser.add_argument("--saes", type=int, default=64)
     parser.add_argument("--d-sae", type=int, default=16_384)
+    parser.add_argument("--no-scan", action="store_true", help="skip the scanning baseline of the searches")
     parser.add_argument("--path", help="where the synthetic file goes (default: a temp folder, kept for reruns)")
     parser.add_argument("--rebuild", action="store_true", help="build the file again even if it exists")
     parser.add_argument("--pages", type=int, default=200, help="random feature pages to fetch")
     parser.add_argument("--searches", type=int, default=50, help="random label / token searches")
     parser.add_argument("--threads", type=int, default=2, help="DuckDB and torch threads (the machine has 2 cores)")
     args = parser.parse_args()
+    if args.preset:
+        args.saes, args.d_sae = PRESETS[args.preset]
     torch.set_num_threads(args.threads)
     path = Path(args.path or Path(tempfile.gettempdir()) / "sae-explorer-bench" / f"synthetic-{args.saes}x{args.d_sae}.duckdb")
 
@@ -55,7 +70,17 @@ def main() -> None:
         print(f"built {path} in {time.perf_counter() - start:.0f} s")
     size = os.path.getsize(path)
     store = FeatureStore(path)
+    if store.search_index_problem:
+        store.close()
+        start = time.perf_counter()
+        build_search_index(path)
+        print(f"built the search index in {time.perf_counter() - start:.0f} s")
+        store = FeatureStore(path)
+    print(f"search index {index_path(path).stat().st_size / 2**30:.2f} GiB")
     store._con.execute(f"SET threads = {args.threads}")
+    scanning = FeatureStore(path)
+    scanning._con.execute(f"SET threads = {args.threads}")
+    scanning.__dict__["_search_index"] = (None, "the scanning baseline")
     n_features = int(store.saes().d_sae.sum())
     print(f"{path}: {n_features:,} features in {args.saes} SAEs, {size / 2**30:.2f} GiB, "
           f"{store._rows('SELECT count(*) FROM examples')[0][0]:,} example rows, {args.threads} threads")
@@ -70,9 +95,9 @@ def main() -> None:
     queries = ["legal documents", "numbers with thousands separators", "cooking and recipes", "programming code in Python",
                "negative sentiment", "dates and years", "names of cities", "the end of a sentence", "French words", "medicine"]
 
-    timings: dict[str, list[float]] = {"feature page (all of it)": [], "+ figures, HTML, similar features": [], "label search": [],
-                                       "token search": [], "explanation search": [], "search by meaning": [],
-                                       "  of which embedding the query": [], "sorted list (100 rows)": []}
+    timings: dict[str, list[float]] = {"feature page (all of it)": [], "+ figures, HTML, similar features": [],
+                                       **{name: [] for name in SEARCHES}, **{f"{name} (scan)": [] for name in SEARCHES},
+                                       "search by meaning": [], "  of which embedding the query": [], "sorted list (100 rows)": []}
     for _ in range(args.pages):
         sae, feature = rng.randrange(args.saes), rng.randrange(args.d_sae)
         start = time.perf_counter()
@@ -92,15 +117,16 @@ def main() -> None:
     for _ in range(args.searches):
         word = rng.choice(store.vocab).strip()
         text = word[: rng.randint(2, max(2, len(word)))]
-        start = time.perf_counter()
-        store.search_label(text)
-        timings["label search"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        store.search_token(word)
-        timings["token search"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        store.search_explanation(text)
-        timings["explanation search"].append(time.perf_counter() - start)
+        for name, method, query in (("label search", "search_label", text), ("token search", "search_token", word),
+                                    ("explanation search", "search_explanation", text)):
+            runs = [(store, name)] + ([] if args.no_scan else [(scanning, f"{name} (scan)")])
+            found = []
+            for reader, key in runs if rng.random() < 0.5 else runs[::-1]:
+                start = time.perf_counter()
+                found.append(getattr(reader, method)(query))
+                timings[key].append(time.perf_counter() - start)
+            if len(found) == 2:
+                assert found[0].equals(found[1]), f"the index and the scan disagree on {name} {query!r}"
         start = time.perf_counter()
         vector = embedder.embed([rng.choice(queries) + " " + word])[0]
         timings["  of which embedding the query"].append(time.perf_counter() - start)
@@ -112,8 +138,12 @@ def main() -> None:
 
     print(f"\n{'query':<34} {'p50 ms':>8} {'p95 ms':>8}  runs")
     for key, values in timings.items():
-        p50, p95 = percentiles(values)
-        print(f"{key:<34} {p50:>8.1f} {p95:>8.1f}  {len(values)}")
+        if values:
+            p50, p95 = percentiles(values)
+            print(f"{key:<34} {p50:>8.1f} {p95:>8.1f}  {len(values)}")
+    for name in SEARCHES if not args.no_scan else ():
+        ratios = [s / i for s, i in zip(timings[f"{name} (scan)"], timings[name])]
+        print(f"{name}: the scan takes {statistics.median(ratios):.1f}× as long as the index (median of per-query ratios)")
 
 
 if __name__ == "__main__":

@@ -172,7 +172,8 @@ if query and mode == "meaning":
 if query:
     search = store.search_text if mode == "label or explanation" else store.search_token
     found = search(query, saes=sae_ids, limit=200)
-    st.caption(f"{len(found)} feature(s) found" + (" (first 200)" if len(found) == 200 else ""))
+    st.caption(f"{len(found)} feature(s) found" + (" (first 200)" if len(found) == 200 else "")
+               + (f" · {store.search_index_problem}" if store.search_index_problem else ""))
 else:
     found = store.list_features(saes=sae_ids, min_density=min_density or None, max_density=max_density if max_density < 1 else None,
                                 min_max_act=min_max_act or None, include_dead=include_dead, explained_only=explained_only,

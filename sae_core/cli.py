@@ -155,6 +155,21 @@ def _upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    import time
+
+    from .features.amend import feature_file
+    from .features.search_index import build_search_index, fts5_available, search_index_info
+
+    if not fts5_available():
+        raise UserError("this Python's SQLite lacks FTS5's trigram tokenizer (SQLite >= 3.34 needed); searches will scan")
+    start = time.perf_counter()
+    path = build_search_index(feature_file(args.run))
+    rows = ", ".join(f"{n:,} {table}" for table, n in search_index_info(path).items())
+    print(f"{path}: {rows}; {path.stat().st_size / 2**20:,.1f} MiB, built in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def _add_precompute_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", default="128k", help="real tokens to stream through the model, e.g. 128k, 2M (default: 128k)")
     p.add_argument("--corpus", help="text source (file, folder, hf:NAME); default: the run's own corpus")
@@ -436,6 +451,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="run folder or features.duckdb file")
     p.set_defaults(func=_upgrade)
+
+    p = sub.add_parser(
+        "index",
+        help="(re)build the search index beside a run's features.duckdb (label, explanation and token search)",
+        description="Build RUN/features.search.sqlite: a SQLite FTS5 trigram index of labels and explanations and the "
+        "token postings, so searches are index lookups instead of scans (same results). precompute, explain, embed and "
+        "upgrade rebuild it themselves; run this after copying a feature file without its index, or when the app says "
+        "the index is missing or stale.",
+    )
+    p.add_argument("run", help="run folder or features.duckdb file")
+    p.set_defaults(func=_index)
 
     add_refusal_parser(sub)
 

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import duckdb
 
 from ..errors import UserError
 from .schema import DB_FILE, SCHEMA_VERSION, UNDERSTANDING_TABLES, UPGRADABLE, FeatureDBError, open_read_only
+from .search_index import refresh_search_index
 
 AMEND_SUFFIX = ".amending"
 
@@ -37,7 +39,8 @@ def feature_file(path: str | Path) -> Path:
 def amend(path: str | Path, *, check_version: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection to a copy of the feature file, renamed over the original when the block succeeds.
 
-    An exception (or a kill) leaves the original untouched; the copy is removed at the next amend.
+    An exception (or a kill) leaves the original untouched; the copy is removed at the next amend. The search
+    index is rebuilt after the rename.
     """
     path = feature_file(path)
     if check_version:
@@ -49,6 +52,7 @@ def amend(path: str | Path, *, check_version: bool = True) -> Iterator[duckdb.Du
         con = duckdb.connect(str(tmp))
         try:
             yield con
+            set_meta(con, {"content_id": uuid.uuid4().hex})  # the search index built before this write is stale now
             con.execute("CHECKPOINT")
             con.close()
             os.replace(tmp, path)
@@ -56,6 +60,7 @@ def amend(path: str | Path, *, check_version: bool = True) -> Iterator[duckdb.Du
             con.close()
             _remove(tmp)
             raise
+        refresh_search_index(path)
 
 
 def set_meta(con: duckdb.DuckDBPyConnection, items: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..errors import UserError
 from .schema import DB_FILE, open_read_only
+from .search_index import SearchIndex, open_search_index
 from .vector_index import SOURCES, VectorIndex
 
 SCORES = ("detection", "fuzzing", "embedding")
@@ -302,8 +303,26 @@ class FeatureStore:
             [*params, int(limit), int(offset)],
         )
 
+    @cached_property
+    def _search_index(self) -> tuple[SearchIndex | None, str | None]:
+        return open_search_index(self.path, self._con)
+
+    @property
+    def search_index_problem(self) -> str | None:
+        """Why label, explanation and token searches scan the whole file (no index, or a stale one), or None."""
+        return self._search_index[1]
+
+    def _with_sae_names(self, frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+        frame.insert(0, "sae", [self._saes.short_name.get(i) for i in frame.sae_id])
+        dtypes = {"sae_id": "int32", "feature": "int32", "density": "float64", "max_act": "float32", "detection": "float64"}
+        return frame.astype({c: t for c, t in dtypes.items() if c in frame})[columns]
+
     def search_label(self, text: str, *, saes: list[int] | None = None, limit: int = 50) -> pd.DataFrame:
         """Features whose label contains `text`, case-insensitively and literally (no wildcards), strongest first."""
+        columns = ["sae", "sae_id", "feature", "label", "density", "max_act"]
+        index = self._search_index[0]
+        if index is not None:
+            return self._with_sae_names(index.labels(text, saes=saes, limit=limit), columns)
         where, params = self._filters(saes, None, None)
         where.append("contains(f.label_lower, ?)")
         params.append(text.lower())
@@ -316,6 +335,10 @@ class FeatureStore:
 
     def search_explanation(self, text: str, *, saes: list[int] | None = None, limit: int = 50) -> pd.DataFrame:
         """Features whose newest explanation contains `text`, case-insensitively and literally, best detection first."""
+        columns = ["sae", "sae_id", "feature", "label", "explanation", "detection", "density", "max_act"]
+        index = self._search_index[0]
+        if index is not None:
+            return self._with_sae_names(index.explanations(text, saes=saes, limit=limit), columns)
         where, params = self._filters(saes, None, None)
         where.append("contains(e.explanation_lower, ?)")
         params.append(text.lower())
@@ -390,6 +413,11 @@ class FeatureStore:
         columns = ["sae", "sae_id", "feature", "label", "density", "max_act", "where"]
         if not ids:
             return pd.DataFrame(columns=columns)
+        index = self._search_index[0]
+        if index is not None:
+            found = index.tokens(ids, saes=saes, limit=limit)
+            found["where"] = [_where(f, p) for f, p in zip(found.pop("fires"), found.pop("promotes"))]
+            return self._with_sae_names(found, columns)
         where, params = self._filters(saes, None, None)
         # one list_contains per id: far faster than list_has_any over a million rows
         where.append("(" + " OR ".join(["list_contains(f.top_token_ids, ?) OR list_contains(f.top_logit_ids, ?)"] * len(ids)) + ")")
@@ -403,7 +431,7 @@ class FeatureStore:
         wanted = set(ids)
         fires = [bool(wanted & set(t)) for t in df.top_token_ids]
         promotes = [bool(wanted & set(t)) for t in df.top_logit_ids]
-        df["where"] = [", ".join(w for w, on in (("fires on", f), ("promotes", p)) if on) for f, p in zip(fires, promotes)]
+        df["where"] = [_where(f, p) for f, p in zip(fires, promotes)]
         return df[columns]
 
     def live_features(self, sae: str | int, min_fires: int = 1) -> list[int]:
@@ -445,6 +473,11 @@ def describe_feature(label: str, explanation: str | None, detection: float | Non
         return label
     score = f" (detection {detection:.2f})" if detection is not None and detection == detection else ""
     return f"{explanation}{score}"
+
+
+def _where(fires: bool, promotes: bool) -> str:
+    """The `where` column of a token search: which of a feature's lists matched."""
+    return ", ".join(w for w, on in (("fires on", fires), ("promotes", promotes)) if on)
 
 
 def _histogram(counts: Any, top: float) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from ..io import atomic_path
 from .schema import INDEXES, SCHEMA_VERSION, TABLES, UNDERSTANDING_TABLES
+from .search_index import refresh_search_index
 
 TMP_SUFFIX = ".building"
 
@@ -59,6 +61,7 @@ class FeatureDBWriter:
             self.con = None
         if exc_type is None:
             os.replace(self.tmp, self.path)
+            refresh_search_index(self.path)
         else:
             self._remove_tmp()
 
@@ -79,9 +82,9 @@ class FeatureDBWriter:
             self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?)", [str(path)])
 
     def finish(self, meta: dict[str, Any]) -> None:
-        """Write `meta` (plus the schema version), build the indexes and flush everything to the file."""
+        """Write `meta` (plus the schema version and a new content id), build the indexes and flush everything."""
         assert self.con is not None
-        items = {"schema_version": SCHEMA_VERSION, **meta}
+        items = {"schema_version": SCHEMA_VERSION, **meta, "content_id": uuid.uuid4().hex}
         self.insert("meta", {"key": list(items), "value": [json.dumps(v) for v in items.values()]})
         self.con.execute(INDEXES)
         self.con.execute("CHECKPOINT")
