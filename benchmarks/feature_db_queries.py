@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from explorer.explanation_view import score_table, similar_table
@@ -126,7 +127,7 @@ def main() -> None:
                 found.append(getattr(reader, method)(query))
                 timings[key].append(time.perf_counter() - start)
             if len(found) == 2:
-                assert found[0].equals(found[1]), f"the index and the scan disagree on {name} {query!r}"
+                pd.testing.assert_frame_equal(found[0], found[1], check_dtype=False, obj=f"{name} {query!r}")  # index = scan
         start = time.perf_counter()
         vector = embedder.embed([rng.choice(queries) + " " + word])[0]
         timings["  of which embedding the query"].append(time.perf_counter() - start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -19,7 +20,8 @@ def _train_args(model_dir, corpus, out, *extra):
     ]
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["precompute"], ["import"], ["app"], ["sites"], ["info"], ["report"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["precompute"], ["import"], ["app"], ["sites"], ["info"], ["report"],
+                                     ["index"]])
 def test_help_explains_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -139,9 +141,18 @@ def test_precompute_of_a_trained_run_writes_the_feature_file(trained_run, tmp_pa
         assert list(store.saes().short_name) == ["L1M", "L1R"]
         assert store.meta["tokens"] >= 1000 and store.meta["split"] == "eval"
         assert store.saes().fvu.notna().all()  # the run's metrics travel with the SAEs
+        assert store.search_index_problem is None  # precompute built the search index
+        found = store.search_label("")
     assert "wrote" in capsys.readouterr().err
     assert main(["info", str(run)]) == 0
     assert "features: " in capsys.readouterr().out
+    (run / "features.search.sqlite").unlink()
+    with FeatureStore(run) as store:
+        assert "sae-explorer index" in store.search_index_problem
+    assert main(["index", str(run)]) == 0
+    assert re.search(r"features\.search\.sqlite: [\d,]+ features, [\d,]+ explanations, [\d,]+ tokens", capsys.readouterr().out)
+    with FeatureStore(run) as store:
+        assert store.search_index_problem is None and store.search_label("").equals(found)
 
 
 def test_precompute_bad_options_and_missing_run_are_one_line_errors(tmp_path, capsys):

@@ -63,7 +63,10 @@ def queries(store: FeatureStore, n: int = 60) -> list[str]:
 
 
 def same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Equal rows, and equal dtypes for numbers (text may come back as object or string dtype)."""
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_dtype=False)
+    numbers = [c for c in b if b[c].dtype.kind in "iuf"]
+    assert a[numbers].dtypes.equals(b[numbers].dtypes)
 
 
 @pytest.mark.parametrize("limit", [5, 10_000])

@@ -313,7 +313,7 @@ class FeatureStore:
         return self._search_index[1]
 
     def _with_sae_names(self, frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-        frame.insert(0, "sae", [self._saes.short_name.get(i) for i in frame.sae_id])
+        frame.insert(0, "sae", pd.Series([self._saes.short_name.get(i) for i in frame.sae_id], dtype=object))
         dtypes = {"sae_id": "int32", "feature": "int32", "density": "float64", "max_act": "float32", "detection": "float64"}
         return frame.astype({c: t for c, t in dtypes.items() if c in frame})[columns]
 

@@ -17,21 +17,23 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pandas as pd
+from tqdm.auto import tqdm
 
 from ..io import atomic_path
 from .schema import DB_FILE
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "features.search.sqlite"
 INDEX_VERSION = 1
 SHORT_GRAM_POSTINGS_MAX = 20_000
 """A one- or two-character substring found in at most this many rows gets postings; a commoner one is found by
@@ -60,9 +62,10 @@ TEXTS = {"label": ("features", "label_lower"), "explanation": ("explanations", "
 
 
 def index_path(db_path: str | Path) -> Path:
-    """Where the index of a feature file (or run folder) lives."""
+    """Where the index of a feature file (or run folder) lives: `features.duckdb` → `features.search.sqlite`."""
     db_path = Path(db_path)
-    return (db_path if db_path.is_dir() else db_path.parent) / INDEX_FILE
+    db_path = db_path / DB_FILE if db_path.is_dir() else db_path
+    return db_path.with_name(db_path.stem + ".search.sqlite")
 
 
 def content_id(con: duckdb.DuckDBPyConnection) -> str | None:
@@ -91,16 +94,12 @@ def build_search_index(db_path: str | Path) -> Path:
     with duckdb.connect(str(db_path), read_only=True) as con, atomic_path(out) as tmp:
         tmp.unlink()
         sql = sqlite3.connect(tmp)
+        steps = [partial(write, con, sql) for write in (_write_features, _write_explanations, _write_tokens)]
+        steps += [partial(write, sql, kind, *texts) for kind, texts in TEXTS.items() for write in (_write_short_grams, _write_fts)]
         try:
             sql.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
-            _write_features(con, sql)
-            _write_explanations(con, sql)
-            _write_tokens(con, sql)
-            for kind, (table, column) in TEXTS.items():
-                _write_short_grams(sql, kind, table, column)
-                sql.execute(f"CREATE VIRTUAL TABLE {kind}_fts USING fts5({column}, content='{table}', content_rowid='rank', "
-                            "tokenize='trigram case_sensitive 1', detail='none')")
-                sql.execute(f"INSERT INTO {kind}_fts({kind}_fts) VALUES ('rebuild')")
+            for step in tqdm(steps, desc="search index", unit="step", file=sys.stderr, dynamic_ncols=True, leave=False):
+                step()
             meta = {"index_version": INDEX_VERSION, "content_id": content_id(con) or _file_stamp(db_path),
                     "short_postings_max": SHORT_GRAM_POSTINGS_MAX}
             sql.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
@@ -159,6 +158,12 @@ def _write_tokens(con: duckdb.DuckDBPyConnection, sql: sqlite3.Connection) -> No
 def short_grams(text: str) -> set[str]:
     """The distinct substrings of one and two characters of `text`."""
     return {*text, *(text[i : i + 2] for i in range(len(text) - 1))}
+
+
+def _write_fts(sql: sqlite3.Connection, kind: str, table: str, column: str) -> None:
+    sql.execute(f"CREATE VIRTUAL TABLE {kind}_fts USING fts5({column}, content='{table}', content_rowid='rank', "
+                "tokenize='trigram case_sensitive 1', detail='none')")
+    sql.execute(f"INSERT INTO {kind}_fts({kind}_fts) VALUES ('rebuild')")
 
 
 def _write_short_grams(sql: sqlite3.Connection, kind: str, table: str, column: str) -> None:
