@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
@@ -135,3 +136,14 @@ def test_a_stale_or_missing_index_is_reported_and_scanned_around(db, tmp_path):
     index_path(copy).write_bytes(b"not a database")
     with FeatureStore(copy) as store:
         assert "cannot read the search index" in store.search_index_problem
+
+
+def test_one_store_serves_many_threads(stores):
+    """The app shares one store between sessions: concurrent searches answer as serial ones."""
+    indexed, _ = stores
+    texts = queries(indexed, 20)
+    serial = [indexed.search_label(t, limit=20) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda t: indexed.search_label(t, limit=20), texts))
+    for a, b in zip(parallel, serial):
+        same(a, b)

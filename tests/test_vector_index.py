@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import torch
 
+from sae_core.features.reader import int8_rows
 from sae_core.features.vector_index import VectorIndex, int8_scores, quantize
 
 
@@ -56,3 +58,13 @@ def test_a_feature_scores_as_its_best_vector_and_filters_apply():
     assert 7 not in set(index.search(v[3], exclude=(1, 7)).feature)
     assert set(index.vectors_of(1, 7)) == {"examples", "explanation"}
     assert index.search(v[3], limit=1).feature.tolist() == [7]
+
+
+def test_vectors_load_chunk_by_chunk():
+    """Feature vectors arrive in Arrow chunks (sliced ones too) and load as one int8 matrix in row order."""
+    rows = np.arange(-60, 60, dtype=np.int8).reshape(30, 4)
+    lists = pa.array([list(r) for r in rows], type=pa.list_(pa.int8()))
+    column = pa.chunked_array([lists.slice(0, 7), lists.slice(7, 1), lists.slice(8, 22)])
+    assert column.num_chunks == 3
+    np.testing.assert_array_equal(int8_rows(column, 4), rows)
+    assert int8_rows(pa.chunked_array([], type=pa.list_(pa.int8())), 4).shape == (0, 0)

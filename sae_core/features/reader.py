@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..errors import UserError
 from .schema import DB_FILE, open_read_only
@@ -367,14 +368,11 @@ class FeatureStore:
         table = self._con.cursor().sql(
             "SELECT sae_id, feature, source, scale, vector FROM feature_vectors ORDER BY sae_id, feature, source"
         ).to_arrow_table()
-        n = table.num_rows
         dim = int((self.embedder_settings or {}).get("dim") or 0)
-        values = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False) if n else np.zeros(0)
         sources = np.array([SOURCES.index(s) for s in table.column("source").to_pylist()], dtype=np.int8)
         return VectorIndex(
             sae_ids=table.column("sae_id").to_numpy(), features=table.column("feature").to_numpy(), sources=sources,
-            scales=table.column("scale").to_numpy().astype(np.float32),
-            vectors=values.astype(np.int8).reshape(n, dim if n else 0),
+            scales=table.column("scale").to_numpy().astype(np.float32), vectors=int8_rows(table.column("vector"), dim),
         )
 
     def search_by_vector(self, vector: np.ndarray, *, saes: list[int] | None = None, limit: int = 50,
@@ -473,6 +471,17 @@ def describe_feature(label: str, explanation: str | None, detection: float | Non
         return label
     score = f" (detection {detection:.2f})" if detection is not None and detection == detection else ""
     return f"{explanation}{score}"
+
+
+def int8_rows(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    """A list column of `dim` int8 values per row as one `(rows, dim)` int8 matrix, chunk by chunk (one combined
+    chunk would overflow Arrow's 32-bit list offsets beyond 2^31 values: 5.6M 384-d vectors)."""
+    rows = np.empty((len(column), dim if len(column) else 0), dtype=np.int8)
+    start = 0
+    for chunk in column.chunks:
+        rows[start : start + len(chunk)] = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), dim)
+        start += len(chunk)
+    return rows
 
 
 def _where(fires: bool, promotes: bool) -> str:

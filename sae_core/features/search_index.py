@@ -18,9 +18,10 @@ import json
 import logging
 import sqlite3
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -187,25 +188,29 @@ def _file_stamp(path: Path) -> str:
 
 @dataclass
 class SearchIndex:
-    """An open, up-to-date index; open it with `open_search_index`."""
+    """An open, up-to-date index; open it with `open_search_index`. Safe to share between threads (the app's
+    sessions): each search holds the connection's lock for its few milliseconds."""
 
     con: sqlite3.Connection
     short_postings_max: int
     """The `SHORT_GRAM_POSTINGS_MAX` the index was built with."""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def labels(self, text: str, *, saes: list[int] | None = None, limit: int = 50) -> pd.DataFrame:
         """Features whose label contains `text` (literally, ignoring case), strongest first: `sae_id`, `feature`,
         `label`, `density`, `max_act`."""
-        ranks = self._matches("label", text.lower(), saes, limit)
-        return self._features(ranks, ["sae_id", "feature", "label", "density", "max_act"])
+        with self.lock:
+            ranks = self._matches("label", text.lower(), saes, limit)
+            return self._features(ranks, ["sae_id", "feature", "label", "density", "max_act"])
 
     def explanations(self, text: str, *, saes: list[int] | None = None, limit: int = 50) -> pd.DataFrame:
         """Features whose current explanation contains `text`, best detection first: `sae_id`, `feature`, `label`,
         `explanation`, `detection`, `density`, `max_act`."""
-        ranks = self._matches("explanation", text.lower(), saes, limit)
-        rows = self._rows_by_rank(
-            """SELECT e.rank, f.sae_id, f.feature, f.label, e.explanation, e.detection, f.density, f.max_act
-               FROM explanations e JOIN features f ON f.rank = e.feature_rank WHERE e.rank IN ({})""", ranks)
+        with self.lock:
+            ranks = self._matches("explanation", text.lower(), saes, limit)
+            rows = self._rows_by_rank(
+                """SELECT e.rank, f.sae_id, f.feature, f.label, e.explanation, e.detection, f.density, f.max_act
+                   FROM explanations e JOIN features f ON f.rank = e.feature_rank WHERE e.rank IN ({})""", ranks)
         return pd.DataFrame(rows, columns=["sae_id", "feature", "label", "explanation", "detection", "density", "max_act"])
 
     def tokens(self, token_ids: list[int], *, saes: list[int] | None = None, limit: int = 50) -> pd.DataFrame:
@@ -213,12 +218,13 @@ class SearchIndex:
         `sae_id`, `feature`, `label`, `density`, `max_act`, `fires`, `promotes`."""
         how: dict[int, int] = {}
         sae_filter, params = _in_clause("sae_id", saes)
-        for token_id in token_ids:  # each id's first `limit` rows hold every one of its features in the overall top `limit`
-            for rank, bits in self.con.execute(f"SELECT rank, how FROM tokens WHERE token_id = ? {sae_filter} "
-                                               "ORDER BY rank LIMIT ?", [int(token_id), *params, int(limit)]):
-                how[rank] = how.get(rank, 0) | bits
-        ranks = sorted(how)[:limit]
-        frame = self._features(ranks, ["sae_id", "feature", "label", "density", "max_act"])
+        with self.lock:
+            for token_id in token_ids:  # each id's first `limit` rows hold all its features in the overall top `limit`
+                for rank, bits in self.con.execute(f"SELECT rank, how FROM tokens WHERE token_id = ? {sae_filter} "
+                                                   "ORDER BY rank LIMIT ?", [int(token_id), *params, int(limit)]):
+                    how[rank] = how.get(rank, 0) | bits
+            ranks = sorted(how)[:limit]
+            frame = self._features(ranks, ["sae_id", "feature", "label", "density", "max_act"])
         frame["fires"] = [bool(how[r] & 1) for r in ranks]
         frame["promotes"] = [bool(how[r] & 2) for r in ranks]
         return frame
