@@ -31,7 +31,6 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..io import atomic_path
-from .schema import DB_FILE
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +62,8 @@ TEXTS = {"label": ("features", "label_lower"), "explanation": ("explanations", "
 
 
 def index_path(db_path: str | Path) -> Path:
-    """Where the index of a feature file (or run folder) lives: `features.duckdb` → `features.search.sqlite`."""
+    """Where the index of a feature file lives: `features.duckdb` → `features.search.sqlite`."""
     db_path = Path(db_path)
-    db_path = db_path / DB_FILE if db_path.is_dir() else db_path
     return db_path.with_name(db_path.stem + ".search.sqlite")
 
 
@@ -90,7 +88,6 @@ def fts5_available() -> bool:
 def build_search_index(db_path: str | Path) -> Path:
     """Build (or rebuild) the index of a feature file; written to a temporary file and renamed into place."""
     db_path = Path(db_path)
-    db_path = db_path / DB_FILE if db_path.is_dir() else db_path
     out = index_path(db_path)
     with duckdb.connect(str(db_path), read_only=True) as con, atomic_path(out) as tmp:
         tmp.unlink()
