@@ -5,12 +5,16 @@ example rows (20 top + 5 intervals × 4 per feature, ±16-token windows), then t
 reader API what the app does: everything one feature page needs (the queries alone, then the
 queries plus the page's figure, shaded-example HTML and tables, i.e. the Features page's server-side
 work, now with its "features like this one" table), a label search, a token search, an explanation search, a search by
-meaning (the query embedded by the real all-MiniLM-L6-v2, then every feature vector scored), and a sorted, filtered feature
-list. Prints p50 / p95 latencies, the file size and build time.
+meaning (the query embedded by the real all-MiniLM-L6-v2, then searched through the vector index), and a sorted, filtered
+feature list. Prints p50 / p95 latencies, the file size and build time, the time from opening the file to the first
+feature page drawn, and the process's memory after browsing (resident, and of it anonymous: what the page cache cannot
+take back).
 
 Label, token and explanation searches run twice per query, through the search index
 (`features.search.sqlite`) and by scanning the DuckDB file as before, in alternating order, and must
-return the same rows; the table gives both and their ratio.
+return the same rows; the table gives both and their ratio. Search by meaning runs through the vector index
+(`features.vectors/`: IVF-PQ candidates re-scored exactly) and, as its baseline, with every vector loaded into memory
+and scored; recall@10 and @100 say how many of the exact search's features the index found.
 
     python benchmarks/feature_db_queries.py                      # 64 × 16,384 features (1M)
     python benchmarks/feature_db_queries.py --preset qwen3-1.7b  # 84 × 65,536 (5.5M): one Qwen3-1.7B suite
@@ -33,6 +37,7 @@ import torch
 from explorer.explanation_view import score_table, similar_table
 from explorer.feature_view import example_groups, histogram_figure, logit_table, neighbour_table, summary_line
 from sae_core.embedder import load_embedder
+from sae_core.features.ann_index import build_vector_index, vector_index_info, vectors_path
 from sae_core.features.reader import FeatureStore
 from sae_core.features.search_index import build_search_index, index_path
 from sae_core.features.synthetic import build_synthetic
@@ -46,6 +51,12 @@ SEARCHES = ("label search", "token search", "explanation search")
 def percentiles(seconds: list[float]) -> tuple[float, float]:
     ms = sorted(s * 1000 for s in seconds)
     return statistics.median(ms), ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
+
+
+def memory_mib() -> dict[str, float]:
+    """Resident, anonymous resident and peak resident memory of this process, in MiB (Linux)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "RssAnon", "VmHWM") if k in fields}
 
 
 def main() -> None:
@@ -70,14 +81,28 @@ def main() -> None:
         build_synthetic(path, n_saes=args.saes, d_sae=args.d_sae)
         print(f"built {path} in {time.perf_counter() - start:.0f} s")
     size = os.path.getsize(path)
+    start = time.perf_counter()
     store = FeatureStore(path)
+    store.feature(0, 0)
+    open_s = time.perf_counter() - start
     if store.search_index_problem:
         store.close()
         start = time.perf_counter()
         build_search_index(path)
         print(f"built the search index in {time.perf_counter() - start:.0f} s")
         store = FeatureStore(path)
-    print(f"search index {index_path(path).stat().st_size / 2**30:.2f} GiB")
+    if store.vector_index_problem:
+        store.close()
+        start = time.perf_counter()
+        build_vector_index(path)
+        print(f"built the vector index in {time.perf_counter() - start:.0f} s")
+        start = time.perf_counter()
+        store = FeatureStore(path)
+        store.feature(0, 0)
+        open_s = time.perf_counter() - start
+    info = vector_index_info(vectors_path(path))
+    print(f"search index {index_path(path).stat().st_size / 2**30:.2f} GiB; vector index {info['bytes'] / 2**30:.2f} GiB "
+          f"({info['rows']:,} vectors, IVF-PQ over {info.get('nlist', 0):,} lists)")
     store._con.execute(f"SET threads = {args.threads}")
     scanning = FeatureStore(path)
     scanning._con.execute(f"SET threads = {args.threads}")
@@ -85,20 +110,25 @@ def main() -> None:
     n_features = int(store.saes().d_sae.sum())
     print(f"{path}: {n_features:,} features in {args.saes} SAEs, {size / 2**30:.2f} GiB, "
           f"{store._rows('SELECT count(*) FROM examples')[0][0]:,} example rows, {args.threads} threads")
+    print(f"open to first feature page: {open_s:.2f} s")
     rng = random.Random(0)
-    store.feature(0, 0)  # first call loads the vocabulary
     start = time.perf_counter()
     n_vectors = len(store.vector_index)
-    load_s = time.perf_counter() - start
-    print(f"vector index: {n_vectors:,} vectors of {store.vector_index.dim} dims loaded in {load_s:.2f} s "
-          f"({store.vector_index.vectors.nbytes / 2**20:.0f} MiB int8)")
+    print(f"vector index opened in {time.perf_counter() - start:.2f} s ({n_vectors:,} vectors memory-mapped)")
+    if not args.no_scan:
+        start = time.perf_counter()
+        scanning.__dict__["_vector_index"] = (scanning._vector_index_from_file(), "the exact baseline")
+        print(f"exact baseline: {n_vectors:,} vectors loaded into memory in {time.perf_counter() - start:.2f} s "
+              f"({scanning.vector_index.vectors.nbytes / 2**20:.0f} MiB int8)")
     embedder = load_embedder()
     queries = ["legal documents", "numbers with thousands separators", "cooking and recipes", "programming code in Python",
                "negative sentiment", "dates and years", "names of cities", "the end of a sentence", "French words", "medicine"]
 
     timings: dict[str, list[float]] = {"feature page (all of it)": [], "+ figures, HTML, similar features": [],
                                        **{name: [] for name in SEARCHES}, **{f"{name} (scan)": [] for name in SEARCHES},
-                                       "search by meaning": [], "  of which embedding the query": [], "sorted list (100 rows)": []}
+                                       "search by meaning": [], "  of which embedding the query": [],
+                                       "search by meaning (exact, in memory)": [], "sorted list (100 rows)": []}
+    recall: dict[int, list[float]] = {10: [], 100: []}
     for _ in range(args.pages):
         sae, feature = rng.randrange(args.saes), rng.randrange(args.d_sae)
         start = time.perf_counter()
@@ -131,8 +161,15 @@ def main() -> None:
         start = time.perf_counter()
         vector = embedder.embed([rng.choice(queries) + " " + word])[0]
         timings["  of which embedding the query"].append(time.perf_counter() - start)
-        store.search_by_vector(vector, limit=100)
+        found = store.search_by_vector(vector, limit=100)
         timings["search by meaning"].append(time.perf_counter() - start)
+        if not args.no_scan:
+            start = time.perf_counter()
+            exact = scanning.search_by_vector(vector, limit=100)
+            timings["search by meaning (exact, in memory)"].append(time.perf_counter() - start + timings["  of which embedding the query"][-1])
+            for k in recall:
+                truth = set(zip(exact.sae_id[:k], exact.feature[:k]))
+                recall[k].append(len(truth & set(zip(found.sae_id[:k], found.feature[:k]))) / max(1, len(truth)))
         start = time.perf_counter()
         store.list_features(saes=[rng.randrange(args.saes)], min_density=1e-4, sort_by="max_act", limit=100)
         timings["sorted list (100 rows)"].append(time.perf_counter() - start)
@@ -142,6 +179,12 @@ def main() -> None:
         if values:
             p50, p95 = percentiles(values)
             print(f"{key:<34} {p50:>8.1f} {p95:>8.1f}  {len(values)}")
+    if not args.no_scan:
+        print("search by meaning through the index: " + ", ".join(
+            f"recall@{k} {statistics.mean(v):.3f} (worst query {min(v):.2f})" for k, v in recall.items()))
+    memory = memory_mib()
+    print("memory after browsing (this process, the scanning baseline included): "
+          + ", ".join(f"{k} {v:,.0f} MiB" for k, v in memory.items()))
     for name in SEARCHES if not args.no_scan else ():
         ratios = [s / i for s, i in zip(timings[f"{name} (scan)"], timings[name])]
         print(f"{name}: the scan takes {statistics.median(ratios):.1f}× as long as the index (median of per-query ratios)")

@@ -166,7 +166,8 @@ if query and mode == "meaning":
         st.error(str(exc))
         st.stop()
     st.caption(f"the {len(found)} features whose explanation or examples mean the most like the query, across "
-               f"{'the chosen SAEs' if sae_ids else 'all SAEs'} (cosine similarity of sentence embeddings)")
+               f"{'the chosen SAEs' if sae_ids else 'all SAEs'} (cosine similarity of sentence embeddings)"
+               + (f" · {store.vector_index_problem}" if store.vector_index_problem else ""))
     st.dataframe(similar_table(found), hide_index=True, column_config={"feature": link_column, **score_columns})
     st.stop()
 if query:

@@ -159,14 +159,34 @@ def _index(args: argparse.Namespace) -> int:
     import time
 
     from .features.amend import feature_file
+    from .features.ann_index import build_vector_index, faiss_available, vector_index_info
     from .features.search_index import build_search_index, fts5_available, search_index_info
 
     if not fts5_available():
         raise UserError("this Python's SQLite lacks FTS5's trigram tokenizer (SQLite >= 3.34 needed); searches will scan")
+    db = feature_file(args.run)
     start = time.perf_counter()
-    path = build_search_index(feature_file(args.run))
+    path = build_search_index(db)
     rows = ", ".join(f"{n:,} {table}" for table, n in search_index_info(path).items())
     print(f"{path}: {rows}; {path.stat().st_size / 2**20:,.1f} MiB, built in {time.perf_counter() - start:.1f} s")
+    start = time.perf_counter()
+    path = build_vector_index(db)
+    info = vector_index_info(path)
+    ann = (f"IVF-PQ over {info['nlist']:,} lists" if "nlist" in info else
+           "no IVF-PQ index (faiss-cpu is not installed)" if not faiss_available() and info["rows"] else "searched exactly")
+    print(f"{path}: {info['rows']:,} vectors, {ann}; {info['bytes'] / 2**20:,.1f} MiB, built in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .features.amend import feature_file
+    from .features.export_parquet import export_parquet
+
+    try:
+        rows = export_parquet(feature_file(args.run), args.out)
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
+    print(f"{args.out}: " + ", ".join(f"{n:,} {table}" for table, n in rows.items() if n) + "; columns in schema.json")
     return 0
 
 
@@ -454,14 +474,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "index",
-        help="(re)build the search index beside a run's features.duckdb (label, explanation and token search)",
-        description="Build RUN/features.search.sqlite: a SQLite FTS5 trigram index of labels and explanations and the "
-        "token postings, so searches are index lookups instead of scans (same results). precompute, explain, embed and "
-        "upgrade rebuild it themselves; run this after copying a feature file without its index, or when the app says "
-        "the index is missing or stale.",
+        help="(re)build the indexes beside a run's features.duckdb (text search, search by meaning)",
+        description="Build RUN/features.search.sqlite (a SQLite FTS5 trigram index of labels and explanations and the "
+        "token postings: searches become index lookups instead of scans, same results) and RUN/features.vectors/ (the "
+        "feature vectors memory-mapped, with a faiss IVF-PQ index from 400k vectors up: search by meaning without "
+        "loading every vector, the top candidates re-scored exactly). precompute, explain, embed and upgrade rebuild "
+        "both themselves; run this after copying a feature file without its indexes, or when the app says one is "
+        "missing or stale.",
     )
     p.add_argument("run", help="run folder or features.duckdb file")
     p.set_defaults(func=_index)
+
+    p = sub.add_parser(
+        "export",
+        help="write every table of a run's features.duckdb as Parquet (partitioned by SAE)",
+        description="Write the tables of RUN/features.duckdb under OUT as Parquet for other engines (DuckDB, Spark, "
+        "BigQuery, pandas): features, examples, neighbours, explanations and feature_vectors one folder per SAE, hive "
+        "style (OUT/features/sae_id=3/data_0.parquet), the others one file each, and OUT/schema.json with every "
+        "table's columns and the file's meta. OUT is replaced as a whole, only when the export succeeds.",
+    )
+    p.add_argument("run", help="run folder or features.duckdb file")
+    p.add_argument("out", help="folder to write (new, or an earlier export to replace)")
+    p.set_defaults(func=_export)
 
     add_refusal_parser(sub)
 

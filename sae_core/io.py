@@ -1,10 +1,12 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename into place."""
+"""Atomic file writes: write to a temporary name in the same folder (or a temporary folder), then rename into place."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Put the folder `new` in place of `out` (a folder cannot be renamed over a non-empty one: the old one is moved
+    aside first, then deleted)."""
+    old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -19,7 +19,7 @@ def test_quantized_cosines_are_within_a_hundredth():
     rng = np.random.default_rng(0)
     v = _unit(rng, 500, 384)
     scales, q = quantize(v)
-    index = VectorIndex(np.zeros(500, int), np.arange(500), np.zeros(500, np.int8), scales, q)
+    index = VectorIndex.from_arrays(np.zeros(500, int), np.arange(500), np.zeros(500, np.int8), scales, q)
     for query in _unit(rng, 5, 384):
         assert np.abs(index.similarities(query) - v @ query).max() < 0.01
 
@@ -38,7 +38,7 @@ def test_search_matches_exact_float_search():
     v = _unit(rng, 20_000, 384)
     scales, q = quantize(v)
     n = len(v)
-    index = VectorIndex(np.arange(n) // 5_000, np.arange(n) % 5_000, np.zeros(n, np.int8), scales, q)
+    index = VectorIndex.from_arrays(np.arange(n) // 5_000, np.arange(n) % 5_000, np.zeros(n, np.int8), scales, q)
     for query in _unit(rng, 10, 384):
         hits = index.search(query, limit=10)
         exact = v @ query
@@ -51,7 +51,7 @@ def test_a_feature_scores_as_its_best_vector_and_filters_apply():
     rng = np.random.default_rng(2)
     v = _unit(rng, 6, 32)
     scales, q = quantize(v)
-    index = VectorIndex(np.array([0, 0, 1, 1, 2, 2]), np.array([5, 5, 7, 7, 9, 9]), np.array([0, 1, 0, 1, 0, 1], np.int8), scales, q)
+    index = VectorIndex.from_arrays(np.array([0, 0, 1, 1, 2, 2]), np.array([5, 5, 7, 7, 9, 9]), np.array([0, 1, 0, 1, 0, 1], np.int8), scales, q)
     hits = index.search(v[3], limit=10)
     assert list(hits.feature)[0] == 7 and hits.matched[0] == "explanation" and len(hits) == 3  # one row per feature
     assert set(index.search(v[3], sae_ids=[0, 2]).feature) == {5, 9}

@@ -20,8 +20,8 @@ from typing import Any
 import duckdb
 
 from ..errors import UserError
+from .indexes import refresh_indexes
 from .schema import DB_FILE, SCHEMA_VERSION, UNDERSTANDING_TABLES, UPGRADABLE, FeatureDBError, open_read_only
-from .search_index import refresh_search_index
 
 AMEND_SUFFIX = ".amending"
 
@@ -39,8 +39,8 @@ def feature_file(path: str | Path) -> Path:
 def amend(path: str | Path, *, check_version: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection to a copy of the feature file, renamed over the original when the block succeeds.
 
-    An exception (or a kill) leaves the original untouched; the copy is removed at the next amend. The search
-    index is rebuilt after the rename.
+    An exception (or a kill) leaves the original untouched; the copy is removed at the next amend. The indexes
+    beside it are rebuilt after the rename.
     """
     path = feature_file(path)
     if check_version:
@@ -52,7 +52,7 @@ def amend(path: str | Path, *, check_version: bool = True) -> Iterator[duckdb.Du
         con = duckdb.connect(str(tmp))
         try:
             yield con
-            set_meta(con, {"content_id": uuid.uuid4().hex})  # the search index built before this write is stale now
+            set_meta(con, {"content_id": uuid.uuid4().hex})  # the indexes built before this write are stale now
             con.execute("CHECKPOINT")
             con.close()
             os.replace(tmp, path)
@@ -60,7 +60,7 @@ def amend(path: str | Path, *, check_version: bool = True) -> Iterator[duckdb.Du
             con.close()
             _remove(tmp)
             raise
-        refresh_search_index(path)
+        refresh_indexes(path)
 
 
 def set_meta(con: duckdb.DuckDBPyConnection, items: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..errors import UserError
+from .ann_index import open_vector_index
 from .schema import DB_FILE, open_read_only
 from .search_index import SearchIndex, open_search_index
 from .vector_index import SOURCES, VectorIndex
@@ -363,17 +364,31 @@ class FeatureStore:
         return self.meta.get("embedder")
 
     @cached_property
-    def vector_index(self) -> VectorIndex:
-        """Every feature vector of the file in memory (loaded on first use: 400 MB per million 384-d vectors)."""
+    def _vector_index(self) -> tuple[VectorIndex, str | None]:
+        index, problem = open_vector_index(self.path, self._con)
+        return (index, None) if index is not None else (self._vector_index_from_file(), problem)
+
+    def _vector_index_from_file(self) -> VectorIndex:
         table = self._con.cursor().sql(
             "SELECT sae_id, feature, source, scale, vector FROM feature_vectors ORDER BY sae_id, feature, source"
         ).to_arrow_table()
         dim = int((self.embedder_settings or {}).get("dim") or 0)
         sources = np.array([SOURCES.index(s) for s in table.column("source").to_pylist()], dtype=np.int8)
-        return VectorIndex(
-            sae_ids=table.column("sae_id").to_numpy(), features=table.column("feature").to_numpy(), sources=sources,
-            scales=table.column("scale").to_numpy().astype(np.float32), vectors=int8_rows(table.column("vector"), dim),
+        return VectorIndex.from_arrays(
+            table.column("sae_id").to_numpy(), table.column("feature").to_numpy(), sources,
+            table.column("scale").to_numpy().astype(np.float32), int8_rows(table.column("vector"), dim),
         )
+
+    @property
+    def vector_index(self) -> VectorIndex:
+        """Every feature vector of the file: memory-mapped from the vector index beside it (`ann_index`), or, when
+        that is missing or stale, loaded into memory (400 MB per million 384-d vectors) and searched exactly."""
+        return self._vector_index[0]
+
+    @property
+    def vector_index_problem(self) -> str | None:
+        """Why search by meaning loads every vector into memory (no vector index, or a stale one), or None."""
+        return self._vector_index[1]
 
     def search_by_vector(self, vector: np.ndarray, *, saes: list[int] | None = None, limit: int = 50,
                          exclude: tuple[int, int] | None = None) -> pd.DataFrame:
@@ -382,14 +397,19 @@ class FeatureStore:
         hits = self.vector_index.search(vector, limit=limit, sae_ids=saes, exclude=exclude)
         if hits.empty:
             return pd.DataFrame(columns=SEARCH_COLUMNS)
-        info = self._df(
-            f"""SELECT f.sae_id, f.feature, s.short_name AS sae, f.label, e.explanation, e.detection, f.density
-                FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) k
-                JOIN features f USING (sae_id, feature) JOIN saes s USING (sae_id)
-                LEFT JOIN {CURRENT_EXPLANATIONS} e USING (sae_id, feature)""",
-            [hits.sae_id.astype(int).tolist(), hits.feature.astype(int).tolist()],
-        )
-        return hits.merge(info, on=["sae_id", "feature"], how="left")[SEARCH_COLUMNS]
+        keys = [hits.sae_id.astype(int).tolist(), hits.feature.astype(int).tolist()]
+        index = self._search_index[0]
+        if index is not None:  # point lookups: ~1 ms for 100 hits, against ~40 ms for the join below at 1M features
+            info = index.summaries(*keys)
+        else:
+            info = self._df(
+                f"""SELECT f.sae_id, f.feature, f.label, e.explanation, e.detection, f.density
+                    FROM (SELECT unnest(?) AS sae_id, unnest(?) AS feature) k JOIN features f USING (sae_id, feature)
+                    LEFT JOIN {CURRENT_EXPLANATIONS} e USING (sae_id, feature)""",
+                keys,
+            )
+        found = hits.merge(info.astype({"sae_id": "int64", "feature": "int64"}), on=["sae_id", "feature"], how="inner")
+        return self._with_sae_names(found, SEARCH_COLUMNS)
 
     def similar_features(self, sae: str | int, feature: int, *, limit: int = 10, across_saes: bool = True) -> pd.DataFrame:
         """Features like this one by the same vectors (its explanation's if it has one, else its examples'),

@@ -6,6 +6,7 @@ One file per run holds every SAE. Rows of `features`, `examples` and `neighbours
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -92,6 +93,17 @@ CREATE INDEX explanations_feature ON explanations (sae_id, feature);
 
 class FeatureDBError(UserError):
     """A features.duckdb file is missing, unreadable or of another schema version."""
+
+
+def file_identity(path: str | Path, con: duckdb.DuckDBPyConnection) -> str:
+    """What an index records of the feature file it was built from: the file's `content_id` (a new one at every
+    write), or its size and modification time for files written before `content_id` existed."""
+    rows = con.cursor().execute("SELECT value FROM meta WHERE key = 'content_id'").fetchall()
+    row = rows[0] if rows else None
+    if row:
+        return str(json.loads(row[0]))
+    stat = Path(path).stat()
+    return f"file:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:

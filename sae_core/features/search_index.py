@@ -9,13 +9,13 @@ checked against the exact rule of the scan it replaces (a literal, case-insensit
 are the scan's, row for row; `tests/test_search_index.py` holds the two side by side.
 
 The index records the `content_id` of the feature file it was built from; a reader that finds it missing or
-stale says so and scans (`FeatureStore.search_index_problem`), and every writer of feature files rebuilds it.
+stale says so and scans (`FeatureStore.search_index_problem`), and every writer of feature files rebuilds it
+(`indexes.refresh_indexes`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import sys
 import threading
@@ -31,10 +31,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..io import atomic_path
+from .schema import file_identity
 
-log = logging.getLogger(__name__)
-
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 SHORT_GRAM_POSTINGS_MAX = 20_000
 """A one- or two-character substring found in at most this many rows gets postings; a commoner one is found by
 walking the rows in order (on average `limit × rows / count` of them: 14k rows for 50 hits among 5.5M)."""
@@ -57,6 +56,11 @@ CREATE TABLE tokens (token_id INTEGER, rank INTEGER, sae_id INTEGER, how INTEGER
 CREATE TABLE short_counts (kind TEXT, gram TEXT, n INTEGER, PRIMARY KEY (kind, gram)) WITHOUT ROWID;
 CREATE TABLE short_postings (kind TEXT, gram TEXT, rank INTEGER, PRIMARY KEY (kind, gram, rank)) WITHOUT ROWID;
 """
+KEY_INDEXES = """
+-- (sae_id, feature) -> its row and its explanation's: what search by meaning shows beside each hit
+CREATE UNIQUE INDEX features_by_key ON features (sae_id, feature);
+CREATE INDEX explanations_by_feature ON explanations (feature_rank);
+"""
 TEXTS = {"label": ("features", "label_lower"), "explanation": ("explanations", "explanation_lower")}
 """Searchable texts: kind -> (table, lower-cased column)."""
 
@@ -65,12 +69,6 @@ def index_path(db_path: str | Path) -> Path:
     """Where the index of a feature file lives: `features.duckdb` → `features.search.sqlite`."""
     db_path = Path(db_path)
     return db_path.with_name(db_path.stem + ".search.sqlite")
-
-
-def content_id(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The feature file's `content_id` (a new one at every write), or None for files written before it existed."""
-    row = con.execute("SELECT value FROM meta WHERE key = 'content_id'").fetchone()
-    return json.loads(row[0]) if row else None
 
 
 def fts5_available() -> bool:
@@ -94,11 +92,12 @@ def build_search_index(db_path: str | Path) -> Path:
         sql = sqlite3.connect(tmp)
         steps = [partial(write, con, sql) for write in (_write_features, _write_explanations, _write_tokens)]
         steps += [partial(write, sql, kind, *texts) for kind, texts in TEXTS.items() for write in (_write_short_grams, _write_fts)]
+        steps.append(partial(sql.executescript, KEY_INDEXES))  # after the rows: one sort instead of random inserts
         try:
             sql.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
             for step in tqdm(steps, desc="search index", unit="step", file=sys.stderr, dynamic_ncols=True, leave=False):
                 step()
-            meta = {"index_version": INDEX_VERSION, "content_id": content_id(con) or _file_stamp(db_path),
+            meta = {"index_version": INDEX_VERSION, "content_id": file_identity(db_path, con),
                     "short_postings_max": SHORT_GRAM_POSTINGS_MAX}
             sql.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
             sql.commit()
@@ -106,15 +105,6 @@ def build_search_index(db_path: str | Path) -> Path:
         finally:
             sql.close()
     return out
-
-
-def refresh_search_index(db_path: str | Path) -> None:
-    """Rebuild the index after a write to the feature file; a failure is logged (searches then scan), never raised."""
-    try:
-        build_search_index(db_path)
-    except (sqlite3.Error, OSError, duckdb.Error) as e:
-        log.warning("search index not built (%s); searches will scan the feature file. "
-                    "Build it later with `sae-explorer index RUN`", e)
 
 
 def _batches(con: duckdb.DuckDBPyConnection, query: str) -> Iterator[list[tuple]]:
@@ -175,11 +165,6 @@ def _write_short_grams(sql: sqlite3.Connection, kind: str, table: str, column: s
     sql.executemany("INSERT INTO short_postings VALUES (?, ?, ?)", sorted(postings))
 
 
-def _file_stamp(path: Path) -> str:
-    stat = path.stat()
-    return f"file:{stat.st_size}:{stat.st_mtime_ns}"
-
-
 # -- reading ----------------------------------------------------------------------------------------
 
 
@@ -225,6 +210,16 @@ class SearchIndex:
         frame["fires"] = [bool(how[r] & 1) for r in ranks]
         frame["promotes"] = [bool(how[r] & 2) for r in ranks]
         return frame
+
+    def summaries(self, sae_ids: list[int], features: list[int]) -> pd.DataFrame:
+        """What a search by meaning shows beside each hit, by point lookups: `sae_id`, `feature`, `label`,
+        `explanation` (current), `detection`, `density`; features the file lacks are left out."""
+        sql = """SELECT f.sae_id, f.feature, f.label, e.explanation, e.detection, f.density FROM features f
+                 LEFT JOIN explanations e ON e.feature_rank = f.rank WHERE f.sae_id = ? AND f.feature = ?"""
+        with self.lock:
+            rows = [self.con.execute(sql, [int(s), int(f)]).fetchone() for s, f in zip(sae_ids, features)]
+        return pd.DataFrame([r for r in rows if r is not None],
+                            columns=["sae_id", "feature", "label", "explanation", "detection", "density"])
 
     def _matches(self, kind: str, text: str, saes: list[int] | None, limit: int) -> list[int]:
         """Ranks of the first `limit` rows of `kind` whose text contains `text`."""
@@ -287,7 +282,7 @@ def open_search_index(db_path: Path, db_con: duckdb.DuckDBPyConnection) -> tuple
     if meta.get("index_version") != INDEX_VERSION:
         con.close()
         return None, f"the search index {path.name} is of another version; {rebuild}"
-    if meta.get("content_id") != (content_id(db_con) or _file_stamp(db_path)):
+    if meta.get("content_id") != file_identity(db_path, db_con):
         con.close()
         return None, f"the search index {path.name} is older than the feature file; {rebuild}"
     return SearchIndex(con, int(meta["short_postings_max"])), None

@@ -1,22 +1,35 @@
-"""Feature vectors stored as int8 and searched exactly in memory.
+"""Feature vectors stored as int8 and searched in memory or memory-mapped: exactly, or through an ANN index.
 
 Each unit vector v is stored as `scale × q` with q int8 (scale = max|v| / 127), the query likewise, so a
-cosine is one int8 dot product times two scales (off by less than 0.01). All rows are scored with one
-int8 matrix product (`torch._int_mm`: ~50 ms per million 384-d rows on 2 CPU cores, 384 MB of memory);
-where that kernel is missing, blocks of rows are converted to float32 instead (several times slower).
-A feature with several vectors (its examples, its explanation) scores as the best of them.
+cosine is one int8 dot product times two scales (off by less than 0.01). Rows are scored with int8 matrix
+products (`torch._int_mm`: ~50 ms per million 384-d rows on 2 CPU cores); where that kernel is missing,
+blocks of rows are converted to float32 instead (several times slower). A feature with several vectors
+(its examples, its explanation) scores as the best of them.
+
+Rows are kept in (sae_id, feature, source) order, so one SAE's rows are one slice and one feature's rows
+two binary searches away. With an approximate index (`ann`, built by `ann_index`), a search over many
+rows asks it for `RERANK ×` the wanted rows and re-scores those exactly: the similarities shown are always
+exact, the risk is only a true neighbour the index did not propose (recall in benchmarks/README.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 SOURCES = ("examples", "explanation")
-_BLOCK = 65_536
+_BLOCK = 262_144
+EXACT_MAX_ROWS = 400_000
+"""A search over at most this many rows (the whole file, or the SAEs it is restricted to) scores every one
+exactly (~20 ms); a larger one goes through the approximate index when there is one."""
+RERANK = 8
+"""Candidates asked of the approximate index per row a search needs, re-scored exactly."""
+NPROBE = 48
+"""Inverted lists of the approximate index visited per query."""
 
 
 def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,28 +51,41 @@ def int8_scores(rows: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         except (RuntimeError, AttributeError, NotImplementedError):
             pass
     q = query.float()
-    return torch.cat([(rows[i : i + _BLOCK].float() @ q).round().int() for i in range(0, rows.shape[0], _BLOCK)] or
+    return torch.cat([(rows[i : i + 65_536].float() @ q).round().int() for i in range(0, rows.shape[0], 65_536)] or
                      [torch.zeros(0, dtype=torch.int32)])
+
+
+def feature_keys(sae_ids: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """One int64 per row that sorts as `(sae_id, feature)`."""
+    return (np.asarray(sae_ids, dtype=np.int64) << 32) | np.asarray(features, dtype=np.int64)
 
 
 @dataclass
 class VectorIndex:
-    """Every feature vector of a file: `(sae_id, feature, source)` keys, int8 rows and their scales."""
+    """Every feature vector of a file: sorted `(sae_id, feature)` keys, sources, int8 rows and their scales
+    (numpy arrays or memory maps), and optionally an approximate index over the same rows."""
 
-    sae_ids: np.ndarray
-    features: np.ndarray
+    keys: np.ndarray
+    """`(N,)` int64 `feature_keys`, ascending."""
     sources: np.ndarray
     """Index into `SOURCES` per row."""
     scales: np.ndarray
     vectors: np.ndarray
     """`(N, D)` int8."""
-    _rows: torch.Tensor = field(init=False, repr=False)
+    ann: Any = None
+    """A faiss index whose ids are row numbers, or None (every search exact)."""
 
-    def __post_init__(self) -> None:
-        self._rows = torch.from_numpy(np.ascontiguousarray(self.vectors, dtype=np.int8))
+    @classmethod
+    def from_arrays(cls, sae_ids: np.ndarray, features: np.ndarray, sources: np.ndarray, scales: np.ndarray,
+                    vectors: np.ndarray) -> VectorIndex:
+        """An in-memory index of rows given in (sae_id, feature, source) order."""
+        keys = feature_keys(sae_ids, features)
+        if len(keys) > 1 and (np.diff(keys) < 0).any():
+            raise ValueError("vector rows must come in (sae_id, feature) order")
+        return cls(keys, np.asarray(sources, np.int8), np.asarray(scales, np.float32), np.asarray(vectors, np.int8))
 
     def __len__(self) -> int:
-        return len(self.sae_ids)
+        return len(self.keys)
 
     @property
     def dim(self) -> int:
@@ -67,30 +93,79 @@ class VectorIndex:
 
     def vectors_of(self, sae_id: int, feature: int) -> dict[str, np.ndarray]:
         """The float vectors of one feature, by source."""
-        rows = np.flatnonzero((self.sae_ids == sae_id) & (self.features == feature))
-        return {SOURCES[self.sources[r]]: self.vectors[r].astype(np.float32) * self.scales[r] for r in rows}
+        key = int(feature_keys(sae_id, feature))
+        lo, hi = np.searchsorted(self.keys, [key, key + 1])
+        return {SOURCES[self.sources[r]]: self.vectors[r].astype(np.float32) * self.scales[r] for r in range(lo, hi)}
 
     def similarities(self, query: np.ndarray) -> np.ndarray:
         """`(N,)` cosine of every row with `query` (a unit vector)."""
-        q_scale, q = quantize(np.asarray(query, dtype=np.float32).reshape(1, -1))
-        raw = int8_scores(self._rows, torch.from_numpy(q[0]))
-        return raw.numpy().astype(np.float32) * self.scales * q_scale[0]
+        return self._score(slice(0, len(self)), *_quantized(query))
 
     def search(self, query: np.ndarray, *, limit: int = 50, sae_ids: list[int] | None = None,
                exclude: tuple[int, int] | None = None) -> pd.DataFrame:
         """The `limit` features most similar to `query` (cosine, best over each feature's vectors): columns
         `sae_id`, `feature`, `similarity`, `matched` (which vector matched best)."""
-        if not len(self):
-            return pd.DataFrame(columns=["sae_id", "feature", "similarity", "matched"])
-        scores = self.similarities(query)
-        if sae_ids:
-            scores[~np.isin(self.sae_ids, np.asarray(sae_ids))] = -np.inf
+        empty = pd.DataFrame(columns=["sae_id", "feature", "similarity", "matched"])
+        ranges = self._ranges(sae_ids)
+        n_rows = sum(hi - lo for lo, hi in ranges)
+        if not n_rows:
+            return empty
+        k = limit * len(SOURCES) + len(SOURCES)  # enough rows for `limit` distinct features, one excluded
+        q_scale, q = _quantized(query)
+        if self.ann is None or n_rows <= EXACT_MAX_ROWS:
+            rows, scores = self._exact(ranges, q_scale, q, k)
+        else:
+            rows = self._candidates(np.asarray(query, np.float32), ranges, k * RERANK)
+            scores = self._score(rows, q_scale, q)
+        keys = self.keys[rows]
+        frame = pd.DataFrame({"sae_id": (keys >> 32).astype(np.int64), "feature": (keys & 0xFFFFFFFF).astype(np.int64),
+                              "similarity": scores, "matched": [SOURCES[s] for s in self.sources[rows]]})
         if exclude is not None:
-            scores[(self.sae_ids == exclude[0]) & (self.features == exclude[1])] = -np.inf
-        k = min(len(scores), limit * len(SOURCES))  # enough rows for `limit` distinct features
-        best = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        best = best[np.isfinite(scores[best])]
-        frame = pd.DataFrame({"sae_id": self.sae_ids[best], "feature": self.features[best], "similarity": scores[best],
-                              "matched": [SOURCES[s] for s in self.sources[best]]})
+            frame = frame[(frame.sae_id != exclude[0]) | (frame.feature != exclude[1])]
         frame = frame.sort_values(["similarity", "sae_id", "feature"], ascending=[False, True, True], kind="stable")
         return frame.drop_duplicates(["sae_id", "feature"]).head(limit).reset_index(drop=True)
+
+    def _ranges(self, sae_ids: list[int] | None) -> list[tuple[int, int]]:
+        """Row slices of the chosen SAEs (all rows when None)."""
+        if not sae_ids:
+            return [(0, len(self))]
+        wanted = sorted({int(s) for s in sae_ids})
+        bounds = np.searchsorted(self.keys, [feature_keys(s + d, 0) for s in wanted for d in (0, 1)])
+        return [(int(lo), int(hi)) for lo, hi in bounds.reshape(-1, 2) if hi > lo]
+
+    def _score(self, rows: slice | np.ndarray, q_scale: float, q: np.ndarray) -> np.ndarray:
+        """Cosines of some rows (a slice reads a memory map in place; an array of row numbers copies them)."""
+        vectors = torch.from_numpy(np.ascontiguousarray(self.vectors[rows]))
+        return int8_scores(vectors, torch.from_numpy(q)).numpy().astype(np.float32) * self.scales[rows] * q_scale
+
+    def _exact(self, ranges: list[tuple[int, int]], q_scale: float, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best `k` rows within `ranges`, scoring every row block by block."""
+        best_rows, best_scores = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+        for lo, hi in ranges:
+            for start in range(lo, hi, _BLOCK):
+                end = min(hi, start + _BLOCK)
+                scores = self._score(slice(start, end), q_scale, q)
+                top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+                best_rows.append(start + top)
+                best_scores.append(scores[top])
+        return np.concatenate(best_rows), np.concatenate(best_scores)
+
+    def _candidates(self, query: np.ndarray, ranges: list[tuple[int, int]], k: int) -> np.ndarray:
+        """Row numbers the approximate index proposes within `ranges`."""
+        import faiss
+
+        selector = None
+        if ranges != [(0, len(self))]:
+            mask = np.zeros(len(self), bool)
+            for lo, hi in ranges:
+                mask[lo:hi] = True
+            bitmap = np.packbits(mask, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+        params = faiss.SearchParametersIVF(nprobe=NPROBE, sel=selector)
+        _, ids = self.ann.search(query.reshape(1, -1) / max(float(np.linalg.norm(query)), 1e-12), k, params=params)
+        return np.unique(ids[ids >= 0])
+
+
+def _quantized(query: np.ndarray) -> tuple[float, np.ndarray]:
+    scales, q = quantize(np.asarray(query, dtype=np.float32).reshape(1, -1))
+    return float(scales[0]), q[0]

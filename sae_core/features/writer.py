@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 from torch import Tensor
 
 from ..io import atomic_path
+from .indexes import refresh_indexes
 from .schema import INDEXES, SCHEMA_VERSION, TABLES, UNDERSTANDING_TABLES
-from .search_index import refresh_search_index
 
 TMP_SUFFIX = ".building"
 
@@ -61,7 +61,7 @@ class FeatureDBWriter:
             self.con = None
         if exc_type is None:
             os.replace(self.tmp, self.path)
-            refresh_search_index(self.path)
+            refresh_indexes(self.path)
         else:
             self._remove_tmp()
 

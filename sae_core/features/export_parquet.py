@@ -1,0 +1,65 @@
+"""Every table of a feature file as Parquet, for engines that read it (DuckDB, Spark, BigQuery, pandas,
+Polars): the per-feature tables partitioned by SAE, hive style (`features/sae_id=3/data_0.parquet`, the
+`sae_id` column kept in the files too), the others one file each, and `schema.json` with every table's
+columns and types and the file's `meta`. The column meanings are the feature file's (docs/feature-db.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..io import replace_folder
+from .schema import open_read_only
+
+PARTITIONED = ("features", "examples", "neighbours", "explanations", "feature_vectors")
+"""Tables with one row per feature (or several): written one folder per SAE."""
+ORDER = {"features": "sae_id, feature", "examples": "sae_id, feature, kind, rank", "neighbours": "sae_id, feature, kind",
+         "explanations": "sae_id, feature, created", "feature_vectors": "sae_id, feature, source",
+         "saes": "sae_id", "site_summary": "sae_id", "vocab": "token_id", "contexts": "context_id", "meta": "key"}
+"""Every table and its row order in the export."""
+
+
+def export_parquet(db_path: str | Path, out: str | Path) -> dict[str, int]:
+    """Write the tables of a feature file under the folder `out` (replaced as a whole, only on success); rows per table."""
+    out = Path(out)
+    if out.exists() and not (out / "schema.json").is_file():
+        raise FileExistsError(f"{out} exists and is not an earlier Parquet export; choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()
+    con = open_read_only(db_path)
+    try:
+        schema: dict[str, object] = {"meta": {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()},
+                                     "tables": {}}
+        for table in tqdm(ORDER, desc="parquet", unit="table", file=sys.stderr, leave=False):
+            query = f"SELECT * FROM {table} ORDER BY {ORDER[table]}"
+            if table in PARTITIONED:
+                con.execute(f"COPY ({query}) TO '{_quoted(tmp / table)}' "
+                            "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (sae_id), WRITE_PARTITION_COLUMNS true)")
+            else:
+                con.execute(f"COPY ({query}) TO '{_quoted(tmp / f'{table}.parquet')}' (FORMAT parquet, COMPRESSION zstd)")
+            columns = con.execute(f"DESCRIBE {table}").fetchall()
+            rows = int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            schema["tables"][table] = {  # type: ignore[index]
+                "rows": rows, "partitioned_by": "sae_id" if table in PARTITIONED else None,
+                "path": f"{table}/sae_id=*/*.parquet" if table in PARTITIONED else f"{table}.parquet",
+                "columns": {name: kind for name, kind, *_ in columns},
+            }
+        (tmp / "schema.json").write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        con.close()
+    return {t: info["rows"] for t, info in schema["tables"].items()}  # type: ignore[union-attr]
+
+
+def _quoted(path: Path) -> str:
+    return str(path).replace("'", "''")
