@@ -190,6 +190,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split(args: argparse.Namespace) -> int:
+    from .features.amend import feature_file
+    from .features.parts import part_files
+    from .features.split import split_feature_file
+
+    db = feature_file(args.run)
+    if db.is_dir():
+        raise UserError(f"{db} is split already ({len(part_files(db))} files)")
+    folder = split_feature_file(db)
+    size = sum(p.stat().st_size for p in part_files(folder))
+    print(f"{folder}: {len(part_files(folder))} feature files, {size / 2**20:,.1f} MiB; {db.name} removed")
+    return 0
+
+
 def _add_precompute_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", default="128k", help="real tokens to stream through the model, e.g. 128k, 2M (default: 128k)")
     p.add_argument("--corpus", help="text source (file, folder, hf:NAME); default: the run's own corpus")
@@ -496,6 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder or features.duckdb file")
     p.add_argument("out", help="folder to write (new, or an earlier export to replace)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "split",
+        help="split a run's features.duckdb into one feature file per SAE (RUN/features/L6R.duckdb …)",
+        description="Move every row of RUN/features.duckdb into RUN/features/, one feature file per SAE (with the "
+        "vocabulary and the contexts its examples show), then remove the single file and rebuild the indexes for "
+        "the folder. Every command and the app read the folder as they read one file; parts can be copied, served "
+        "and rebuilt one by one, and each opens alone as a feature file of one SAE.",
+    )
+    p.add_argument("run", help="run folder or features.duckdb file")
+    p.set_defaults(func=_split)
 
     add_refusal_parser(sub)
 

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +21,42 @@ import duckdb
 
 from ..errors import UserError
 from .indexes import refresh_indexes
-from .schema import DB_FILE, SCHEMA_VERSION, UNDERSTANDING_TABLES, UPGRADABLE, FeatureDBError, open_read_only
+from .parts import part_files, store_of, store_path
+from .schema import SCHEMA_VERSION, UNDERSTANDING_TABLES, UPGRADABLE, FeatureDBError, open_read_only
 
 AMEND_SUFFIX = ".amending"
 
 
 def feature_file(path: str | Path) -> Path:
-    """The features.duckdb of a run folder (or the file itself), which must exist."""
-    path = Path(path)
-    path = path / DB_FILE if path.is_dir() else path
-    if not path.is_file():
+    """A run's features, which must exist: its features.duckdb, or its folder of one file per SAE (`parts`)."""
+    path = store_path(path)
+    if not (path.is_file() or (path.is_dir() and part_files(path))):
         raise FeatureDBError(f"{path} does not exist; build it with `sae-explorer precompute RUN`")
     return path
 
 
+def amend_each(path: str | Path, write: Callable[[duckdb.DuckDBPyConnection, list[int]], None], *,
+               check_version: bool = True) -> None:
+    """`write(connection, its SAE ids)` into every file of a run's features (one, or each part of a split store) with
+    `amend`, then rebuild the indexes once."""
+    store = feature_file(path)
+    for file in part_files(store) if store.is_dir() else [store]:
+        with amend(file, check_version=check_version, refresh=False) as con:
+            write(con, [int(i) for (i,) in con.execute("SELECT sae_id FROM saes").fetchall()])
+    refresh_indexes(store)
+
+
 @contextlib.contextmanager
-def amend(path: str | Path, *, check_version: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+def amend(path: str | Path, *, check_version: bool = True, refresh: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection to a copy of the feature file, renamed over the original when the block succeeds.
 
     An exception (or a kill) leaves the original untouched; the copy is removed at the next amend. The indexes
-    beside it are rebuilt after the rename.
+    of its store are rebuilt after the rename (unless `refresh=False`: `amend_each` rebuilds them once for all
+    parts). A split store is amended part by part: `amend_each`.
     """
     path = feature_file(path)
+    if path.is_dir():
+        raise UserError(f"{path} holds one feature file per SAE; write to them one by one (`amend_each`)")
     if check_version:
         open_read_only(path).close()  # the version check and its message
     tmp = path.with_name(path.name + AMEND_SUFFIX)
@@ -60,7 +74,8 @@ def amend(path: str | Path, *, check_version: bool = True) -> Iterator[duckdb.Du
             con.close()
             _remove(tmp)
             raise
-        refresh_indexes(path)
+        if refresh:
+            refresh_indexes(store_of(path))
 
 
 def set_meta(con: duckdb.DuckDBPyConnection, items: dict[str, Any]) -> None:
@@ -76,6 +91,8 @@ def upgrade(path: str | Path) -> tuple[int, int]:
     Version 1 → 2 adds the (empty) explanation and vector tables: nothing is recomputed.
     """
     path = feature_file(path)
+    if path.is_dir():  # a split store: each part on its own
+        return [upgrade(part) for part in part_files(path)][0]
     version = _version(path)
     if version == SCHEMA_VERSION:
         return version, version

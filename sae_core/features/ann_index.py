@@ -29,6 +29,7 @@ from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from ..io import replace_folder
+from .parts import open_store
 from .schema import file_identity
 from .vector_index import SOURCES, VectorIndex, feature_keys
 
@@ -61,7 +62,7 @@ def build_vector_index(db_path: str | Path, *, ann_min_rows: int = ANN_MIN_ROWS)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir()
     try:
-        with duckdb.connect(str(db_path), read_only=True) as con:
+        with open_store(db_path)[0] as con:
             n, dim = _write_arrays(con, tmp)
             meta = {"index_version": INDEX_VERSION, "content_id": file_identity(db_path, con), "rows": n, "dim": dim}
         if n >= ann_min_rows and faiss_available():

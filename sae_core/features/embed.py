@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from .amend import amend, set_meta
+from .amend import amend_each, set_meta
 from .vector_index import quantize
 from .writer import insert_columns
 
@@ -136,8 +136,13 @@ def file_embedder(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
 
 def embed_run(path: str | Path, embedder: Embedder, *, log: Callable[[str], None] | None = None, **options: Any) -> dict[str, Any]:
     """`sae-explorer embed`: embed every feature of a run's feature file, in place and atomically."""
-    with amend(path) as con:
-        result = embed_features(con, embedder, **options)
+    result: dict[str, Any] = {}
+
+    def write(con: duckdb.DuckDBPyConnection, _: list[int]) -> None:
+        done = embed_features(con, embedder, **options)
+        result.update({**done, **{k: result.get(k, 0) + done[k] for k in ("examples", "explanation")}})
+
+    amend_each(path, write)  # the run's one feature file, or each part of a split store
     if log:
         log(f"embedded {result['examples']:,} features' examples and {result['explanation']:,} explanations with {embedder.name}")
     return result

@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..io import replace_folder
-from .schema import open_read_only
+from .parts import open_store, quoted
 
 PARTITIONED = ("features", "examples", "neighbours", "explanations", "feature_vectors")
 """Tables with one row per feature (or several): written one folder per SAE."""
@@ -33,17 +33,17 @@ def export_parquet(db_path: str | Path, out: str | Path) -> dict[str, int]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir()
-    con = open_read_only(db_path)
+    con, _ = open_store(Path(db_path))
     try:
         schema: dict[str, object] = {"meta": {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()},
                                      "tables": {}}
         for table in tqdm(ORDER, desc="parquet", unit="table", file=sys.stderr, leave=False):
             query = f"SELECT * FROM {table} ORDER BY {ORDER[table]}"
             if table in PARTITIONED:
-                con.execute(f"COPY ({query}) TO '{_quoted(tmp / table)}' "
+                con.execute(f"COPY ({query}) TO '{quoted(tmp / table)}' "
                             "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (sae_id), WRITE_PARTITION_COLUMNS true)")
             else:
-                con.execute(f"COPY ({query}) TO '{_quoted(tmp / f'{table}.parquet')}' (FORMAT parquet, COMPRESSION zstd)")
+                con.execute(f"COPY ({query}) TO '{quoted(tmp / f'{table}.parquet')}' (FORMAT parquet, COMPRESSION zstd)")
             columns = con.execute(f"DESCRIBE {table}").fetchall()
             rows = int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
             schema["tables"][table] = {  # type: ignore[index]
@@ -59,7 +59,3 @@ def export_parquet(db_path: str | Path, out: str | Path) -> dict[str, int]:
     finally:
         con.close()
     return {t: info["rows"] for t, info in schema["tables"].items()}  # type: ignore[union-attr]
-
-
-def _quoted(path: Path) -> str:
-    return str(path).replace("'", "''")

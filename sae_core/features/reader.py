@@ -1,7 +1,8 @@
 """Everything the app asks of a features.duckdb file, as parameterised queries (a search string is data, never SQL).
 
 Importable without Streamlit. A `FeatureStore` holds one read-only connection; each call uses its
-own cursor, so one store can serve several threads.
+own cursor, so one store can serve several threads. A store split into one file per SAE (`parts`) answers
+every call like one file: a question about one SAE runs in that SAE's file.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from ..errors import UserError
 from .ann_index import open_vector_index
-from .schema import DB_FILE, open_read_only
+from .parts import open_store, store_path
 from .search_index import SearchIndex, open_search_index
 from .vector_index import SOURCES, VectorIndex
 
@@ -63,12 +65,11 @@ class FeaturePage:
 
 
 class FeatureStore:
-    """Read-only access to one features.duckdb file (a run folder or the file itself)."""
+    """Read-only access to a run's features (the run folder, its features.duckdb, or its folder of parts)."""
 
     def __init__(self, path: str | Path):
-        path = Path(path)
-        self.path = path / DB_FILE if path.is_dir() else path
-        self._con = open_read_only(self.path)
+        self.path = store_path(path)
+        self._con, self._parts = open_store(self.path)
 
     def close(self) -> None:
         self._con.close()
@@ -79,14 +80,21 @@ class FeatureStore:
     def __exit__(self, *_: Any) -> None:
         self.close()
 
-    def _df(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
-        return self._con.cursor().execute(sql, params or []).df()
+    def _cursor(self, sae_id: int | None) -> duckdb.DuckDBPyConnection:
+        """A cursor whose tables are one SAE's part (in a split store, when `sae_id` is given), else the whole store's."""
+        cursor = self._con.cursor()
+        if sae_id is not None and self._parts:
+            cursor.execute(f"SET search_path = '{self._parts[int(sae_id)]}.main'")  # an id from the store itself
+        return cursor
 
-    def _rows(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
-        return self._con.cursor().execute(sql, params or []).fetchall()
+    def _df(self, sql: str, params: list[Any] | None = None, *, sae: int | None = None) -> pd.DataFrame:
+        return self._cursor(sae).execute(sql, params or []).df()
 
-    def _one(self, sql: str, params: list[Any] | None = None) -> dict[str, Any] | None:
-        cursor = self._con.cursor().execute(sql, params or [])
+    def _rows(self, sql: str, params: list[Any] | None = None, *, sae: int | None = None) -> list[tuple]:
+        return self._cursor(sae).execute(sql, params or []).fetchall()
+
+    def _one(self, sql: str, params: list[Any] | None = None, *, sae: int | None = None) -> dict[str, Any] | None:
+        cursor = self._cursor(sae).execute(sql, params or [])
         row = cursor.fetchone()
         return None if row is None else dict(zip((d[0] for d in cursor.description), row))
 
@@ -149,9 +157,10 @@ class FeatureStore:
         return [i for (i,) in self._rows("SELECT token_id FROM vocab WHERE lower(trim(token)) = lower(?)", [text])]
 
     @cached_property
-    def n_contexts(self) -> int:
-        """How many contexts of held-out text the statistics were computed on."""
-        return int(self._rows("SELECT count(*) FROM contexts")[0][0])
+    def context_ids(self) -> np.ndarray:
+        """Ids of the contexts the store holds: every context the statistics were computed on (one file), or the
+        ones its examples show (a split store keeps only those)."""
+        return np.array([c for (c,) in self._rows("SELECT context_id FROM contexts ORDER BY context_id")], dtype=np.int64)
 
     def context_tokens(self, context_ids: list[int]) -> dict[int, list[int]]:
         """Token ids of some contexts, by id."""
@@ -165,7 +174,7 @@ class FeatureStore:
         """Everything a feature page shows, in four indexed lookups."""
         sae_id = self.sae_id(sae)
         sae_row = self.sae(sae_id)
-        row = self._one("SELECT * FROM features WHERE sae_id = ? AND feature = ?", [sae_id, int(feature)])
+        row = self._one("SELECT * FROM features WHERE sae_id = ? AND feature = ?", [sae_id, int(feature)], sae=sae_id)
         if row is None:
             raise FeatureNotFound(
                 f"{sae_row['short_name']} has no feature {feature}; its features are 0 … {sae_row['d_sae'] - 1}"
@@ -188,7 +197,7 @@ class FeatureStore:
                       list_slice(c.token_ids, e.window_start + 1, e.window_start + len(e.acts)) AS token_ids
                FROM examples e JOIN contexts c ON c.context_id = e.context_id
                WHERE e.sae_id = ? AND e.feature = ? ORDER BY e.kind, e.rank""",
-            [int(sae_id), int(feature)],
+            [int(sae_id), int(feature)], sae=sae_id,
         )
         vocab = self.vocab
         df["tokens"] = [[vocab[t] for t in ids] for ids in df["token_ids"]]
@@ -199,14 +208,14 @@ class FeatureStore:
         """Decoder-cosine and co-activation neighbours, with their labels and densities."""
         lists = self._rows(
             "SELECT kind, ids, scores, counts FROM neighbours WHERE sae_id = ? AND feature = ? ORDER BY kind",
-            [int(sae_id), int(feature)],
+            [int(sae_id), int(feature)], sae=sae_id,
         )
         wanted = sorted({int(i) for _, ids, _, _ in lists for i in ids})
         info = {
             f: (label, density)
             for f, label, density in self._rows(
                 "SELECT feature, label, density FROM features WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
-                [int(sae_id), wanted],
+                [int(sae_id), wanted], sae=sae_id,
             )
         }
         out = {}
@@ -225,7 +234,7 @@ class FeatureStore:
         """Every explanation of one feature with its scores, newest first (empty when it has none)."""
         df = self._df("""SELECT * EXCLUDE (explanation_lower, current) FROM explanations WHERE sae_id = ? AND feature = ?
                          ORDER BY current DESC, created DESC""",
-                      [int(sae_id), int(feature)])
+                      [int(sae_id), int(feature)], sae=sae_id)
         df["details"] = [json.loads(d) if isinstance(d, str) else {} for d in df["details"]]
         return df
 
@@ -242,7 +251,7 @@ class FeatureStore:
             f"""SELECT f.feature, f.label, e.explanation, e.detection FROM features f
                 LEFT JOIN {CURRENT_EXPLANATIONS} e USING (sae_id, feature)
                 WHERE f.sae_id = ? AND f.feature IN (SELECT unnest(?))""",
-            [self.sae_id(sae), [int(f) for f in features]],
+            [self.sae_id(sae), [int(f) for f in features]], sae=self.sae_id(sae),
         )
         return {int(f): describe_feature(label, explanation, detection) for f, label, explanation, detection in rows}
 
@@ -250,7 +259,7 @@ class FeatureStore:
         """Labels of some features of one SAE (missing ids are left out)."""
         rows = self._rows(
             "SELECT feature, label FROM features WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
-            [self.sae_id(sae), [int(f) for f in features]],
+            [self.sae_id(sae), [int(f) for f in features]], sae=self.sae_id(sae),
         )
         return {int(f): label for f, label in rows}
 
@@ -302,7 +311,7 @@ class FeatureStore:
                        f.density, f.max_act, f.mean_act, f.fires, f.dead
                 FROM features f JOIN saes s USING (sae_id) LEFT JOIN {CURRENT_EXPLANATIONS} e USING (sae_id, feature)
                 WHERE {" AND ".join(where) or "TRUE"} ORDER BY {order} LIMIT ? OFFSET ?""",
-            [*params, int(limit), int(offset)],
+            [*params, int(limit), int(offset)], sae=int(saes[0]) if saes and len(set(saes)) == 1 else None,
         )
 
     @cached_property
@@ -455,12 +464,14 @@ class FeatureStore:
     def live_features(self, sae: str | int, min_fires: int = 1) -> list[int]:
         """The features of one SAE that fired at least `min_fires` times, from the rarest to the most common."""
         return [int(f) for (f,) in self._rows(
-            "SELECT feature FROM features WHERE sae_id = ? AND fires >= ? ORDER BY density, feature", [self.sae_id(sae), max(1, int(min_fires))]
+            "SELECT feature FROM features WHERE sae_id = ? AND fires >= ? ORDER BY density, feature",
+            [self.sae_id(sae), max(1, int(min_fires))], sae=self.sae_id(sae),
         )]
 
     def is_dead(self, sae: str | int, feature: int) -> bool:
         """Whether a feature never fired on the precompute tokens."""
-        row = self._rows("SELECT dead FROM features WHERE sae_id = ? AND feature = ?", [self.sae_id(sae), int(feature)])
+        sae_id = self.sae_id(sae)
+        row = self._rows("SELECT dead FROM features WHERE sae_id = ? AND feature = ?", [sae_id, int(feature)], sae=sae_id)
         return bool(row[0][0]) if row else True
 
     def random_feature(self, sae: str | int | None = None, rng: random.Random | None = None) -> tuple[int, int]:

@@ -118,20 +118,28 @@ def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
     except duckdb.Error as e:
         raise FeatureDBError(f"cannot open {path} as a DuckDB file ({e}); rebuild it with `sae-explorer precompute`") from None
     try:
-        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        check_schema_version(con, path)
+    except FeatureDBError:
+        con.close()
+        raise
+    return con
+
+
+def check_schema_version(con: duckdb.DuckDBPyConnection, path: Path, catalog: str = "") -> None:
+    """Raise a `FeatureDBError` that says what to do unless the feature file open in `con` (or attached to it as
+    `catalog`, given with its trailing dot) has this schema version."""
+    try:
+        row = (con.execute(f"SELECT value FROM {catalog}meta WHERE key = 'schema_version'").fetchall() or [None])[0]
     except duckdb.Error:
         row = None
     version = int(row[0]) if row else None
     if version in UPGRADABLE:
-        con.close()
         raise FeatureDBError(
             f"{path} has schema version {version}, this sae-explorer reads version {SCHEMA_VERSION}; upgrade it in place "
             f"with `sae-explorer upgrade {path.parent}` (keeps every statistic, takes seconds)"
         )
     if version != SCHEMA_VERSION:
-        con.close()
         raise FeatureDBError(
             f"{path} has schema version {version if version is not None else 'unknown'}, this sae-explorer reads "
             f"version {SCHEMA_VERSION}; rebuild it with `sae-explorer precompute` (or use the matching sae-explorer)"
         )
-    return con

@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..io import atomic_path
+from .parts import open_store
 from .schema import file_identity
 
 INDEX_VERSION = 2
@@ -87,7 +88,7 @@ def build_search_index(db_path: str | Path) -> Path:
     """Build (or rebuild) the index of a feature file; written to a temporary file and renamed into place."""
     db_path = Path(db_path)
     out = index_path(db_path)
-    with duckdb.connect(str(db_path), read_only=True) as con, atomic_path(out) as tmp:
+    with open_store(db_path)[0] as con, atomic_path(out) as tmp:
         tmp.unlink()
         sql = sqlite3.connect(tmp)
         steps = [partial(write, con, sql) for write in (_write_features, _write_explanations, _write_tokens)]

@@ -26,10 +26,10 @@ _BLOCK = 262_144
 EXACT_MAX_ROWS = 400_000
 """A search over at most this many rows (the whole file, or the SAEs it is restricted to) scores every one
 exactly (~20 ms); a larger one goes through the approximate index when there is one."""
-RERANK = 8
+RERANK = 16
 """Candidates asked of the approximate index per row a search needs, re-scored exactly."""
-NPROBE = 48
-"""Inverted lists of the approximate index visited per query."""
+PROBED_FRACTION = 4
+"""One in this many inverted lists of the approximate index is visited per query (at least 32)."""
 
 
 def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +161,7 @@ class VectorIndex:
                 mask[lo:hi] = True
             bitmap = np.packbits(mask, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-        params = faiss.SearchParametersIVF(nprobe=NPROBE, sel=selector)
+        params = faiss.SearchParametersIVF(nprobe=max(32, self.ann.nlist // PROBED_FRACTION), sel=selector)
         _, ids = self.ann.search(query.reshape(1, -1) / max(float(np.linalg.norm(query)), 1e-12), k, params=params)
         return np.unique(ids[ids >= 0])
 

@@ -41,10 +41,12 @@ def list_array(rows: Tensor | np.ndarray, lengths: Tensor | np.ndarray | None = 
 
 
 class FeatureDBWriter:
-    """Builds one features.duckdb file; use as a context manager (renamed into place only on success)."""
+    """Builds one features.duckdb file; use as a context manager (renamed into place only on success, then its indexes
+    are built, unless `indexes=False`: the parts of a split store share one set, built once for the store)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, indexes: bool = True):
         self.path = Path(path)
+        self.indexes = indexes
         self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
         self.con: duckdb.DuckDBPyConnection | None = None
 
@@ -61,7 +63,8 @@ class FeatureDBWriter:
             self.con = None
         if exc_type is None:
             os.replace(self.tmp, self.path)
-            refresh_indexes(self.path)
+            if self.indexes:
+                refresh_indexes(self.path)
         else:
             self._remove_tmp()
 

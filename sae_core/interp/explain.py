@@ -22,12 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..embedder import load_embedder
-from ..features.amend import amend, feature_file, set_meta
+from ..features.amend import amend_each, feature_file, set_meta
 from ..features.embed import Embedder, embed_explanations, file_embedder
 from ..features.reader import FeatureStore
 from ..models import EMBEDDED_NAME, load_model
@@ -181,7 +182,8 @@ def _non_activating_pool(store: FeatureStore, opened: RunSAEs, mine: list[tuple[
                          log: Callable[[str], None]) -> WindowPool:
     """Windows of held-out contexts with where each of this rank's features fires (one pass of the model)."""
     rng = np.random.default_rng(cfg.seed)
-    ids = sorted(rng.choice(store.n_contexts, min(cfg.pool_contexts, store.n_contexts), replace=False).tolist())
+    pool = store.context_ids
+    ids = sorted(rng.choice(pool, min(cfg.pool_contexts, len(pool)), replace=False).tolist())
     wanted: dict[str, list[int]] = {}
     for sae, feature in mine:
         wanted.setdefault(sae, []).append(feature)
@@ -233,8 +235,11 @@ def _store_results(db: Path, scored: list[dict[str, Any]], store: FeatureStore, 
         "details": json.dumps({**r["details"], "texts": r["texts"], "shuffled_from": r["shuffled_from"], "reply": r["reply"],
                                "options": asdict(cfg), "prompt_version": PROMPT_VERSION}, ensure_ascii=False),
     } for r in scored])
-    with amend(db) as con:
-        con.register("_new", rows)
+    def write(con: duckdb.DuckDBPyConnection, sae_ids: list[int]) -> None:
+        new = rows[rows.sae_id.isin(sae_ids)]
+        if new.empty:
+            return
+        con.register("_new", new)
         try:
             con.execute("""DELETE FROM explanations x USING _new n WHERE x.sae_id = n.sae_id AND x.feature = n.feature
                            AND x.explainer = n.explainer AND x.scorer = n.scorer""")
@@ -245,7 +250,9 @@ def _store_results(db: Path, scored: list[dict[str, Any]], store: FeatureStore, 
         if embedder is not None:
             if file_embedder(con) is None:
                 set_meta(con, {"embedder": {"name": embedder.name, "dim": embedder.dim}})
-            embed_explanations(con, embedder, keys={(int(a), int(b)) for a, b in zip(rows.sae_id, rows.feature)})
+            embed_explanations(con, embedder, keys={(int(a), int(b)) for a, b in zip(new.sae_id, new.feature)})
+
+    amend_each(db, write)  # the run's one feature file, or each part holding these SAEs
 
 
 def _means(scored: list[dict[str, Any]]) -> dict[str, tuple[float, float, int]]:
