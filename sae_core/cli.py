@@ -92,7 +92,7 @@ def _precompute_options(args: argparse.Namespace):
     return PrecomputeOptions(
         tokens=parse_count(args.tokens), corpus=args.corpus, split=args.split, window=args.window, n_top=args.top,
         n_intervals=args.intervals, per_interval=args.per_interval, device=args.device, embed=args.embed,
-        saes=getattr(args, "saes_only", None),
+        saes=getattr(args, "saes_only", None), per_sae_files=args.per_sae_files,
     )
 
 
@@ -215,6 +215,9 @@ def _add_precompute_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-interval", type=int, default=4, help="examples sampled per interval (default: 4)")
     p.add_argument("--embed", action=argparse.BooleanOptionalAction, default=True,
                    help="embed every feature for search by meaning when the sentence-embedding model is installed (default: yes)")
+    p.add_argument("--per-sae-files", action="store_true",
+                   help="write RUN/features/, one feature file per SAE, instead of RUN/features.duckdb: under torchrun each "
+                   "rank writes its own SAEs' files; with --saes, other machines add theirs beside them (default: one file)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
 
 

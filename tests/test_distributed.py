@@ -133,6 +133,20 @@ def test_two_rank_precompute_matches_one_rank(one_process, tmp_path):
         assert a.execute(query).fetchall() == b.execute(query).fetchall(), table
     assert not (runs[2] / ".precompute").exists()
 
+    runs[3] = tmp_path / "ranks2-per-sae"  # each rank writes its own SAEs' files: the same store, split
+    shutil.copytree(one_process, runs[3])
+    torchrun(["precompute", str(runs[3]), *args, "--per-sae-files"])
+    from sae_core.features.reader import FeatureStore
+
+    with FeatureStore(runs[3]) as split:
+        assert split.path == runs[3] / "features" and len(list(split.path.glob("*.duckdb"))) == len(split.saes())
+        for table in ("features", "examples", "neighbours", "saes", "site_summary", "vocab"):
+            query = f"SELECT * FROM {table} ORDER BY ALL"
+            assert a.execute(query).fetchall() == split._rows(query), table
+        used = "SELECT * FROM contexts WHERE context_id IN (SELECT context_id FROM examples) ORDER BY ALL"
+        assert a.execute(used).fetchall() == split._rows(used)
+    assert not (runs[3] / ".precompute").exists()
+
 
 def test_two_rank_explain_matches_one_process(precomputed_run, tiny_model_dir, tmp_path):
     """Features dealt across two ranks get the same explanations and scores as in one process."""

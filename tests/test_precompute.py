@@ -8,6 +8,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import DEAD_FEATURE as DEAD
@@ -224,3 +225,28 @@ def test_a_sample_of_the_run_saes_is_precomputed_on_request(precomputed_run, loa
         assert sorted(store.saes().short_name) == ["L0R", "L1M"]
     with pytest.raises(UserError, match="no SAE at L0M.*its SAEs are at L0R, L1A, L1M"):
         precompute_run(run, replace(OPTIONS, saes="L0M"), loaded=loaded, log=lambda m: None)
+
+
+def test_per_sae_files_from_separate_runs_make_the_store_of_one_build(precomputed_run, loaded, tmp_path):
+    """Two precomputes of different SAEs (as on two machines) write one file per SAE; read together they hold what
+    one build of all SAEs holds, under the same SAE ids."""
+    from dataclasses import replace
+
+    from sae_core.errors import UserError
+    from sae_core.features.reader import FeatureStore
+
+    run = tmp_path / "per-sae"
+    shutil.copytree(precomputed_run, run)
+    (run / DB_FILE).unlink()
+    for saes in ("L1A", "L0R,L1M"):
+        precompute_run(run, replace(OPTIONS, saes=saes, per_sae_files=True, embed=False), loaded=loaded, log=lambda m: None)
+    assert sorted(p.name for p in (run / "features").glob("*.duckdb")) == ["L0R.duckdb", "L1A.duckdb", "L1M.duckdb"]
+    with FeatureStore(run) as split, FeatureStore(precomputed_run) as one:
+        assert split.search_index_problem is None
+        for table in ("features", "examples", "neighbours", "saes", "site_summary"):
+            sql = f"SELECT * EXCLUDE (folder) FROM {table} ORDER BY ALL" if table == "saes" else f"SELECT * FROM {table} ORDER BY ALL"
+            assert one._rows(sql) == split._rows(sql), table
+        page_a, page_b = one.feature("L1M", 3), split.feature("L1M", 3)
+        pd.testing.assert_frame_equal(page_a.examples, page_b.examples)
+    with pytest.raises(UserError, match="one file per SAE; precompute with --per-sae-files"):
+        precompute_run(run, replace(OPTIONS, embed=False), loaded=loaded, log=lambda m: None)

@@ -19,7 +19,7 @@ from .schema import FeatureDBError
 
 def kept_explanations(path: Path, sae_files: dict[str, Any]) -> pd.DataFrame:
     """The previous file's explanations of SAEs whose files are unchanged, with their `hook_name` (empty if none)."""
-    if not path.is_file():
+    if not path.exists():
         return pd.DataFrame()
     try:
         with FeatureStore(path) as store:

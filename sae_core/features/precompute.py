@@ -35,12 +35,15 @@ from ..sites import Site, parse_sites
 from ..tokens import check_context_size, decode_each, token_batches
 from .embed import embed_features
 from .feature_stats import Examples, FeatureStats, feature_stats, select_examples
+from .indexes import refresh_indexes
 from .keep_explanations import kept_explanations
 from .labels import make_label, top_tokens
 from .logit_effects import LogitEffects, logit_effects
 from .neighbours import Neighbours, coactivation_neighbours, decoder_cosine_neighbours
+from .parts import PARTS_DIR
 from .record import RecordWriter, read_site, read_token_ids, record_activations
 from .schema import DB_FILE
+from .split import part_name
 from .writer import FeatureDBWriter, list_array, write_parts
 
 WORK_DIR = ".precompute"
@@ -71,6 +74,10 @@ class PrecomputeOptions:
     """Embed every feature for search by meaning (when the sentence-embedding model is installed)."""
     saes: str | None = None
     """Only the run's SAEs at these sites (e.g. `L*/3R,L*/3M,L*/3A`: every third layer of a suite); None: all."""
+    per_sae_files: bool = False
+    """Write `RUN/features/`, one feature file per SAE (see `parts`), instead of `RUN/features.duckdb`: under
+    torchrun each rank writes its own SAEs' files (no merge on rank 0), and runs with different `saes` (other
+    machines) add their SAEs' files beside the others."""
 
     def __post_init__(self) -> None:
         for name in ("tokens", "n_top", "n_intervals", "n_logits", "hist_bins", "shard_tokens"):
@@ -114,17 +121,25 @@ def precompute_run(
     loaded: LoadedModel | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Build `RUN/features.duckdb` for every SAE of the run; return its path.
+    """Build `RUN/features.duckdb` for every SAE of the run (or `RUN/features/`, one file per SAE); return its path.
 
     Under torchrun the ranks share the work: each records every world-th batch of the stream, then
     analyses its share of the SAEs into Parquet parts, which rank 0 loads into the one DuckDB file
-    (the same tables as a one-process build). The run folder must be on a filesystem all ranks share.
+    (the same tables as a one-process build), or, with `per_sae_files`, into its SAEs' own files.
+    The run folder must be on a filesystem all ranks share.
     """
     par, device = init_parallel(options.device)
     log = log or ((lambda msg: print(msg, file=sys.stderr, flush=True)) if par.main else (lambda msg: None))
     opened = open_run_saes(run_path, loaded=loaded, device=device, log=log)
     run, info, cfg, loaded = opened.run, opened.info, opened.config, opened.loaded
     saes, sae_folders = opened.saes, opened.folders
+    run_ids = {site: i for i, site in enumerate(saes)}  # an SAE's id in a file of its own: the same on every machine
+    if options.per_sae_files and (run.path / DB_FILE).exists():
+        raise UserError(f"{run.path / DB_FILE} exists: per-SAE files would sit unread beside it; split it first with "
+                        f"`sae-explorer split {run.path}` (keeps its explanations) or remove it")
+    if not options.per_sae_files and (run.path / PARTS_DIR).is_dir():
+        raise UserError(f"{run.path / PARTS_DIR} holds this run's features, one file per SAE; precompute with "
+                        "--per-sae-files to replace them, or move the folder away for one file")
     if options.saes is not None:
         saes = _chosen(saes, options.saes, loaded.layout.n_layers, str(run_path))
     sites = list(saes)
@@ -175,13 +190,55 @@ def precompute_run(
     vocab = _vocab(loaded)
     ids = list(range(len(sites)))
 
-    def rows_of(sae_id: int) -> list[tuple[str, dict[str, Any]]]:
+    def rows_of(sae_id: int, stored_id: int | None = None) -> list[tuple[str, dict[str, Any]]]:
         site = sites[sae_id]
         result = _analyse(site, saes[site], sae_folders[site], folders, token_ids, loaded, vocab, options)
-        return _sae_rows(sae_id, result, run.path)
+        return _sae_rows(sae_id if stored_id is None else stored_id, result, run.path)
+
+    def meta() -> dict[str, Any]:
+        return {
+            "model": info.get("model"),
+            "run": str(run.path),
+            "corpus": describe_source(corpus),
+            "split": options.split,
+            "tokens": writer.counted_tokens,
+            "contexts": int(token_ids.shape[0]),
+            "context_size": context_size,
+            "options": asdict(options),
+            "sae_explorer_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "stream_seconds": round(stream_seconds, 1),
+            "total_seconds": round(time.time() - started, 1),
+            "ranks": par.world,
+            "sae_files": fingerprint["saes"],
+        }
 
     def progress(items: list[int]) -> Any:
         return tqdm(items, desc="feature statistics", unit="SAE", file=sys.stderr, dynamic_ncols=True, disable=not par.main)
+
+    if options.per_sae_files:
+        folder = run.path / PARTS_DIR
+        kept = kept_explanations(folder, fingerprint["saes"])
+        for sae_id in progress(par.mine(ids)):
+            site = sites[sae_id]
+            rows = rows_of(sae_id, run_ids[site])
+            used = np.unique(next(columns for table, columns in rows if table == "examples")["context_id"])
+            with FeatureDBWriter(folder / part_name(site.short), indexes=False) as db:
+                db.insert("vocab", {"token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab})
+                db.insert("contexts", {"context_id": used.astype(np.int32), "token_ids": list_array(token_ids[used], dtype=pa.int32())})
+                for table, columns in rows:
+                    db.insert(table, columns)
+                _insert_kept(db, kept[kept.hook_name == site.hook_name] if len(kept) else kept, {site.hook_name: run_ids[site]})
+                if options.embed:
+                    _embed(db, device, lambda msg: None)
+                db.finish({**meta(), "sae_files": {site.hook_name: fingerprint["saes"][site.hook_name]}})
+        par.barrier()  # every rank's files are written
+        if par.main:
+            refresh_indexes(folder)
+            shutil.rmtree(work, ignore_errors=True)
+            log(f"wrote {len(sites)} feature file(s) into {folder}: {writer.counted_tokens:,} tokens")
+        par.barrier()
+        return folder
 
     parts = work / "parts"
     if par.distributed:  # each rank analyses its share of the SAEs into Parquet parts
@@ -201,29 +258,12 @@ def precompute_run(
                 for sae_id in progress(ids):  # one SAE's tables in memory at a time
                     for table, columns in rows_of(sae_id):
                         db.insert(table, columns)
-            if len(kept):
-                new_ids = {site.hook_name: i for i, site in enumerate(sites)}
-                db.insert("explanations", kept.assign(sae_id=kept.hook_name.map(new_ids)).drop(columns="hook_name").to_dict("list"))
+            if _insert_kept(db, kept, {site.hook_name: i for i, site in enumerate(sites)}):
                 log(f"kept {len(kept)} explanation(s) of the unchanged SAEs from the previous feature file "
                     "(scored on its examples; `explain --overwrite` scores them anew)")
             if options.embed:
                 _embed(db, device, log)
-            db.finish({
-                "model": info.get("model"),
-                "run": str(run.path),
-                "corpus": describe_source(corpus),
-                "split": options.split,
-                "tokens": writer.counted_tokens,
-                "contexts": int(token_ids.shape[0]),
-                "context_size": context_size,
-                "options": asdict(options),
-                "sae_explorer_version": __version__,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "stream_seconds": round(stream_seconds, 1),
-                "total_seconds": round(time.time() - started, 1),
-                "ranks": par.world,
-                "sae_files": fingerprint["saes"],
-            })
+            db.finish(meta())
         shutil.rmtree(work, ignore_errors=True)
         log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {len(sites)} SAE(s), {writer.counted_tokens:,} tokens")
     par.barrier()
@@ -331,6 +371,13 @@ def _site_summary(sae_id: int, r: SAEResult, l0: float) -> dict[str, list[Any]]:
         "max_act_median": [q(stats.max_act[alive].double(), 0.5)],
         "log10_density_edges": [edges.tolist()], "log10_density_counts": [counts.astype(int).tolist()],
     }
+
+
+def _insert_kept(db: FeatureDBWriter, kept: Any, ids: dict[str, int]) -> int:
+    """Add the explanations carried over from the previous build, under the SAEs' new ids; how many."""
+    if len(kept):
+        db.insert("explanations", kept.assign(sae_id=kept.hook_name.map(ids)).drop(columns="hook_name").to_dict("list"))
+    return len(kept)
 
 
 def _embed(db: FeatureDBWriter, device: torch.device, log: Callable[[str], None]) -> None:
