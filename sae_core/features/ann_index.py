@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import shutil
 import sys
 import uuid
@@ -110,13 +111,21 @@ def _write_ann(folder: Path, n: int, dim: int) -> dict[str, int]:
     nlist = int(min(16_384, max(64, 2 ** round(math.log2(math.sqrt(n))))))
     m = max(d for d in range(1, dim // 8 + 1) if dim % d == 0)  # ~one byte per 8 dimensions
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-    sample = np.sort(np.random.default_rng(0).choice(n, min(n, 48 * nlist), replace=False))
+    sample = np.sort(np.random.default_rng(0).choice(n, min(n, max(48 * nlist, 16_384)), replace=False))  # PQ wants 39 × 256
     index.train(vectors[sample].astype(np.float32) * scales[sample, None])
     for start in tqdm(range(0, n, _BATCH), desc="vector index: IVF-PQ", unit="batch", file=sys.stderr, leave=False):
         end = min(n, start + _BATCH)
         index.add(vectors[start:end].astype(np.float32) * scales[start:end, None])
     faiss.write_index(index, str(folder / "ivfpq.faiss"))
     return {"nlist": nlist, "m": m}
+
+
+def _no_readahead(array: np.ndarray) -> None:
+    """Re-ranking reads a few thousand scattered rows: without this the OS reads ~128 KB around each one, which fills
+    memory (and the page cache) with rows no search asked for."""
+    mapped = getattr(array, "_mmap", None)
+    if mapped is not None and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
 
 
 def open_vector_index(db_path: Path, db_con: duckdb.DuckDBPyConnection) -> tuple[VectorIndex | None, str | None]:
@@ -133,6 +142,7 @@ def open_vector_index(db_path: Path, db_con: duckdb.DuckDBPyConnection) -> tuple
             return None, f"the vector index {path.name} is older than the feature file; {rebuild}"
         # copy-on-write maps: writable views for torch, never written back
         arrays = {name: np.load(path / f"{name}.npy", mmap_mode="c", allow_pickle=False) for name in ARRAYS}
+        _no_readahead(arrays["vectors"])
         if any(len(a) != meta["rows"] for a in arrays.values()):
             return None, f"the vector index {path.name} is incomplete; {rebuild}"
         ann = None

@@ -1,7 +1,7 @@
 """Every table of a feature file as Parquet, for engines that read it (DuckDB, Spark, BigQuery, pandas,
 Polars): the per-feature tables partitioned by SAE, hive style (`features/sae_id=3/data_0.parquet`, the
 `sae_id` column kept in the files too), the others one file each, and `schema.json` with every table's
-columns and types and the file's `meta`. The column meanings are the feature file's (docs/feature-db.md).
+columns and types and the file's `meta`. The columns mean what they mean in the feature file (`schema.py`; docs/scale.md).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +34,9 @@ CURRENT_EXPLANATIONS = "(SELECT * FROM explanations WHERE current)"
 """The newest explanation of each explained feature: the one lists, searches and hovers show."""
 SEARCH_COLUMNS = ["sae", "sae_id", "feature", "similarity", "matched", "label", "explanation", "detection", "density"]
 """The columns of a search by vector (and of "features like this one")."""
+MEMORY_LIMIT = "512MB"
+"""DuckDB's cache of decompressed blocks for a reader (its default is 80% of the machine's memory): the files are
+read-only, so an evicted block is read again from the OS page cache, and a browsing app stays small."""
 MAX_TOKEN_IDS = 16
 """A token search looks for at most this many vocabulary ids (e.g. "the", " the", "The", " THE" …)."""
 
@@ -70,9 +74,16 @@ class FeatureStore:
     def __init__(self, path: str | Path):
         self.path = store_path(path)
         self._con, self._parts = open_store(self.path)
+        self._con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
 
     def close(self) -> None:
+        if "_pool" in self.__dict__:
+            self._pool.shutdown(wait=True)
         self._con.close()
+
+    @cached_property
+    def _pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=3, thread_name_prefix="feature-store")
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -174,6 +185,10 @@ class FeatureStore:
         """Everything a feature page shows, in four indexed lookups."""
         sae_id = self.sae_id(sae)
         sae_row = self.sae(sae_id)
+        # the lookups are independent and DuckDB runs each without the GIL: side by side they take the longest one's time
+        examples = self._pool.submit(self.examples, sae_id, feature)
+        neighbours = self._pool.submit(self.neighbours, sae_id, feature)
+        explanations = self._pool.submit(self.explanations, sae_id, feature)
         row = self._one("SELECT * FROM features WHERE sae_id = ? AND feature = ?", [sae_id, int(feature)], sae=sae_id)
         if row is None:
             raise FeatureNotFound(
@@ -185,9 +200,9 @@ class FeatureStore:
             histogram=_histogram(row["hist_counts"], row["hist_max"]),
             top_logits=self._logits(row["top_logit_ids"], row["top_logit_values"]),
             bottom_logits=self._logits(row["bottom_logit_ids"], row["bottom_logit_values"]),
-            examples=self.examples(sae_id, feature),
-            neighbours=self.neighbours(sae_id, feature),
-            explanations=self.explanations(sae_id, feature),
+            examples=examples.result(),
+            neighbours=neighbours.result(),
+            explanations=explanations.result(),
         )
 
     def examples(self, sae_id: int, feature: int) -> pd.DataFrame:
@@ -211,13 +226,14 @@ class FeatureStore:
             [int(sae_id), int(feature)], sae=sae_id,
         )
         wanted = sorted({int(i) for _, ids, _, _ in lists for i in ids})
-        info = {
-            f: (label, density)
-            for f, label, density in self._rows(
-                "SELECT feature, label, density FROM features WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
-                [int(sae_id), wanted], sae=sae_id,
-            )
-        }
+        index = self._search_index[0]
+        if index is not None:  # point lookups in the index: ~1 ms against ~6 ms for the join at 5.5M features
+            found = index.summaries([int(sae_id)] * len(wanted), wanted)
+            rows = zip(found.feature, found.label, found.density)
+        else:
+            rows = self._rows("SELECT feature, label, density FROM features WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
+                              [int(sae_id), wanted], sae=sae_id)
+        info = {int(f): (label, density) for f, label, density in rows}
         out = {}
         for kind, ids, scores, counts in lists:
             out[kind] = pd.DataFrame({
