@@ -4,9 +4,9 @@ vector into memory, and without scoring every vector at millions of features.
 The folder holds the file's feature vectors as memory-mapped NumPy arrays in (sae_id, feature, source)
 order (`keys.npy`, `sources.npy`, `scales.npy`, int8 `vectors.npy`) and, from `ANN_MIN_ROWS` vectors up, a
 faiss IVF-PQ index over them (`ivfpq.faiss`: √N inverted lists, one byte per 8 dimensions, i.e. 48 bytes
-for a 384-d vector, so 20M vectors need ~1.1 GB of memory). A search asks the IVF-PQ index for candidates
-and re-scores them exactly from the int8 rows (`vector_index.VectorIndex`); opening it maps the arrays
-and reads the PQ codes, instead of loading 400 MB per million vectors out of DuckDB.
+for a 384-d vector: 1.1 GB for 20M vectors, memory-mapped too). A search asks the IVF-PQ index for
+candidates and re-scores them exactly from the int8 rows (`vector_index.VectorIndex`); opening it maps
+the files, instead of loading 400 MB per million vectors out of DuckDB.
 
 Like the search index it records the feature file's identity; a reader that finds it missing or stale
 says so and loads the vectors from the feature file (exact search, all in memory). Every writer of
@@ -151,7 +151,8 @@ def open_vector_index(db_path: Path, db_con: duckdb.DuckDBPyConnection) -> tuple
                 return None, f"the vector index {path.name} needs faiss (`pip install faiss-cpu`); {rebuild}"
             import faiss
 
-            ann = faiss.read_index(str(path / "ivfpq.faiss"))
+            # its inverted lists memory-mapped where faiss can: opening is instant and costs page cache, not memory
+            ann = faiss.read_index(str(path / "ivfpq.faiss"), getattr(faiss, "IO_FLAG_MMAP_IFC", 0))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         return None, f"cannot read the vector index {path} ({e}); {rebuild}"
     return VectorIndex(**arrays, ann=ann), None
