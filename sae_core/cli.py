@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import UserError
 
@@ -202,6 +203,14 @@ def _split(args: argparse.Namespace) -> int:
     size = sum(p.stat().st_size for p in part_files(folder))
     print(f"{folder}: {len(part_files(folder))} feature files, {size / 2**20:,.1f} MiB; {db.name} removed")
     return 0
+
+
+def _features_command(sub: Any, name: str, func: Callable[[argparse.Namespace], int], **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand that works on a run's features (its one argument: the run folder or feature file)."""
+    p = sub.add_parser(name, **kwargs)
+    p.add_argument("run", help="run folder, its features.duckdb, or its features/ folder of per-SAE files")
+    p.set_defaults(func=func)
+    return p
 
 
 def _add_precompute_arguments(p: argparse.ArgumentParser) -> None:
@@ -480,17 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.set_defaults(func=_embed)
 
-    p = sub.add_parser(
-        "upgrade",
+    _features_command(
+        sub, "upgrade", _upgrade,
         help="bring a run's features.duckdb of an older schema version up to date, in place",
         description="Upgrade RUN/features.duckdb to the current schema without recomputing anything (the file is "
         "rewritten atomically: an interrupted upgrade leaves the old one).",
     )
-    p.add_argument("run", help="run folder or features.duckdb file")
-    p.set_defaults(func=_upgrade)
 
-    p = sub.add_parser(
-        "index",
+    _features_command(
+        sub, "index", _index,
         help="(re)build the indexes beside a run's features.duckdb (text search, search by meaning)",
         description="Build RUN/features.search.sqlite (a SQLite FTS5 trigram index of labels and explanations and the "
         "token postings: searches become index lookups instead of scans, same results) and RUN/features.vectors/ (the "
@@ -499,31 +506,25 @@ def build_parser() -> argparse.ArgumentParser:
         "both themselves; run this after copying a feature file without its indexes, or when the app says one is "
         "missing or stale.",
     )
-    p.add_argument("run", help="run folder or features.duckdb file")
-    p.set_defaults(func=_index)
 
-    p = sub.add_parser(
-        "export",
+    p = _features_command(
+        sub, "export", _export,
         help="write every table of a run's features.duckdb as Parquet (partitioned by SAE)",
         description="Write the tables of RUN/features.duckdb under OUT as Parquet for other engines (DuckDB, Spark, "
         "BigQuery, pandas): features, examples, neighbours, explanations and feature_vectors one folder per SAE, hive "
         "style (OUT/features/sae_id=3/data_0.parquet), the others one file each, and OUT/schema.json with every "
         "table's columns and the file's meta. OUT is replaced as a whole, only when the export succeeds.",
     )
-    p.add_argument("run", help="run folder or features.duckdb file")
     p.add_argument("out", help="folder to write (new, or an earlier export to replace)")
-    p.set_defaults(func=_export)
 
-    p = sub.add_parser(
-        "split",
+    _features_command(
+        sub, "split", _split,
         help="split a run's features.duckdb into one feature file per SAE (RUN/features/L6R.duckdb …)",
         description="Move every row of RUN/features.duckdb into RUN/features/, one feature file per SAE (with the "
         "vocabulary and the contexts its examples show), then remove the single file and rebuild the indexes for "
         "the folder. Every command and the app read the folder as they read one file; parts can be copied, served "
         "and rebuilt one by one, and each opens alone as a feature file of one SAE.",
     )
-    p.add_argument("run", help="run folder or features.duckdb file")
-    p.set_defaults(func=_split)
 
     add_refusal_parser(sub)
 

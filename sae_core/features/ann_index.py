@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import shutil
 import sys
 import uuid
@@ -120,14 +119,6 @@ def _write_ann(folder: Path, n: int, dim: int) -> dict[str, int]:
     return {"nlist": nlist, "m": m}
 
 
-def _no_readahead(array: np.ndarray) -> None:
-    """Re-ranking reads a few thousand scattered rows: without this the OS reads ~128 KB around each one, which fills
-    memory (and the page cache) with rows no search asked for."""
-    mapped = getattr(array, "_mmap", None)
-    if mapped is not None and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-        mapped.madvise(mmap.MADV_RANDOM)
-
-
 def open_vector_index(db_path: Path, db_con: duckdb.DuckDBPyConnection) -> tuple[VectorIndex | None, str | None]:
     """The vector index of a feature file, memory-mapped, when it is there and current; else `(None, why not)`."""
     path = vectors_path(db_path)
@@ -142,7 +133,6 @@ def open_vector_index(db_path: Path, db_con: duckdb.DuckDBPyConnection) -> tuple
             return None, f"the vector index {path.name} is older than the feature file; {rebuild}"
         # copy-on-write maps: writable views for torch, never written back
         arrays = {name: np.load(path / f"{name}.npy", mmap_mode="c", allow_pickle=False) for name in ARRAYS}
-        _no_readahead(arrays["vectors"])
         if any(len(a) != meta["rows"] for a in arrays.values()):
             return None, f"the vector index {path.name} is incomplete; {rebuild}"
         ann = None
