@@ -77,7 +77,8 @@ def main() -> None:
     parser.add_argument("--saes", type=int, default=64)
     parser.add_argument("--d-sae", type=int, default=16_384)
     parser.add_argument("--no-scan", action="store_true", help="skip the scanning baseline of the searches")
-    parser.add_argument("--path", help="where the synthetic file goes (default: a temp folder, kept for reruns)")
+    parser.add_argument("--path", help="where the synthetic file goes (default: a temp folder, kept for reruns); or a split "
+                        "store's features/ folder (`sae-explorer split` of such a file)")
     parser.add_argument("--rebuild", action="store_true", help="build the file again even if it exists")
     parser.add_argument("--pages", type=int, default=200, help="random feature pages to fetch")
     parser.add_argument("--searches", type=int, default=50, help="random label / token searches")
@@ -94,7 +95,7 @@ def main() -> None:
         start = time.perf_counter()
         build_synthetic(path, n_saes=args.saes, d_sae=args.d_sae)
         print(f"built {path} in {time.perf_counter() - start:.0f} s")
-    size = os.path.getsize(path)
+    size = sum(p.stat().st_size for p in path.glob("*.duckdb")) if path.is_dir() else os.path.getsize(path)  # a split store: its parts
     store = FeatureStore(path)
     if store.search_index_problem:
         store.close()
