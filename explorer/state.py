@@ -9,8 +9,8 @@ import streamlit as st
 
 from sae_core.embedder import SentenceEmbedder, load_embedder
 from sae_core.errors import UserError
+from sae_core.features.parts import store_path, store_stamp
 from sae_core.features.reader import FeatureStore
-from sae_core.features.schema import DB_FILE
 from sae_core.prompt_features import prompt_activations, tokenize_prompt
 from sae_core.refusal.results import FEATURES_FILE, refusal_dir, refusal_marks
 from sae_core.report import metrics_notes
@@ -42,15 +42,15 @@ def current_run() -> Path:
 
 
 @st.cache_resource(show_spinner="opening the feature file …")
-def _store(path: str, mtime: float) -> FeatureStore:
+def _store(path: str, stamp: tuple[tuple[str, int], ...]) -> FeatureStore:
     return FeatureStore(path)
 
 
 def feature_store(run: Path) -> FeatureStore:
-    """The run's features.duckdb, opened read-only once per file version (reopened when it is rebuilt)."""
-    db = run / DB_FILE
-    mtime = db.stat().st_mtime if db.is_file() else 0.0
-    return _store(str(db), mtime)
+    """The run's features (features.duckdb, or features/ with one file per SAE), opened read-only once per version
+    (reopened when they are rebuilt)."""
+    path = store_path(run)
+    return _store(str(path), store_stamp(path))
 
 
 def open_feature_store_or_stop() -> tuple[Path, FeatureStore]:

@@ -235,12 +235,13 @@ def _app(args: argparse.Namespace) -> int:
     import subprocess
     from pathlib import Path
 
+    from .features.parts import store_path, store_stamp
     from .features.schema import DB_FILE
     from .runs import APP_RUN_ENV, RunDir
 
     run = RunDir(args.run)
     run.require()
-    if not (run.path / DB_FILE).is_file():
+    if not store_stamp(store_path(run.path)):
         print(f"note: {run.path / DB_FILE} does not exist yet; the Features page needs "
               f"`sae-explorer precompute {args.run}`", file=sys.stderr)
     script = Path(__file__).resolve().parents[1] / "app.py"
@@ -309,8 +310,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from .eval_run import read_metrics
+    from .features.parts import store_path, store_stamp
     from .features.reader import FeatureStore
-    from .features.schema import DB_FILE
     from .report import metrics_table
     from .runs import RunDir
 
@@ -320,8 +321,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  sites: {', '.join(info.get('sites', []))}")
     metrics = read_metrics(args.run)
     print(metrics_table(metrics) if metrics else "  no metrics yet; run `sae-explorer eval` on it")
-    db = run.path / DB_FILE
-    if db.is_file():
+    db = store_path(run.path)
+    if store_stamp(db):
         from .interp.summary import explanation_summary
         from .report import markdown_table
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import app_page
 from streamlit.testing.v1 import AppTest
@@ -87,3 +88,21 @@ def test_missing_feature_file_says_how_to_build_it(monkeypatch, tmp_path):
     assert not at.exception
     assert "does not exist" in at.error[0].value
     assert "sae-explorer precompute" in at.info[0].value
+
+
+def test_a_split_run_browses_like_its_one_file(monkeypatch, precomputed_run, busiest, tmp_path):
+    """After `sae-explorer split`, the same deep link draws the same page from the per-SAE files."""
+    import shutil
+
+    from sae_core.features.split import split_feature_file
+
+    run = tmp_path / "split"
+    shutil.copytree(precomputed_run, run)
+    split_feature_file(run / "features.duckdb")
+    sae, feature, _ = busiest
+    one, split = (_page(monkeypatch, r, sae=sae, feature=str(feature)) for r in (precomputed_run, run))
+    assert not split.exception and split.subheader[0].value == one.subheader[0].value
+    assert [m.value for m in split.markdown] == [m.value for m in one.markdown]
+    assert len(split.dataframe) == len(one.dataframe) == 5
+    for a, b in zip(split.dataframe, one.dataframe):
+        pd.testing.assert_frame_equal(a.value, b.value)

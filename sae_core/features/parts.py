@@ -43,6 +43,13 @@ def store_path(path: str | Path) -> Path:
     return path if part_files(path) else single
 
 
+def store_stamp(path: Path) -> tuple[tuple[str, int], ...]:
+    """Changes whenever the features at `path` (a file or a folder of parts) are rewritten: what a cache of open
+    stores keys on."""
+    files = part_files(path) if path.is_dir() else [path] if path.is_file() else []
+    return tuple((f.name, f.stat().st_mtime_ns) for f in files)
+
+
 def store_of(file: Path) -> Path:
     """The store a feature file belongs to: its folder when it is a part, else itself."""
     return file.parent if file.parent.name == PARTS_DIR and file.name != DB_FILE else file
