@@ -29,13 +29,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def replace_folder(new: Path, out: Path) -> None:
-    """Put the folder `new` in place of `out` (a folder cannot be renamed over a non-empty one: the old one is moved
-    aside first, then deleted)."""
-    old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(new, out)
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside `path`; on success put it in place of `path` (a folder cannot be renamed
+    over a non-empty one: the old one is moved aside first, then deleted), on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import duckdb
@@ -28,7 +26,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
-from ..io import replace_folder
+from ..io import atomic_folder
 from .parts import open_store
 from .schema import file_identity
 from .vector_index import SOURCES, VectorIndex, feature_keys
@@ -59,19 +57,13 @@ def build_vector_index(db_path: str | Path, *, ann_min_rows: int = ANN_MIN_ROWS)
     """Build (or rebuild) the vector index of a feature file; written to a temporary folder and swapped in."""
     db_path = Path(db_path)
     out = vectors_path(db_path)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
-    try:
+    with atomic_folder(out) as tmp:
         with open_store(db_path)[0] as con:
             n, dim = _write_arrays(con, tmp)
             meta = {"index_version": INDEX_VERSION, "content_id": file_identity(db_path, con), "rows": n, "dim": dim}
         if n >= ann_min_rows and faiss_available():
             meta["ann"] = _write_ann(tmp, n, dim)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -7,14 +7,12 @@ columns and types and the file's `meta`. The columns mean what they mean in the 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import uuid
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..io import replace_folder
+from ..io import atomic_folder
 from .parts import open_store, quoted
 
 PARTITIONED = ("features", "examples", "neighbours", "explanations", "feature_vectors")
@@ -30,11 +28,8 @@ def export_parquet(db_path: str | Path, out: str | Path) -> dict[str, int]:
     out = Path(out)
     if out.exists() and not (out / "schema.json").is_file():
         raise FileExistsError(f"{out} exists and is not an earlier Parquet export; choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
     con, _ = open_store(Path(db_path))
-    try:
+    with con, atomic_folder(out) as tmp:
         schema: dict[str, object] = {"meta": {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()},
                                      "tables": {}}
         for table in tqdm(ORDER, desc="parquet", unit="table", file=sys.stderr, leave=False):
@@ -52,10 +47,4 @@ def export_parquet(db_path: str | Path, out: str | Path) -> dict[str, int]:
                 "columns": {name: kind for name, kind, *_ in columns},
             }
         (tmp / "schema.json").write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        con.close()
     return {t: info["rows"] for t, info in schema["tables"].items()}  # type: ignore[union-attr]

@@ -4,15 +4,13 @@ every row of every table lands in the part of its SAE, with the vocabulary and t
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import uuid
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..io import replace_folder
+from ..io import atomic_folder
 from .indexes import refresh_indexes
 from .parts import PARTS_DIR, UNION_TABLES, quoted
 from .schema import open_read_only
@@ -40,9 +38,7 @@ def split_feature_file(db_path: str | Path) -> Path:
     sae_files = meta.pop("sae_files", {}) or {}
     for key in ("schema_version", "content_id"):
         meta.pop(key, None)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir()
-    try:
+    with atomic_folder(out) as tmp:
         for sae_id, short, hook in tqdm(saes, desc="split", unit="SAE", file=sys.stderr, leave=False):
             with FeatureDBWriter(tmp / part_name(short), indexes=False) as db:
                 assert db.con is not None
@@ -55,10 +51,6 @@ def split_feature_file(db_path: str | Path) -> Path:
                                   (SELECT DISTINCT context_id FROM src.examples WHERE sae_id = ?) ORDER BY context_id""", [sae_id])
                 db.con.execute("DETACH src")
                 db.finish({**meta, "sae_files": {hook: sae_files[hook]} if hook in sae_files else {}, "split_from": src.name})
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     src.unlink()
     refresh_indexes(out)  # the store's indexes have the single file's names: these replace its own
     return out
