@@ -90,9 +90,15 @@ def upgrade(path: str | Path) -> tuple[int, int]:
 
     Version 1 → 2 adds the (empty) explanation and vector tables: nothing is recomputed.
     """
-    path = feature_file(path)
-    if path.is_dir():  # a split store: each part on its own
-        return [upgrade(part) for part in part_files(path)][0]
+    store = feature_file(path)
+    versions = [_upgrade_file(file) for file in (part_files(store) if store.is_dir() else [store])]
+    if any(old != new for old, new in versions):
+        refresh_indexes(store)  # once, after every part of a split store
+    return versions[0]
+
+
+def _upgrade_file(path: Path) -> tuple[int, int]:
+    """`upgrade` of one feature file, leaving the indexes to the caller."""
     version = _version(path)
     if version == SCHEMA_VERSION:
         return version, version
@@ -101,7 +107,7 @@ def upgrade(path: str | Path) -> tuple[int, int]:
             f"{path} has schema version {version}, which this sae-explorer cannot upgrade; rebuild it with "
             "`sae-explorer precompute` (or use the matching sae-explorer)"
         )
-    with amend(path, check_version=False) as con:
+    with amend(path, check_version=False, refresh=False) as con:
         con.execute(UNDERSTANDING_TABLES)
         con.execute("CREATE INDEX explanations_feature ON explanations (sae_id, feature)")
         set_meta(con, {"schema_version": SCHEMA_VERSION, "upgraded_from": version})

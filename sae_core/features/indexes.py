@@ -15,11 +15,6 @@ from .search_index import build_search_index
 log = logging.getLogger(__name__)
 
 
-def build_indexes(db_path: str | Path) -> list[Path]:
-    """Build (or rebuild) every index of a feature file: `[search index, vector index]`."""
-    return [build_search_index(db_path), build_vector_index(db_path)]
-
-
 def refresh_indexes(db_path: str | Path) -> None:
     """Rebuild the indexes after a write to the feature file; a failure is logged (readers then scan), never raised."""
     for name, build in (("search index", build_search_index), ("vector index", build_vector_index)):

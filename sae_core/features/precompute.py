@@ -33,7 +33,7 @@ from ..run_saes import open_run_saes
 from ..saes import SAE
 from ..sites import Site, parse_sites
 from ..tokens import check_context_size, decode_each, token_batches
-from .embed import embed_features
+from .embed import Embedder, embed_features
 from .feature_stats import Examples, FeatureStats, feature_stats, select_examples
 from .indexes import refresh_indexes
 from .keep_explanations import kept_explanations
@@ -219,6 +219,7 @@ def precompute_run(
     if options.per_sae_files:
         folder = run.path / PARTS_DIR
         kept = kept_explanations(folder, fingerprint["saes"])
+        embedder = _embedder(device, log) if options.embed else None
         for sae_id in progress(par.mine(ids)):
             site = sites[sae_id]
             rows = rows_of(sae_id, run_ids[site])
@@ -229,8 +230,8 @@ def precompute_run(
                 for table, columns in rows:
                     db.insert(table, columns)
                 _insert_kept(db, kept[kept.hook_name == site.hook_name] if len(kept) else kept, {site.hook_name: run_ids[site]})
-                if options.embed:
-                    _embed(db, device, lambda msg: None)
+                if embedder is not None:
+                    embed_features(db.con, embedder)
                 db.finish({**meta(), "sae_files": {site.hook_name: fingerprint["saes"][site.hook_name]}})
         par.barrier()  # every rank's files are written
         if par.main:
@@ -261,8 +262,8 @@ def precompute_run(
             if _insert_kept(db, kept, {site.hook_name: i for i, site in enumerate(sites)}):
                 log(f"kept {len(kept)} explanation(s) of the unchanged SAEs from the previous feature file "
                     "(scored on its examples; `explain --overwrite` scores them anew)")
-            if options.embed:
-                _embed(db, device, log)
+            if options.embed and (embedder := _embedder(device, log)) is not None:
+                embed_features(db.con, embedder)
             db.finish(meta())
         shutil.rmtree(work, ignore_errors=True)
         log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {len(sites)} SAE(s), {writer.counted_tokens:,} tokens")
@@ -380,13 +381,13 @@ def _insert_kept(db: FeatureDBWriter, kept: Any, ids: dict[str, int]) -> int:
     return len(kept)
 
 
-def _embed(db: FeatureDBWriter, device: torch.device, log: Callable[[str], None]) -> None:
-    """Sentence vectors of every feature's examples into the file being built, if the embedding model is installed."""
+def _embedder(device: torch.device, log: Callable[[str], None]) -> Embedder | None:
+    """The model that embeds every feature for search by meaning (loaded once per build), or None when it is not
+    installed (said in the log)."""
     if not embedder_available():
         log(f"not embedding features for search by meaning: the model is not installed ({EMBEDDER_INSTALL})")
-        return
-    assert db.con is not None
-    embed_features(db.con, load_embedder(device=device))
+        return None
+    return load_embedder(device=device)
 
 
 def _vocab(loaded: LoadedModel) -> list[str]:

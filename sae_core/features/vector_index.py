@@ -24,6 +24,9 @@ import torch
 
 SOURCES = ("examples", "explanation")
 _BLOCK = 262_144
+"""Rows scored per int8 matrix product of an exact search."""
+_FLOAT_BLOCK = 65_536
+"""Rows converted to float32 at a time where the int8 kernel is missing."""
 EXACT_MAX_ROWS = 400_000
 """A search over at most this many rows (the whole file, or the SAEs it is restricted to) scores every one
 exactly (~20 ms); a larger one goes through the approximate index when there is one."""
@@ -52,7 +55,7 @@ def int8_scores(rows: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         except (RuntimeError, AttributeError, NotImplementedError):
             pass
     q = query.float()
-    return torch.cat([(rows[i : i + 65_536].float() @ q).round().int() for i in range(0, rows.shape[0], 65_536)] or
+    return torch.cat([(rows[i : i + _FLOAT_BLOCK].float() @ q).round().int() for i in range(0, rows.shape[0], _FLOAT_BLOCK)] or
                      [torch.zeros(0, dtype=torch.int32)])
 
 
