@@ -554,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2; Ctrl-C says how to resume."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if os.environ.get("SAE_EXPLORER_DEBUG"):
@@ -563,6 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    if "torch.distributed" in sys.modules:  # a command that may have joined a torchrun job
+        from .parallel import finish_parallel
+
+        finish_parallel()  # every rank leaves together
+    return code
 
 
 if __name__ == "__main__":

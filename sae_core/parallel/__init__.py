@@ -4,8 +4,9 @@ A plain process is a world of one, and every code path here reduces to the singl
 """
 
 from .collectives import RankBatch, all_reduce_, broadcast_params, collect_rows
-from .context import PARALLEL_MODES, Parallel, init_parallel, site_owners
+from .context import PARALLEL_MODES, Parallel, finish_parallel, init_parallel, site_owners
 
 __all__ = [
-    "PARALLEL_MODES", "Parallel", "RankBatch", "all_reduce_", "broadcast_params", "collect_rows", "init_parallel", "site_owners",
+    "PARALLEL_MODES", "Parallel", "RankBatch", "all_reduce_", "broadcast_params", "collect_rows", "finish_parallel",
+    "init_parallel", "site_owners",
 ]

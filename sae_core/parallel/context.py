@@ -72,6 +72,17 @@ def init_parallel(device_name: str = "auto") -> tuple[Parallel, torch.device]:
     return Parallel(dist.get_rank(), dist.get_world_size(), local_rank), device
 
 
+def finish_parallel() -> None:
+    """Leave the `torchrun` job together: every rank waits for the others, then tears its process group down.
+
+    A rank that exits while another still talks to it (rank 0 hosts the job's store) can abort the
+    other in gloo's teardown ("terminate called without an active exception").
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def site_owners(n_sites: int, par: Parallel, mode: str) -> list[int | None]:
     """Per site, the rank that trains it (site parallel, round-robin) or None (every rank: data parallel)."""
     if mode not in PARALLEL_MODES:
