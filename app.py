@@ -1,9 +1,10 @@
-"""SAE Explorer — the Streamlit app's entry page. Start it with `sae-explorer app RUN` (or `streamlit run app.py`)."""
+"""SAE Explorer — the Streamlit app's entry page. Start it with `sae-explorer app RUN…` (or `--runs-dir FOLDER`)."""
 
 import streamlit as st
 
-st.set_page_config(page_title="SAE Explorer", layout="wide")
-st.title("SAE Explorer")
+from explorer.state import page_header
+
+page_header("SAE Explorer")
 st.write(
     "Browse sparse autoencoders trained with `sae-explorer train`. "
     "Open **Runs** in the sidebar to see each run's SAEs and their held-out metrics, and **Features** to "

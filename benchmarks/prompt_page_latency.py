@@ -28,8 +28,8 @@ from sae_core.loading import save_sae
 from sae_core.models import load_model
 from sae_core.prompt_features import prompt_activations, tokenize_prompt
 from sae_core.run_saes import open_run_saes
-from sae_core.runs import APP_RUN_ENV
 from sae_core.saes import SAEConfig, create_sae
+from sae_core.serving import ServeSettings
 from sae_core.sites import parse_site
 
 PAGE = Path(__file__).resolve().parents[1] / "pages" / "3_Prompt.py"
@@ -92,7 +92,9 @@ def main() -> None:
     print(f"run {run}: sites {', '.join(shorts)} (d_sae {', '.join(str(opened.saes[s].cfg.d_sae) for s in sites)}), "
           f"{args.prompts} prompts of {args.tokens} tokens, {args.threads} threads")
 
-    os.environ[APP_RUN_ENV] = str(run)
+    # served as `sae-explorer app RUN` would, without the per-session rate and prompt caps that would cut the series short
+    os.environ.update(ServeSettings(runs={run.name: str(run)}, jobs_per_minute=1_000_000,
+                                    max_prompt_tokens=max(args.tokens, 512)).to_env())
     at = AppTest.from_file(str(PAGE), default_timeout=300)
     at.run()  # loads the model and SAEs into the page's resource cache
     at.multiselect[0].set_value(shorts)

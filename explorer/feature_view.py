@@ -6,6 +6,7 @@ No Streamlit here: pages call these and render the results, and tests call them 
 from __future__ import annotations
 
 import html
+from contextvars import ContextVar
 from urllib.parse import urlencode
 
 import pandas as pd
@@ -25,9 +26,14 @@ def escape_markdown(text: str) -> str:
     return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)
 
 
+LINK_PARAMS: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("LINK_PARAMS", default=())
+"""Query parameters every link of this page run carries (the run's name, the access token): a link opened in a new
+tab starts a new session, which knows only its URL. Set per script run by `explorer.state.page_header`."""
+
+
 def feature_link(sae: str, feature: int, page: str = "Features") -> str:
-    """A relative deep link to a feature on a page of the app (the query string carries SAE and feature)."""
-    return f"{page}?{urlencode({'sae': sae, 'feature': int(feature)})}"
+    """A relative deep link to a feature on a page of the app (the query string carries SAE, feature, and run)."""
+    return f"{page}?{urlencode([('sae', sae), ('feature', int(feature)), *LINK_PARAMS.get()])}"
 
 
 def shade_tokens_html(tokens: list[str], acts: list[float], scale: float, focus: int | None = None) -> str:

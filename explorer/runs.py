@@ -1,4 +1,4 @@
-"""Runs on disk, as the app shows them: which runs exist and their SAEs' metrics as a table."""
+"""A served run as the Runs page shows it: its run.json facts and its SAEs' metrics as a table."""
 
 from __future__ import annotations
 
@@ -14,15 +14,6 @@ METRIC_COLUMNS = [
     "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_div", "delta_lm_loss", "delta_lm_loss_se",
     "training_tokens", "eval_tokens", "ce_tokens", "ce_loss_recovered_note", "dead_fraction_note", "eval_note",
 ]
-
-
-def list_runs(root: str | Path = "runs") -> list[Path]:
-    """Run folders (those holding a run.json) directly under `root`, newest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    runs = [p for p in root.iterdir() if (p / "run.json").is_file()]
-    return sorted(runs, key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
 
 
 def metrics_frame(run: str | Path) -> pd.DataFrame:

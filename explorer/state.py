@@ -1,30 +1,104 @@
-"""Shared page state: which run the app shows and its cached feature store (Streamlit resources live here)."""
+"""Shared page state: the access check, which served run a page shows, and what every session shares (feature
+stores, models, the line for the model). The rules are `sae_core.serving`'s; this module applies them to Streamlit."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import streamlit as st
+import torch
 
 from sae_core.embedder import SentenceEmbedder, load_embedder
 from sae_core.errors import UserError
-from sae_core.features.parts import store_path, store_stamp
 from sae_core.features.reader import FeatureStore
 from sae_core.prompt_features import prompt_activations, tokenize_prompt
 from sae_core.refusal.results import FEATURES_FILE, refusal_dir, refusal_marks
 from sae_core.report import metrics_notes
 from sae_core.run_saes import RunSAEs, open_run_saes
-from sae_core.runs import APP_RUN_ENV
+from sae_core.serving import (
+    AUTH_ENV,
+    JobQueue,
+    LRUCache,
+    RateLimiter,
+    RunCatalog,
+    ServeSettings,
+    StoreShelf,
+    TokenCheck,
+)
 
-RUN_ENV = APP_RUN_ENV
-"""`sae-explorer app RUN` passes the run folder to the app in this environment variable."""
+from .feature_view import LINK_PARAMS, escape_markdown
+
+T = TypeVar("T")
+RESULTS_KEPT = 64
+"""Live results (prompt activations, predictions, attributions) kept for every session to reuse."""
+
+
+class Server:
+    """What one app process shares between its sessions, built from the settings `sae-explorer app` passed."""
+
+    def __init__(self, settings: ServeSettings, token: str | None):
+        self.settings = settings
+        self.catalog = RunCatalog(settings.runs, settings.runs_dir)
+        self.access = TokenCheck(token)
+        self.models: LRUCache[RunSAEs] = LRUCache(settings.max_live_runs)
+        self.stores = StoreShelf()
+        self.jobs = JobQueue(settings.max_live_jobs, settings.max_waiting_jobs)
+        self.results: LRUCache[Any] = LRUCache(RESULTS_KEPT)
+        if settings.model_threads:
+            torch.set_num_threads(settings.model_threads)
+
+
+@st.cache_resource(show_spinner=False)
+def _server(settings_json: str, token: str | None) -> Server:
+    return Server(ServeSettings(**json.loads(settings_json)), token)
+
+
+def server() -> Server:
+    """This process's shared state (one per set of settings, so tests with other settings get their own)."""
+    settings = ServeSettings.from_env()
+    return _server(json.dumps(asdict(settings)), os.environ.get(AUTH_ENV) or None)  # runs keep their order
 
 
 def page_header(title: str) -> None:
-    """Every page's start: the wide layout (heatmaps and side-by-side tables need the room) and its title."""
+    """Every page's start: the wide layout, the access check, the run its links carry, and its title."""
     st.set_page_config(page_title=f"{title} · SAE Explorer", layout="wide")
+    _require_access()
+    carried = {"run": current_run_name()}
+    if server().access.required:
+        carried["token"] = st.session_state["_token"]
+    LINK_PARAMS.set(tuple(carried.items()))
     st.title(title)
+
+
+def _require_access() -> None:
+    """Let the page run only for a session that gave the server's token (in the URL once, or in the login box)."""
+    access = server().access
+    if not access.required or st.session_state.get("_token") is not None:
+        return
+    offered = st.query_params.get("token")
+    if access.accepts(offered):
+        st.session_state["_token"] = offered
+        return
+    st.title("SAE Explorer")
+    with st.form("login"):
+        typed = st.text_input("access token", type="password", help="the token this server was started with "
+                              "(`sae-explorer app --auth-token`); ask whoever sent you the link")
+        if st.form_submit_button("open") and typed:
+            if access.accepts(typed):
+                st.session_state["_token"] = typed
+                st.query_params["token"] = typed  # links opened in new tabs carry it
+                st.rerun()
+            time.sleep(1.0)  # a wrong guess costs a second
+            st.error("wrong token")
+    st.stop()
 
 
 def show_metric_notes(frame) -> None:
@@ -35,22 +109,45 @@ def show_metric_notes(frame) -> None:
             st.markdown("\n".join(f"- {note}" for note in notes))
 
 
+def _no_such_run(asked: str | None) -> None:
+    served = server().catalog.names()
+    st.error(f"No such run: {escape_markdown(asked or '')!s}." if asked else "No run is served here.")
+    if served:
+        st.info("This server serves: " + ", ".join(f"[{escape_markdown(n)}](Runs?{urlencode({'run': n})})" for n in served[:20]))
+    else:
+        st.info("Start the app on runs: `sae-explorer app runs/demo` or `sae-explorer app --runs-dir runs`.")
+    st.stop()
+
+
+def current_run_name() -> str:
+    """The served run this page shows: `?run=NAME` in the URL, else the one picked in this session, else the
+    server's first. Anything that is not a served run's name stops the page with "no such run"."""
+    catalog = server().catalog
+    asked = st.query_params.get("run")
+    name = asked if asked is not None else st.session_state.get("run") or catalog.default()
+    if name is None or catalog.resolve(name) is None:
+        st.session_state.pop("run", None)
+        _no_such_run(asked if asked is not None else name)
+    st.session_state["run"] = name
+    if asked != name:
+        st.query_params["run"] = name  # the address bar names the run, so a copied URL opens the same one
+    return name
+
+
 def current_run() -> Path:
-    """The run folder: `?run=PATH` in the URL, else the one picked on the Runs page, else the one
-    `sae-explorer app` was started with, else runs/demo."""
-    return Path(st.query_params.get("run") or st.session_state.get("run") or os.environ.get(RUN_ENV) or "runs/demo")
-
-
-@st.cache_resource(show_spinner="opening the feature file …")
-def _store(path: str, stamp: tuple[tuple[str, int], ...]) -> FeatureStore:
-    return FeatureStore(path)
+    """The folder of the served run this page shows (see `current_run_name`)."""
+    path = server().catalog.resolve(current_run_name())
+    assert path is not None  # current_run_name stopped the page otherwise
+    return path
 
 
 def feature_store(run: Path) -> FeatureStore:
-    """The run's features (features.duckdb, or features/ with one file per SAE), opened read-only once per version
-    (reopened when they are rebuilt)."""
-    path = store_path(run)
-    return _store(str(path), store_stamp(path))
+    """The run's features (features.duckdb, or features/ with one file per SAE), opened read-only once and shared by
+    every session, reopened when they are rebuilt; a note on the page when the new files cannot be read."""
+    store, problem = server().stores.open(run)
+    if problem:
+        st.warning(problem)
+    return store
 
 
 def open_feature_store_or_stop() -> tuple[Path, FeatureStore]:
@@ -60,7 +157,7 @@ def open_feature_store_or_stop() -> tuple[Path, FeatureStore]:
         return run, feature_store(run)
     except UserError as exc:
         st.error(f"{exc}")
-        st.info(f"Build it with `sae-explorer precompute {run}`, or open another run with `?run=PATH` in the URL.")
+        st.info(f"Build it with `sae-explorer precompute {run}`, or pick another run on the Runs page.")
         st.stop()
         raise  # st.stop() does not return; this keeps type checkers content
 
@@ -71,14 +168,39 @@ def sentence_embedder(name: str | None) -> SentenceEmbedder:
     return load_embedder(name)
 
 
-@st.cache_resource(show_spinner="loading the model and SAEs …")
-def _run_saes(run: str) -> RunSAEs:
-    return open_run_saes(run, log=lambda message: None)
+@contextmanager
+def live_job(what: str, *, counted: bool = True) -> Iterator[None]:
+    """Hold the model for one computation of this session: counted against the session's rate (unless not
+    `counted`), queued behind the others (the page says its place in line), shown with a spinner. Raises `UserError`
+    subclasses when the session is over its rate or the line is full."""
+    srv = server()
+    if counted:
+        st.session_state.setdefault("_rate", RateLimiter(srv.settings.jobs_per_minute)).check()
+    note = st.empty()
+    with srv.jobs.slot(lambda position: note.info(f"waiting for the model (position {position}) …")):
+        note.empty()
+        with st.spinner(f"{what} …"):
+            yield
+
+
+def cached_job(key: Hashable, compute: Callable[[], T], what: str) -> T:
+    """A live result shared by every session: computed once (as a `live_job`), then reused while it is kept."""
+    results = server().results
+    found = results.peek(key)
+    if found is None:
+        with live_job(what):
+            found = results.get(key, compute)
+    return found
 
 
 def run_saes(run: Path) -> RunSAEs:
-    """The run's model and SAEs, loaded once per run and kept (live pages share them)."""
-    return _run_saes(str(run))
+    """The run's model and SAEs, kept for every session while among the `--max-live-runs` most recently used."""
+    srv = server()
+    opened = srv.models.peek(str(run))
+    if opened is None:
+        with live_job("loading the model and SAEs", counted=False):  # once per run, bounded by the LRU
+            opened = srv.models.get(str(run), lambda: open_run_saes(run, log=lambda message: None))
+    return opened
 
 
 def open_live_run_or_stop() -> tuple[Path, RunSAEs, FeatureStore | None]:
@@ -97,18 +219,34 @@ def open_live_run_or_stop() -> tuple[Path, RunSAEs, FeatureStore | None]:
     return run, opened, store
 
 
-@st.cache_data(show_spinner="running the model …", max_entries=32)
+def prompt_chars() -> int:
+    """The most characters a prompt box takes: enough for the token cap in any language."""
+    return 16 * server().settings.max_prompt_tokens
+
+
+def max_prompt_tokens() -> int:
+    return server().settings.max_prompt_tokens
+
+
+def max_new_tokens() -> int:
+    return server().settings.max_new_tokens
+
+
 def live_activations(run: str, text: str, chat: bool, shorts: tuple[str, ...]):
-    """`(tokens, truncated_from, {short: (T, d_sae) activations})` of the run's SAEs `shorts` on a prompt, cached
-    per prompt; raises `UserError` for an empty prompt."""
-    opened = _run_saes(run)
+    """`(tokens, truncated_from, {short: (T, d_sae) activations})` of the run's SAEs `shorts` on a prompt, shared by
+    every session; raises `UserError` for an empty prompt, a busy server or a session over its rate."""
+    opened = run_saes(Path(run))
     sites = {site.short: site for site in opened.saes}
-    prompt = tokenize_prompt(opened.loaded, text, chat=chat)
-    acts = prompt_activations(opened.loaded, {sites[s]: opened.saes[sites[s]] for s in shorts}, prompt)
-    return prompt.tokens, prompt.truncated_from, {site.short: a for site, a in acts.items()}
+    prompt = tokenize_prompt(opened.loaded, text, chat=chat, max_tokens=max_prompt_tokens())
+
+    def compute():
+        acts = prompt_activations(opened.loaded, {sites[s]: opened.saes[sites[s]] for s in shorts}, prompt)
+        return prompt.tokens, prompt.truncated_from, {site.short: a for site, a in acts.items()}
+
+    return cached_job(("activations", run, tuple(prompt.ids.tolist()), shorts), compute, "running the model")
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(show_spinner=False, max_entries=64)
 def _marks(run: str, mtime: float) -> dict[tuple[str, int], str]:
     return refusal_marks(run)
 

@@ -1,27 +1,24 @@
-"""Runs: pick a run folder and see its SAEs' held-out metrics as a table and charts."""
+"""Runs: pick one of the served runs and see its SAEs' held-out metrics as a table and charts."""
 
 import plotly.express as px
 import streamlit as st
 
 from explorer.layers_view import by_layer_frame, metric_by_layer
-from explorer.runs import list_runs, metrics_frame, run_summary
-from explorer.state import current_run, page_header, show_metric_notes
+from explorer.runs import metrics_frame, run_summary
+from explorer.state import current_run_name, page_header, server, show_metric_notes
 from sae_core.errors import UserError
 
 page_header("Runs")
-started_on = current_run()
-root = st.sidebar.text_input("runs folder", value=st.query_params.get("root", str(started_on.parent)))
-runs = list_runs(root)
-if not runs:
-    st.info(f"No runs under `{root}` yet. Train one with `make demo` or `sae-explorer train --out {root}/NAME`.")
-    st.stop()
-
-names = [p.name for p in runs]
-wanted = started_on.name
-choice = st.selectbox("run", names, index=names.index(wanted) if wanted in names else 0)
-run = runs[names.index(choice)]
-st.session_state["run"] = str(run)  # the other pages show this run from now on
-st.query_params["run"] = str(run)
+catalog = server().catalog
+names = catalog.names()
+shown = current_run_name()
+choice = st.selectbox("run", names, index=names.index(shown) if shown in names else 0,
+                      help=f"the runs this server serves ({catalog.describe()})")
+if choice != shown:
+    st.session_state["run"] = choice  # the other pages show this run from now on
+    st.query_params["run"] = choice
+    st.rerun()
+run = catalog.resolve(choice)
 
 try:
     summary = run_summary(run)

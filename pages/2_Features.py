@@ -56,6 +56,19 @@ def show_explanations(page) -> None:
                 st.dataframe(score_table(row), hide_index=True)
 
 
+def open_feature(sae: str, feature: int) -> None:
+    """Move to another feature inside this session (a rerun, not a page load); the URL follows."""
+    st.query_params.update({"sae": sae, "feature": str(int(feature))})
+    st.rerun()
+
+
+def feature_table(frame, targets: list[tuple[str, int]], key: str, **options) -> None:
+    """A table of features; clicking a row opens that feature in place (the link column opens it in a new tab)."""
+    event = st.dataframe(frame, hide_index=True, on_select="rerun", selection_mode="single-row", key=key, **options)
+    if event.selection.rows:
+        open_feature(*targets[event.selection.rows[0]])
+
+
 def show_similar(sae: str, feature: int) -> None:
     """Features like this one, by the same sentence vectors as search by meaning."""
     try:
@@ -66,7 +79,8 @@ def show_similar(sae: str, feature: int) -> None:
     if similar.empty:
         st.caption(f"No feature vectors in this file: `sae-explorer embed {run}` adds them.")
         return
-    st.dataframe(similar_table(similar), hide_index=True, column_config={"feature": link_column, **score_columns})
+    feature_table(similar_table(similar), list(zip(similar["sae"], similar["feature"])), f"similar-{sae}-{feature}",
+                  column_config={"feature": link_column, **score_columns})
 
 
 def show_feature(sae: str, feature: int) -> None:
@@ -100,12 +114,15 @@ def show_feature(sae: str, feature: int) -> None:
     cos, coact = st.columns(2)
     for column, kind, title in ((cos, "decoder_cosine", "nearest by decoder cosine"), (coact, "coactivation", "fires with (Jaccard)")):
         column.caption(title)
-        if kind in page.neighbours and not page.neighbours[kind].empty:
-            column.dataframe(neighbour_table(page.neighbours[kind], page.sae["short_name"]), hide_index=True,
-                             column_config={"feature": link_column})
+        neighbours = page.neighbours.get(kind)
+        if neighbours is not None and not neighbours.empty:
+            with column:
+                feature_table(neighbour_table(neighbours, short), [(short, f) for f in neighbours["feature"]],
+                              f"{kind}-{short}-{feature}", column_config={"feature": link_column})
         else:
             column.write("none")
-    st.caption("features like this one (sentence embeddings of explanations and examples, all SAEs)")
+    st.caption("features like this one (sentence embeddings of explanations and examples, all SAEs); "
+               "click a row to open it")
     show_similar(page.sae["short_name"], feature)
 
 
@@ -125,7 +142,10 @@ with st.sidebar:
 sae_ids = [store.sae_id(n) for n in chosen] or None
 params = st.query_params
 if "sae" in params and "feature" in params:
-    st.markdown("[← back to the feature list](Features)")
+    if st.button("← back to the feature list"):
+        for key in ("sae", "feature"):
+            del st.query_params[key]
+        st.rerun()
     try:
         show_feature(params["sae"], int(params["feature"]))
     except ValueError:
@@ -168,7 +188,8 @@ if query and mode == "meaning":
     st.caption(f"the {len(found)} features whose explanation or examples mean the most like the query, across "
                f"{'the chosen SAEs' if sae_ids else 'all SAEs'} (cosine similarity of sentence embeddings)"
                + (f" · {store.vector_index_problem}" if store.vector_index_problem else ""))
-    st.dataframe(similar_table(found), hide_index=True, column_config={"feature": link_column, **score_columns})
+    feature_table(similar_table(found), list(zip(found["sae"], found["feature"])), f"meaning-{query}",
+                  column_config={"feature": link_column, **score_columns})
     st.stop()
 if query:
     search = store.search_text if mode == "label or explanation" else store.search_token
@@ -185,6 +206,8 @@ if found.empty:
     st.stop()
 if marks:
     found = found.assign(refusal=[marks.get((s, int(f)), "") for s, f in zip(found["sae"], found["feature"])])
+targets = list(zip(found["sae"], found["feature"]))
 found = found.assign(feature=[feature_link(s, f) for s, f in zip(found["sae"], found["feature"])])
-st.dataframe(found.drop(columns=["sae_id"]), hide_index=True, column_config={"feature": link_column, **score_columns,
-             "density": st.column_config.NumberColumn(format="%.5f")})
+st.caption("click a row to open the feature")
+feature_table(found.drop(columns=["sae_id"]), targets, "feature-list", column_config={
+    "feature": link_column, **score_columns, "density": st.column_config.NumberColumn(format="%.5f")})

@@ -4,7 +4,7 @@ import streamlit as st
 
 from explorer.feature_view import shade_tokens_html
 from explorer.prompt_view import heatmap_figure, token_feature_table, token_labels
-from explorer.state import live_activations, open_live_run_or_stop, page_header
+from explorer.state import live_activations, open_live_run_or_stop, page_header, prompt_chars
 from sae_core.errors import UserError
 from sae_core.prompt_features import strongest_features
 
@@ -19,7 +19,8 @@ names = list(sites)
 focus_sae = st.query_params.get("sae") if st.query_params.get("sae") in sites else None
 focus_feature = int(st.query_params["feature"]) if focus_sae and st.query_params.get("feature", "").isdigit() else None
 with st.form("prompt"):
-    text = st.text_area("prompt", value="The Department of Agriculture reported record harvests this year.", height=110)
+    text = st.text_area("prompt", value="The Department of Agriculture reported record harvests this year.", height=110,
+                        max_chars=prompt_chars())
     chat = st.checkbox("render as a user message in the model's chat template")
     chosen = st.multiselect("sites", names, default=[focus_sae] if focus_sae else names[:3])
     n_features = st.slider("features per site", 5, 50, 20)
@@ -35,7 +36,8 @@ except UserError as exc:
     st.error(str(exc))
     st.stop()
 if truncated_from:
-    st.warning(f"The prompt has {truncated_from:,} tokens; only the first {len(tokens):,} are shown (the model's limit).")
+    st.warning(f"The prompt has {truncated_from:,} tokens; only the first {len(tokens):,} are shown (this server's or "
+               "the model's limit).")
 
 prompt_key = abs(hash((text, chat)))  # widgets below start afresh for a new prompt
 for tab, short in zip(st.tabs(chosen), chosen):

@@ -14,7 +14,14 @@ from explorer.layers_view import (
     with_site_names,
 )
 from explorer.runs import metrics_frame
-from explorer.state import live_activations, open_feature_store_or_stop, page_header, run_saes, show_metric_notes
+from explorer.state import (
+    live_activations,
+    open_feature_store_or_stop,
+    page_header,
+    prompt_chars,
+    run_saes,
+    show_metric_notes,
+)
 from sae_core.errors import UserError
 from sae_core.prompt_features import strongest_features
 
@@ -52,7 +59,8 @@ ordered = with_site_names(summary)
 names = ordered["short_name"].tolist()
 residual = ordered.loc[ordered["site"] == "resid_post", "short_name"].tolist()
 with st.form("layers-prompt"):
-    text = st.text_area("prompt", value="The Department of Agriculture reported record harvests this year.", height=90)
+    text = st.text_area("prompt", value="The Department of Agriculture reported record harvests this year.", height=90,
+                        max_chars=prompt_chars())
     chat = st.checkbox("render as a user message in the model's chat template")
     chosen = st.multiselect("SAEs", names, default=residual or names)
     n_features = st.slider("features per SAE", 3, 30, 10)
@@ -75,7 +83,8 @@ except UserError as exc:
     st.error(str(exc))
     st.stop()
 if truncated_from:
-    st.warning(f"The prompt has {truncated_from:,} tokens; only the first {len(tokens):,} are shown (the model's limit).")
+    st.warning(f"The prompt has {truncated_from:,} tokens; only the first {len(tokens):,} are shown (this server's or "
+               "the model's limit).")
 labels = {short: store.describe(short, acts[short].max(dim=1).indices.unique().tolist()) for short in chosen}
 st.plotly_chart(strongest_per_token(acts, tokens, labels), width="stretch")
 per_row = 3

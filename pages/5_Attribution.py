@@ -4,7 +4,7 @@ import streamlit as st
 
 from explorer.feature_view import feature_link, shade_tokens_html
 from explorer.prompt_view import token_labels
-from explorer.state import open_live_run_or_stop, page_header
+from explorer.state import cached_job, live_job, max_prompt_tokens, open_live_run_or_stop, page_header, prompt_chars
 from sae_core.attribution import Target, ablate, attribute, token_id, top_predictions
 from sae_core.errors import UserError
 from sae_core.prompt_features import tokenize_prompt
@@ -15,11 +15,11 @@ run, opened, store = open_live_run_or_stop()
 names = [site.short for site in opened.saes]
 loaded = opened.loaded
 
-text = st.text_area("prompt", value="The capital of France is", height=90)
+text = st.text_area("prompt", value="The capital of France is", height=90, max_chars=prompt_chars())
 chat = st.checkbox("render as a user message in the model's chat template")
 chosen = st.multiselect("sites", names, default=names[:3])
 try:
-    prompt = tokenize_prompt(loaded, text, chat=chat)
+    prompt = tokenize_prompt(loaded, text, chat=chat, max_tokens=max_prompt_tokens())
 except UserError as exc:
     st.error(str(exc))
     st.stop()
@@ -31,7 +31,13 @@ if not chosen:
 
 labels = token_labels(prompt.tokens)
 position = labels.index(st.selectbox("predict the token after", labels, index=len(labels) - 1))
-predictions = top_predictions(loaded, prompt, position)
+ids = tuple(prompt.ids.tolist())  # what the model sees: the key of results every session shares
+try:
+    predictions = cached_job(("predictions", str(run), ids, position), lambda: top_predictions(loaded, prompt, position),
+                             "running the model")
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
 st.caption("model's top predictions: " + ", ".join(f"{loaded.tokenizer.decode([i])!r} {p:.1%}" for i, p in predictions))
 left, right = st.columns(2)
 target_text = left.text_input("target token (text with its leading space, or #id)", value=f"#{predictions[0][0]}")
@@ -41,8 +47,9 @@ try:
     target = Target(position, token_id(loaded.tokenizer, target_text),
                     token_id(loaded.tokenizer, minus_text) if minus_text.strip() else None)
     saes = {parse_site(s): opened.saes[parse_site(s)] for s in chosen}
-    with st.spinner("computing gradients …"):
-        value, table = attribute(loaded, saes, prompt, target, top=rows)
+    value, table = cached_job(("attribution", str(run), ids, target, tuple(chosen), rows),
+                              lambda: attribute(loaded, saes, prompt, target, top=rows), "computing gradients")
+    table = table.copy()  # shared with other sessions: this page adds columns to its own copy
 except UserError as exc:
     st.error(str(exc))
     st.stop()
@@ -62,15 +69,19 @@ st.markdown(shade_tokens_html(prompt.tokens, totals, max(totals), focus=position
 if store is not None:
     labels = {site: store.describe(site, list(group["feature"])) for site, group in table.groupby("site")}  # one query per site
     table["label"] = [labels[s].get(f, "") for s, f in zip(table["site"], table["feature"])]
+features = list(zip(table["site"], table["position"], table["feature"]))
 table["feature"] = [feature_link(s, f) for s, f in zip(table["site"], table["feature"])]
 st.dataframe(table, hide_index=True, column_config={"feature": st.column_config.LinkColumn("feature", display_text=r"feature=(\d+)")})
 
 n_ablate = st.number_input("ablate the top features", min_value=1, max_value=len(table), value=min(5, len(table)))
 if st.button("ablate"):
-    chosen_rows = table.head(int(n_ablate))
-    features = [(parse_site(s), int(p), int(link.rsplit("=", 1)[1]))
-                for s, p, link in zip(chosen_rows["site"], chosen_rows["position"], chosen_rows["feature"])]
-    before, after = ablate(loaded, saes, prompt, target, features)
-    predicted = float(chosen_rows["attribution"].sum())
+    top = int(n_ablate)
+    try:
+        with live_job("ablating"):
+            before, after = ablate(loaded, saes, prompt, target, [(parse_site(s), int(p), int(f)) for s, p, f in features[:top]])
+    except UserError as exc:
+        st.error(str(exc))
+        st.stop()
+    predicted = float(table["attribution"].head(top).sum())
     st.metric("target after ablation", f"{after:.3f}", delta=f"{after - before:+.3f}")
     st.caption(f"activation × gradient predicted a change of {-predicted:+.3f} (first-order estimate)")

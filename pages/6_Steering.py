@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from explorer.state import open_live_run_or_stop, page_header
+from explorer.state import live_job, max_new_tokens, open_live_run_or_stop, page_header, prompt_chars
 from sae_core.errors import UserError
 from sae_core.refusal.presets import refusal_presets
 from sae_core.sites import parse_site
@@ -35,7 +35,7 @@ for i in range(3):
     st.session_state.setdefault(f"mode-{i}", "add")
     st.session_state.setdefault(f"strength-{i}", 8.0)
 
-message = st.text_area("message", value="Tell me about your favourite city.", height=90)
+message = st.text_area("message", value="Tell me about your favourite city.", height=90, max_chars=prompt_chars())
 chat = st.checkbox("as a user message in the model's chat template", value=True)
 if presets:
     st.selectbox("preset", ["none", *presets], key="preset", on_change=apply_preset,
@@ -52,7 +52,9 @@ for i in range(int(n_edits)):
     edits.append(FeatureEdit(parse_site(site), int(feature), float(strength), mode))
     if store is not None:
         st.caption(f"{site} #{int(feature)}: {store.describe(site, [int(feature)]).get(int(feature), '')}")
-max_new = st.slider("new tokens", 8, 128, 48)
+longest = max_new_tokens()
+max_new = st.slider("new tokens", min(8, longest), longest, min(48, longest), help="this server's limit is the slider's end")
+MAX_SWEEP = 8
 
 
 def answer(with_edits: list[FeatureEdit]) -> str:
@@ -61,7 +63,7 @@ def answer(with_edits: list[FeatureEdit]) -> str:
 
 if st.button("generate"):
     try:
-        with st.spinner("generating twice (unsteered and steered) …"):
+        with live_job("generating twice (unsteered and steered)"):
             plain, steered = answer([]), answer(edits)
     except UserError as exc:
         st.error(str(exc))
@@ -80,13 +82,17 @@ with st.expander("sweep the strength of the first feature"):
         except ValueError:
             st.error("write the strengths as numbers separated by commas, e.g. 0, 4, 8, 16")
             st.stop()
+        if len(strengths) > MAX_SWEEP:
+            st.error(f"a sweep takes at most {MAX_SWEEP} strengths; you gave {len(strengths)}")
+            st.stop()
         rows = []
         progress = st.progress(0.0, text="generating …")
         try:
-            for i, value in enumerate(strengths):
-                first = edits[0]
-                rows.append({"strength": value, "answer": answer([FeatureEdit(first.site, first.feature, value, first.mode)])})
-                progress.progress((i + 1) / len(strengths), text=f"strength {value}")
+            with live_job(f"generating {len(strengths)} answers"):
+                for i, value in enumerate(strengths):
+                    first = edits[0]
+                    rows.append({"strength": value, "answer": answer([FeatureEdit(first.site, first.feature, value, first.mode)])})
+                    progress.progress((i + 1) / len(strengths), text=f"strength {value}")
         except UserError as exc:
             st.error(str(exc))
             st.stop()

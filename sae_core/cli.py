@@ -236,23 +236,56 @@ def _app(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .features.parts import store_path, store_stamp
-    from .features.schema import DB_FILE
-    from .runs import APP_RUN_ENV, RunDir
+    from .runs import RunDir
+    from .serving.catalog import RunCatalog
+    from .serving.settings import AUTH_ENV, ServeSettings, is_loopback
 
-    run = RunDir(args.run)
-    run.require()
-    if not store_stamp(store_path(run.path)):
-        print(f"note: {run.path / DB_FILE} does not exist yet; the Features page needs "
-              f"`sae-explorer precompute {args.run}`", file=sys.stderr)
+    runs = {}
+    for given in args.runs:
+        run = RunDir(given)
+        run.require()
+        name = run.path.resolve().name
+        if name in runs:
+            raise UserError(f"two runs are called {name!r} ({runs[name]} and {given}); rename one folder")
+        runs[name] = str(run.path.resolve())
+        if not store_stamp(store_path(run.path)):
+            print(f"note: {given} has no feature file yet; the Features page needs `sae-explorer precompute {given}`",
+                  file=sys.stderr)
+    runs_dir = args.runs_dir or (None if runs else "runs")
+    if runs_dir is not None and not Path(runs_dir).is_dir():
+        raise UserError(f"--runs-dir {runs_dir} is not a folder" if args.runs_dir else
+                        "name the runs to serve (`sae-explorer app runs/demo`) or a folder of runs (--runs-dir); "
+                        "there is no ./runs here (`make demo` makes one)")
+    token = args.auth_token or os.environ.get(AUTH_ENV) or None
+    if not is_loopback(args.host):
+        if not token and not args.no_auth:
+            raise UserError(f"--host {args.host} lets other machines reach the app: give --auth-token TOKEN (or set "
+                            f"{AUTH_ENV}), or pass --no-auth to serve without one on purpose")
+        print(f"warning: serving on {args.host}, reachable from other machines"
+              + (" WITHOUT an access token (--no-auth)" if not token else "; visitors need the access token")
+              + "; put it behind a TLS reverse proxy (docs/serving.md)", file=sys.stderr)
+    settings = ServeSettings(
+        runs=runs, runs_dir=str(Path(runs_dir).resolve()) if runs_dir else None, max_live_runs=args.max_live_runs,
+        max_live_jobs=args.max_live_jobs, max_waiting_jobs=args.max_waiting_jobs, max_prompt_tokens=args.max_prompt_tokens,
+        max_new_tokens=args.max_new_tokens, jobs_per_minute=args.jobs_per_minute,
+        model_threads=args.model_threads or max(1, (os.cpu_count() or 2) - 1),
+    )
+    served = RunCatalog(settings.runs, settings.runs_dir).names()
     script = Path(__file__).resolve().parents[1] / "app.py"
     if not script.is_file():
         raise UserError(f"the app's files are not next to this package ({script} is missing); "
                         "run it from a source checkout installed with `pip install -e .`")
-    url = f"http://{args.host}:{args.port}"
-    print(f"SAE Explorer on {url} (run {run.path}); Ctrl-C stops it", file=sys.stderr, flush=True)
-    env = {**os.environ, APP_RUN_ENV: str(run.path.resolve())}
+    url = f"http://{args.host}:{args.port}" + (f"/?token={token}" if token else "")
+    print(f"SAE Explorer on {url} serving {len(served)} run(s): {', '.join(served[:8])}"
+          + (" …" if len(served) > 8 else "") + "; Ctrl-C stops it", file=sys.stderr, flush=True)
+    env = {k: v for k, v in os.environ.items() if k != AUTH_ENV}
+    env.update(settings.to_env())
+    if token:
+        env[AUTH_ENV] = token
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", args.host,
-               "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+               "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--server.enableXsrfProtection", "true", "--server.enableCORS", "true", "--server.fileWatcherType", "none",
+               "--client.toolbarMode", "minimal", "--client.showErrorDetails", "none", "--server.maxUploadSize", "1"]
     proc = subprocess.Popen(command, env=env, cwd=script.parent)
     # stopping this command (SIGTERM, as test harnesses and process managers do) stops the server with it
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
@@ -426,12 +459,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "app",
-        help="open the explorer app on a run (Streamlit, on this machine only by default)",
-        description="Start the Streamlit app on RUN and print its URL. It binds to 127.0.0.1 unless --host says otherwise.",
+        help="serve the explorer app on runs (Streamlit; this machine only unless --host says otherwise)",
+        description="Start the Streamlit app on the runs named (and/or every run folder directly under --runs-dir) "
+        "and print its URL. A URL names a run by its folder name (?run=NAME); nothing outside these runs is ever "
+        "opened. Models stay in memory for the --max-live-runs most recently used runs; model work (prompts, "
+        "attribution, steering) runs --max-live-jobs at a time, the rest wait in line. Binding to another address "
+        "than loopback needs --auth-token or --no-auth; see docs/serving.md for a TLS reverse proxy.",
+        epilog="examples:\n  sae-explorer app runs/demo\n  sae-explorer app --runs-dir runs --max-live-runs 2\n"
+        "  sae-explorer app --runs-dir /srv/runs --host 0.0.0.0 --auth-token \"$(openssl rand -hex 16)\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run", help="run folder, e.g. runs/demo")
+    from .serving.settings import AUTH_ENV
+    from .serving.settings import ServeSettings as S
+
+    p.add_argument("runs", nargs="*", help="run folders to serve, e.g. runs/demo (default: --runs-dir runs)")
+    p.add_argument("--runs-dir", help="serve every run folder directly under this folder (runs added later appear)")
     p.add_argument("--port", type=int, default=8501, help="port to serve on (default: 8501)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--auth-token", help=f"token visitors must give (in the URL as ?token=… or a login box); "
+                   f"also read from ${AUTH_ENV}, which keeps it out of `ps`")
+    p.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host without a token, on purpose")
+    p.add_argument("--max-live-runs", type=int, default=S.max_live_runs,
+                   help=f"models (with their SAEs) kept in memory, least recently used dropped first (default: {S.max_live_runs})")
+    p.add_argument("--max-live-jobs", type=int, default=S.max_live_jobs,
+                   help=f"model computations at once; the others wait in line (default: {S.max_live_jobs})")
+    p.add_argument("--max-waiting-jobs", type=int, default=S.max_waiting_jobs,
+                   help=f"requests that may wait in line before visitors are told to retry (default: {S.max_waiting_jobs})")
+    p.add_argument("--max-prompt-tokens", type=int, default=S.max_prompt_tokens,
+                   help=f"longest prompt the live pages run, in tokens (default: {S.max_prompt_tokens})")
+    p.add_argument("--max-new-tokens", type=int, default=S.max_new_tokens,
+                   help=f"longest answer the Steering page generates (default: {S.max_new_tokens})")
+    p.add_argument("--jobs-per-minute", type=int, default=S.jobs_per_minute,
+                   help=f"model computations one browser session may start per minute (default: {S.jobs_per_minute})")
+    p.add_argument("--model-threads", type=int, help="torch threads for model work (default: the cores less one, "
+                   "which keeps the browsing pages quick while someone runs the model)")
     p.set_defaults(func=_app)
 
     p = sub.add_parser(

@@ -15,8 +15,6 @@ from .errors import RunError
 from .io import read_json, write_json
 
 RUN_FILE = "run.json"
-APP_RUN_ENV = "SAE_EXPLORER_RUN"
-"""`sae-explorer app RUN` hands the run folder to the Streamlit app in this environment variable."""
 _RUN_ENTRIES = (RUN_FILE, "saes", "checkpoints", "train_log.jsonl", "features.duckdb", "features", "features.search.sqlite",
                 "features.vectors", ".precompute")
 

@@ -133,13 +133,23 @@ def explained_run(tmp_path_factory, precomputed_run) -> Path:
     return run
 
 
+def serve(monkeypatch, token: str | None = None, **settings) -> None:
+    """Make the app's next AppTests serve as `sae-explorer app` would with these `ServeSettings` (and token)."""
+    from sae_core.serving import AUTH_ENV, ServeSettings
+
+    for key, value in ServeSettings(**settings).to_env().items():
+        monkeypatch.setenv(key, value)
+    if token is None:
+        monkeypatch.delenv(AUTH_ENV, raising=False)
+    else:
+        monkeypatch.setenv(AUTH_ENV, token)
+
+
 def app_page(monkeypatch, page: str, run: Path, timeout: float = 60, **params: str):
     """An AppTest of `pages/<page>` showing run `run` (as `sae-explorer app RUN` would), with URL query `params`; not yet run."""
     from streamlit.testing.v1 import AppTest
 
-    from explorer.state import RUN_ENV
-
-    monkeypatch.setenv(RUN_ENV, str(run))
+    serve(monkeypatch, runs={run.name: str(run)})
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / page), default_timeout=timeout)
     for key, value in params.items():
         at.query_params[key] = value

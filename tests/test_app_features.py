@@ -9,7 +9,7 @@ import pytest
 from conftest import app_page
 from streamlit.testing.v1 import AppTest
 
-from explorer.feature_view import escape_markdown, example_groups, feature_link, shade_tokens_html
+from explorer.feature_view import LINK_PARAMS, escape_markdown, example_groups, feature_link, shade_tokens_html
 from sae_core.features.reader import FeatureStore
 
 
@@ -29,6 +29,9 @@ def test_shaded_tokens_escape_html_and_show_values():
     assert "&lt;b&gt;" in out and "<b>" not in out
     assert "rgba(255,140,0,1.00)" in out and "rgba(255,140,0,0.00)" in out and ": 2.000" in out
     assert feature_link("L1M", 7) == "Features?sae=L1M&feature=7"
+    token = LINK_PARAMS.set((("run", "demo"), ("token", "a&b")))  # what a page run of a served run carries
+    assert feature_link("L1M", 7, page="Prompt") == "Prompt?sae=L1M&feature=7&run=demo&token=a%26b"
+    LINK_PARAMS.reset(token)
     assert escape_markdown('"a*" → [x](y) $1') == '"a\\*" → \\[x\\]\\(y\\) \\$1'
 
 
@@ -47,7 +50,7 @@ def test_label_search_finds_a_known_feature(monkeypatch, precomputed_run, busies
     at.text_input[0].set_value(label).run()
     assert not at.exception
     links = list(at.dataframe[0].value["feature"])
-    assert feature_link(sae, feature) in links
+    assert f"{feature_link(sae, feature)}&run={precomputed_run.name}" in links
 
 
 def test_feature_deep_link_renders_the_whole_page(monkeypatch, precomputed_run, busiest):
@@ -59,7 +62,7 @@ def test_feature_deep_link_renders_the_whole_page(monkeypatch, precomputed_run, 
     assert len(at.expander) >= 2  # top activations + at least one interval
     assert len(at.dataframe) == 5  # promotes, suppresses, two neighbour lists, features like this one
     similar = at.dataframe[4].value
-    assert len(similar) == 10 and feature_link(sae, feature) not in list(similar["feature"])
+    assert len(similar) == 10 and f"{feature_link(sae, feature)}&run={precomputed_run.name}" not in list(similar["feature"])
 
 
 def test_examples_html_matches_the_stored_activations(precomputed_run, busiest):
@@ -84,6 +87,7 @@ def test_bad_deep_links_show_a_message(monkeypatch, precomputed_run, params, mes
 
 
 def test_missing_feature_file_says_how_to_build_it(monkeypatch, tmp_path):
+    (tmp_path / "run.json").write_text("{}")  # a run, trained or not, without its feature file
     at = _page(monkeypatch, tmp_path)
     assert not at.exception
     assert "does not exist" in at.error[0].value
@@ -96,7 +100,7 @@ def test_a_split_run_browses_like_its_one_file(monkeypatch, precomputed_run, bus
 
     from sae_core.features.split import split_feature_file
 
-    run = tmp_path / "split"
+    run = tmp_path / precomputed_run.name  # the same name: the links it draws name the run
     shutil.copytree(precomputed_run, run)
     split_feature_file(run / "features.duckdb")
     sae, feature, _ = busiest

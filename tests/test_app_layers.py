@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -70,6 +71,7 @@ def test_layers_page_renders_and_asks_for_metrics(monkeypatch, precomputed_run):
 
 
 def test_layers_page_without_a_feature_file(monkeypatch, tmp_path):
+    (tmp_path / "run.json").write_text("{}")
     at = app_page(monkeypatch, "4_Layers.py", tmp_path).run()
     assert not at.exception and "does not exist" in at.error[0].value
 
@@ -89,7 +91,7 @@ def test_a_prompt_across_layers_matches_a_direct_encode(monkeypatch, precomputed
     assert len(tables) == 3
     for table, short in zip(tables, ["L0R", "L1M", "L1A"]):
         features = strongest_features(acts[short], 5)
-        assert [int(link.rsplit("=", 1)[1]) for link in table.value["feature"]] == features
+        assert [int(re.search(r"feature=(\d+)", link)[1]) for link in table.value["feature"]] == features
         assert np.allclose(table.value["peak"], acts[short][:, features].max(dim=0).values.numpy(), atol=1e-3)
     chart = at.get("plotly_chart")[-1]
     values = np.stack([acts[s].max(dim=1).values.numpy() for s in ["L0R", "L1M", "L1A"]], axis=1)

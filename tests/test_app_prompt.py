@@ -72,8 +72,8 @@ def test_prompt_page_explains_bad_input(monkeypatch, precomputed_run):
 
 
 def test_prompt_page_without_a_run(monkeypatch, tmp_path):
-    at = _page(monkeypatch, tmp_path / "nope").run()
-    assert not at.exception and "does not exist" in at.error[0].value
+    at = _page(monkeypatch, tmp_path / "nope").run()  # a folder that is not a run is never served
+    assert not at.exception and "No such run" in at.error[0].value
 
 
 def test_a_feature_link_opens_its_site_and_shades_by_it(monkeypatch, precomputed_run):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import serve
 from streamlit.testing.v1 import AppTest
 
-from explorer.runs import list_runs, metrics_frame, run_summary
+from explorer.runs import metrics_frame, run_summary
+from sae_core.serving import RunCatalog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,50 +27,50 @@ def _fake_run(root: Path, name: str = "r1", with_metrics: bool = True) -> Path:
 
 def test_helpers_read_runs_and_metrics(tmp_path):
     run = _fake_run(tmp_path)
-    assert list_runs(tmp_path) == [run]
-    assert list_runs(tmp_path / "missing") == []
+    assert RunCatalog(runs_dir=tmp_path).runs() == {"r1": run.resolve()}
+    assert RunCatalog(runs_dir=tmp_path / "missing").runs() == {}
     frame = metrics_frame(run)
     assert list(frame["site"]) == ["L3R"] and float(frame["fvu"].iloc[0]) == 0.25
     assert run_summary(run)["architecture"] == "topk"
 
 
-def _page(root: Path) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Runs.py"), default_timeout=30)
-    at.query_params["root"] = str(root)
-    return at.run()
+def _page(root: Path, monkeypatch) -> AppTest:
+    serve(monkeypatch, runs_dir=str(root))
+    return AppTest.from_file(str(ROOT / "pages" / "1_Runs.py"), default_timeout=30).run()
 
 
-def test_runs_page_shows_the_metrics_table(tmp_path):
+def test_runs_page_shows_the_metrics_table(tmp_path, monkeypatch):
     _fake_run(tmp_path)
-    at = _page(tmp_path)
+    at = _page(tmp_path, monkeypatch)
     assert not at.exception
     assert at.selectbox[0].value == "r1"
     assert at.dataframe[0].value["fvu"].tolist() == [0.25]
 
 
-def test_runs_page_explains_what_to_do_without_runs_or_metrics(tmp_path):
-    at = _page(tmp_path)
-    assert not at.exception and "No runs under" in at.info[0].value
+def test_runs_page_explains_what_to_do_without_runs_or_metrics(tmp_path, monkeypatch):
+    at = _page(tmp_path, monkeypatch)
+    assert not at.exception and "No run is served here" in at.error[0].value and "sae-explorer app" in at.info[0].value
     _fake_run(tmp_path, "r2", with_metrics=False)
-    at = _page(tmp_path)
+    at = _page(tmp_path, monkeypatch)
     assert not at.exception and "has no metrics yet" in at.warning[0].value
 
 
-def test_the_run_picked_here_is_the_one_the_other_pages_show(tmp_path):
+def test_the_run_picked_here_is_the_one_the_other_pages_show(tmp_path, monkeypatch):
     _fake_run(tmp_path, "r1")
-    second = _fake_run(tmp_path, "r2")
-    at = _page(tmp_path)
-    at.selectbox[0].set_value("r2").run()
+    _fake_run(tmp_path, "r2")
+    at = _page(tmp_path, monkeypatch)
+    at.selectbox[0].set_value("r1" if at.selectbox[0].value == "r2" else "r2").run()
     assert not at.exception
-    assert at.session_state["run"] == str(second)
-    assert at.query_params["run"] == [str(second)] or at.query_params["run"] == str(second)
+    picked = at.selectbox[0].value
+    assert at.session_state["run"] == picked  # a name, never a path
+    assert at.query_params["run"] in (picked, [picked])
 
 
-def test_a_suite_is_shown_against_layer_with_its_notes(tmp_path):
+def test_a_suite_is_shown_against_layer_with_its_notes(tmp_path, monkeypatch):
     from test_layer_report import fake_suite
 
     fake_suite(tmp_path, n_layers=5)  # 15 SAEs: too many for one bar per SAE
-    at = _page(tmp_path)
+    at = _page(tmp_path, monkeypatch)
     assert not at.exception and len(at.dataframe[0].value) == 15
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert titles[0].startswith("FVU") and titles[1].startswith("CE-loss recovered") and titles[1].endswith("1 n/a")
