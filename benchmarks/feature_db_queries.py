@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from explorer.explanation_view import score_table, similar_table
-from explorer.feature_view import example_groups, histogram_figure, logit_table, neighbour_table, summary_line
+from explorer.feature_view import example_groups, histogram_svg, logit_table, neighbour_table, summary_line
 from sae_core.embedder import load_embedder
 from sae_core.features.ann_index import build_vector_index, vector_index_info, vectors_path
 from sae_core.features.reader import FeatureStore
@@ -160,7 +160,7 @@ def main() -> None:
         start = time.perf_counter()
         page = store.feature(sae, feature)
         short = page.sae["short_name"]
-        summary_line(page), histogram_figure(page).to_json(), example_groups(page)
+        summary_line(page), histogram_svg(page), example_groups(page)
         logit_table(page.top_logits), logit_table(page.bottom_logits)
         [neighbour_table(frame, short) for frame in page.neighbours.values()]
         if not page.explanations.empty:

@@ -10,7 +10,6 @@ from contextvars import ContextVar
 from urllib.parse import urlencode
 
 import pandas as pd
-import plotly.graph_objects as go
 
 from sae_core.features.labels import display_token
 from sae_core.features.reader import FeaturePage
@@ -75,14 +74,37 @@ def example_groups(page: FeaturePage) -> list[tuple[str, list[str]]]:
     return groups
 
 
-def histogram_figure(page: FeaturePage) -> go.Figure:
-    """The feature's activation histogram over the tokens where it fires."""
+def histogram_svg(page: FeaturePage, width: int = 640, height: int = 200) -> str:
+    """The feature's activation histogram over the tokens where it fires, as inline SVG (each bar's range and count
+    on hover). Inline, so a deep link draws without loading a charting library into the browser (about 1.2 s of a
+    fresh page load on a 2-core machine)."""
     hist = page.histogram
-    fig = go.Figure(go.Bar(x=(hist["low"] + hist["high"]) / 2, y=hist["count"], width=hist["high"] - hist["low"],
-                           marker_color="darkorange", hovertemplate="%{x:.2f}: %{y} tokens<extra></extra>"))
-    fig.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), title="activation histogram (firing tokens)",
-                      xaxis_title="activation", yaxis_title="tokens", bargap=0)
-    return fig
+    left, bottom, top = 44, 34, 26
+    plot_w, plot_h = width - left - 24, height - bottom - top
+    counts = [int(c) for c in hist["count"]]
+    peak = max(counts) if counts and max(counts) > 0 else 1
+    lo, hi = (float(hist["low"].min()), float(hist["high"].max())) if len(hist) else (0.0, 1.0)
+    span = hi - lo or 1.0
+    bars = []
+    for low, high, count in zip(hist["low"], hist["high"], counts):
+        x = left + (float(low) - lo) / span * plot_w
+        w = max((float(high) - float(low)) / span * plot_w, 0.5)
+        h = count / peak * plot_h
+        bars.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{w:.1f}" height="{h:.1f}" fill="darkorange">'
+                    f"<title>{float(low):.2f}–{float(high):.2f}: {count:,} tokens</title></rect>")
+    axis = "#666"
+    ticks = "".join(
+        f'<text x="{left + f * plot_w:.1f}" y="{top + plot_h + 14}" text-anchor="middle">{lo + f * span:.2f}</text>'
+        for f in (0, 0.25, 0.5, 0.75, 1))
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
+            f'style="max-width:{width}px;font:11px sans-serif" role="img" aria-label="activation histogram">'
+            f'<text x="{left}" y="14" font-size="13">activation histogram (firing tokens)</text>'
+            f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="{axis}"/>'
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="{axis}"/>'
+            f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{peak:,}</text>'
+            f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>'
+            f'{"".join(bars)}<g fill="{axis}">{ticks}</g>'
+            f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle">activation</text></svg>')
 
 
 def logit_table(frame: pd.DataFrame) -> pd.DataFrame:

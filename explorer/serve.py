@@ -27,11 +27,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(run: str | Path, timeout_s: float = 60.0) -> Iterator[str]:
-    """`sae-explorer app RUN` on a free port; yields its URL once it answers, stops it afterwards."""
+def running_app(*args: str | Path, timeout_s: float = 60.0, env: dict[str, str] | None = None,
+                root: Path = ROOT) -> Iterator[str]:
+    """`sae-explorer app ARGS…` (runs and options) on a free port, from the checkout at `root`; yields its URL once it
+    answers, stops it afterwards."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sae_core.cli", "app", str(run), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "sae_core.cli", "app", *map(str, args), "--port", str(port)],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s

@@ -146,8 +146,13 @@ def feature_store(run: Path) -> FeatureStore:
     every session, reopened when they are rebuilt; a note on the page when the new files cannot be read."""
     store, problem = server().stores.open(run)
     if problem:
-        st.warning(problem)
+        st.warning(public(problem, run))
     return store
+
+
+def public(message: object, run: Path) -> str:
+    """A message from the core as a visitor sees it: the run's name in place of the server's folder."""
+    return str(message).replace(str(run), run.name)
 
 
 def open_feature_store_or_stop() -> tuple[Path, FeatureStore]:
@@ -156,8 +161,8 @@ def open_feature_store_or_stop() -> tuple[Path, FeatureStore]:
     try:
         return run, feature_store(run)
     except UserError as exc:
-        st.error(f"{exc}")
-        st.info(f"Build it with `sae-explorer precompute {run}`, or pick another run on the Runs page.")
+        st.error(public(exc, run))
+        st.info(f"Build it with `sae-explorer precompute {run.name}`, or pick another run on the Runs page.")
         st.stop()
         raise  # st.stop() does not return; this keeps type checkers content
 
@@ -209,7 +214,7 @@ def open_live_run_or_stop() -> tuple[Path, RunSAEs, FeatureStore | None]:
     try:
         opened = run_saes(run)
     except UserError as exc:
-        st.error(str(exc))
+        st.error(public(exc, run))
         st.stop()
         raise  # st.stop() does not return
     try:

@@ -5,7 +5,7 @@ import streamlit as st
 
 from explorer.layers_view import by_layer_frame, metric_by_layer
 from explorer.runs import metrics_frame, run_summary
-from explorer.state import current_run_name, page_header, server, show_metric_notes
+from explorer.state import current_run_name, page_header, public, server, show_metric_notes
 from sae_core.errors import UserError
 
 page_header("Runs")
@@ -24,12 +24,12 @@ try:
     summary = run_summary(run)
     frame = metrics_frame(run)
 except UserError as exc:
-    st.error(str(exc))
+    st.error(public(exc, run))
     st.stop()
 
 st.caption(" · ".join(f"**{k}**: {v}" for k, v in summary.items() if v is not None))
 if frame.empty:
-    st.warning(f"`{run}` has no metrics yet: run `sae-explorer eval {run}`.")
+    st.warning(f"`{run.name}` has no metrics yet: run `sae-explorer eval {run.name}`.")
     st.stop()
 
 st.dataframe(frame, hide_index=True)

@@ -15,12 +15,12 @@ from explorer.feature_view import (
     escape_markdown,
     example_groups,
     feature_link,
-    histogram_figure,
+    histogram_svg,
     logit_table,
     neighbour_table,
     summary_line,
 )
-from explorer.state import open_feature_store_or_stop, page_header, refusal_notes, sentence_embedder
+from explorer.state import open_feature_store_or_stop, page_header, public, refusal_notes, sentence_embedder
 from sae_core.errors import UserError
 from sae_core.features.reader import SCORES, SORTABLE
 from sae_core.interp.semantic_search import search_by_meaning
@@ -39,7 +39,7 @@ def show_explanations(page) -> None:
     """The newest explanation with its scores beside both baselines; older ones folded away."""
     explanations = page.explanations
     if explanations.empty:
-        st.caption(f"No explanation yet: `sae-explorer explain {run} --saes {page.sae['short_name']} "
+        st.caption(f"No explanation yet: `sae-explorer explain {run.name} --saes {page.sae['short_name']} "
                    f"--features {page.feature['feature']},`")
         return
     rows = explanations.to_dict("records")
@@ -74,10 +74,10 @@ def show_similar(sae: str, feature: int) -> None:
     try:
         similar = store.similar_features(sae, feature, limit=10)
     except UserError as exc:
-        st.caption(str(exc))
+        st.caption(public(exc, run))
         return
     if similar.empty:
-        st.caption(f"No feature vectors in this file: `sae-explorer embed {run}` adds them.")
+        st.caption(f"No feature vectors in this file: `sae-explorer embed {run.name}` adds them.")
         return
     feature_table(similar_table(similar), list(zip(similar["sae"], similar["feature"])), f"similar-{sae}-{feature}",
                   column_config={"feature": link_column, **score_columns})
@@ -87,7 +87,7 @@ def show_feature(sae: str, feature: int) -> None:
     try:
         page = store.feature(sae, feature)
     except UserError as exc:
-        st.error(str(exc))
+        st.error(public(exc, run))
         return
     st.subheader(f"{page.sae['short_name']} · feature {feature}")
     st.markdown(f"**{escape_markdown(page.feature['label'])}**")
@@ -97,11 +97,11 @@ def show_feature(sae: str, feature: int) -> None:
     st.markdown(f"[see it on your own text →]({feature_link(short, feature, page='Prompt')}) · "
                 f"[steer with it →]({feature_link(short, feature, page='Steering')})")
     if (short, feature) in marks:
-        st.info(f"{marks[(short, feature)]} — found by `sae-explorer refusal study` (see {run}/refusal/report.md)")
+        st.info(f"{marks[(short, feature)]} — found by `sae-explorer refusal study` (see {run.name}/refusal/report.md)")
     if page.feature["dead"]:
         st.warning("This feature never fired on the precompute tokens: it has no examples.")
     left, right = st.columns([3, 2])
-    left.plotly_chart(histogram_figure(page), width="stretch")
+    left.markdown(histogram_svg(page), unsafe_allow_html=True)
     with right:
         up, down = st.columns(2)
         up.caption("promotes (top logit effects)")
@@ -127,7 +127,7 @@ def show_feature(sae: str, feature: int) -> None:
 
 
 with st.sidebar:
-    st.caption(f"run `{run}` · {int(saes.d_sae.sum()):,} features in {len(names)} SAEs")
+    st.caption(f"run `{run.name}` · {int(saes.d_sae.sum()):,} features in {len(names)} SAEs")
     chosen = st.multiselect("SAEs", names, default=[])
     min_density = st.number_input("min density", min_value=0.0, max_value=1.0, value=0.0, format="%.6f")
     max_density = st.number_input("max density", min_value=0.0, max_value=1.0, value=1.0, format="%.6f")
@@ -156,7 +156,7 @@ has_vectors = bool(store.embedder_settings)
 modes = (["meaning"] if has_vectors else []) + ["label or explanation", "token", "feature id"] + (["refusal features"] if marks else [])
 mode = st.radio("search", modes, horizontal=True)
 if not has_vectors:
-    st.caption(f"Search by meaning needs feature vectors: `sae-explorer embed {run}` adds them.")
+    st.caption(f"Search by meaning needs feature vectors: `sae-explorer embed {run.name}` adds them.")
 if mode == "refusal features":
     rows = [{"sae": sae, "feature": feature_link(sae, f), "note": note, "label": store.describe(sae, [f]).get(f, "")}
             for (sae, f), note in marks.items() if not chosen or sae in chosen]
@@ -183,7 +183,7 @@ if query and mode == "meaning":
         embedder = sentence_embedder((store.embedder_settings or {}).get("name"))
         found = search_by_meaning(store, embedder, query, saes=sae_ids, limit=100)
     except UserError as exc:
-        st.error(str(exc))
+        st.error(public(exc, run))
         st.stop()
     st.caption(f"the {len(found)} features whose explanation or examples mean the most like the query, across "
                f"{'the chosen SAEs' if sae_ids else 'all SAEs'} (cosine similarity of sentence embeddings)"

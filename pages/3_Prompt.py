@@ -4,14 +4,14 @@ import streamlit as st
 
 from explorer.feature_view import shade_tokens_html
 from explorer.prompt_view import heatmap_figure, token_feature_table, token_labels
-from explorer.state import live_activations, open_live_run_or_stop, page_header, prompt_chars
+from explorer.state import live_activations, open_live_run_or_stop, page_header, prompt_chars, public
 from sae_core.errors import UserError
 from sae_core.prompt_features import strongest_features
 
 page_header("Prompt")
 run, opened, store = open_live_run_or_stop()
 if store is None:
-    st.caption(f"No feature file for `{run}`: features show without labels (`sae-explorer precompute {run}` adds them).")
+    st.caption(f"No feature file for `{run.name}`: features show without labels (`sae-explorer precompute {run.name}` adds them).")
 
 sites = {site.short: site for site in opened.saes}
 names = list(sites)
@@ -33,7 +33,7 @@ if not chosen:
 try:
     tokens, truncated_from, acts = live_activations(str(run), text, chat, tuple(chosen))
 except UserError as exc:
-    st.error(str(exc))
+    st.error(public(exc, run))
     st.stop()
 if truncated_from:
     st.warning(f"The prompt has {truncated_from:,} tokens; only the first {len(tokens):,} are shown (this server's or "

@@ -19,6 +19,7 @@ from explorer.state import (
     open_feature_store_or_stop,
     page_header,
     prompt_chars,
+    public,
     run_saes,
     show_metric_notes,
 )
@@ -32,11 +33,11 @@ summary = store.layer_summary()
 evaluated = metrics_frame(run)
 frame = by_layer_frame(evaluated, summary)
 if evaluated.empty:
-    st.warning(f"These SAEs have no evaluation metrics yet: run `sae-explorer eval {run}` and precompute again. "
+    st.warning(f"These SAEs have no evaluation metrics yet: run `sae-explorer eval {run.name}` and precompute again. "
                "Until then the charts show the feature file's statistics.")
     titles = PRECOMPUTE_METRICS
 else:
-    st.caption(f"run `{run}` · {len(evaluated)} SAEs evaluated on held-out text (tokens counted in the table) · "
+    st.caption(f"run `{run.name}` · {len(evaluated)} SAEs evaluated on held-out text (tokens counted in the table) · "
                f"{len(summary)} of them in the feature file (statistics on {int(summary['n_tokens'].max()):,} tokens)")
     titles = METRICS
 
@@ -77,10 +78,10 @@ try:
     missing = set(chosen) - {site.short for site in opened.saes}
     if missing:
         raise UserError(f"the run's SAE folders have no SAE for {', '.join(sorted(missing))}; "
-                        f"the feature file and the run disagree: precompute again with `sae-explorer precompute {run}`")
+                        f"the feature file and the run disagree: precompute again with `sae-explorer precompute {run.name}`")
     tokens, truncated_from, acts = live_activations(str(run), text, chat, chosen)
 except UserError as exc:
-    st.error(str(exc))
+    st.error(public(exc, run))
     st.stop()
 if truncated_from:
     st.warning(f"The prompt has {truncated_from:,} tokens; only the first {len(tokens):,} are shown (this server's or "

@@ -4,7 +4,15 @@ import streamlit as st
 
 from explorer.feature_view import feature_link, shade_tokens_html
 from explorer.prompt_view import token_labels
-from explorer.state import cached_job, live_job, max_prompt_tokens, open_live_run_or_stop, page_header, prompt_chars
+from explorer.state import (
+    cached_job,
+    live_job,
+    max_prompt_tokens,
+    open_live_run_or_stop,
+    page_header,
+    prompt_chars,
+    public,
+)
 from sae_core.attribution import Target, ablate, attribute, token_id, top_predictions
 from sae_core.errors import UserError
 from sae_core.prompt_features import tokenize_prompt
@@ -21,7 +29,7 @@ chosen = st.multiselect("sites", names, default=names[:3])
 try:
     prompt = tokenize_prompt(loaded, text, chat=chat, max_tokens=max_prompt_tokens())
 except UserError as exc:
-    st.error(str(exc))
+    st.error(public(exc, run))
     st.stop()
 if prompt.truncated_from:
     st.warning(f"The prompt has {prompt.truncated_from:,} tokens; only the first {len(prompt.ids):,} are used.")
@@ -36,7 +44,7 @@ try:
     predictions = cached_job(("predictions", str(run), ids, position), lambda: top_predictions(loaded, prompt, position),
                              "running the model")
 except UserError as exc:
-    st.error(str(exc))
+    st.error(public(exc, run))
     st.stop()
 st.caption("model's top predictions: " + ", ".join(f"{loaded.tokenizer.decode([i])!r} {p:.1%}" for i, p in predictions))
 left, right = st.columns(2)
@@ -51,7 +59,7 @@ try:
                               lambda: attribute(loaded, saes, prompt, target, top=rows), "computing gradients")
     table = table.copy()  # shared with other sessions: this page adds columns to its own copy
 except UserError as exc:
-    st.error(str(exc))
+    st.error(public(exc, run))
     st.stop()
 
 what = repr(loaded.tokenizer.decode([target.token])) + (
@@ -80,7 +88,7 @@ if st.button("ablate"):
         with live_job("ablating"):
             before, after = ablate(loaded, saes, prompt, target, [(parse_site(s), int(p), int(f)) for s, p, f in features[:top]])
     except UserError as exc:
-        st.error(str(exc))
+        st.error(public(exc, run))
         st.stop()
     predicted = float(table["attribution"].head(top).sum())
     st.metric("target after ablation", f"{after:.3f}", delta=f"{after - before:+.3f}")

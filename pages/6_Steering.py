@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from explorer.state import live_job, max_new_tokens, open_live_run_or_stop, page_header, prompt_chars
+from explorer.state import live_job, max_new_tokens, open_live_run_or_stop, page_header, prompt_chars, public
 from sae_core.errors import UserError
 from sae_core.refusal.presets import refusal_presets
 from sae_core.sites import parse_site
@@ -66,7 +66,7 @@ if st.button("generate"):
         with live_job("generating twice (unsteered and steered)"):
             plain, steered = answer([]), answer(edits)
     except UserError as exc:
-        st.error(str(exc))
+        st.error(public(exc, run))
         st.stop()
     left, right = st.columns(2)
     left.subheader("unsteered")
@@ -94,6 +94,6 @@ with st.expander("sweep the strength of the first feature"):
                     rows.append({"strength": value, "answer": answer([FeatureEdit(first.site, first.feature, value, first.mode)])})
                     progress.progress((i + 1) / len(strengths), text=f"strength {value}")
         except UserError as exc:
-            st.error(str(exc))
+            st.error(public(exc, run))
             st.stop()
         st.dataframe(rows, hide_index=True)
