@@ -39,6 +39,8 @@ from .feature_view import LINK_PARAMS, escape_markdown
 T = TypeVar("T")
 RESULTS_KEPT = 64
 """Live results (prompt activations, predictions, attributions) kept for every session to reuse."""
+LOOKUPS_KEPT = 512
+"""Feature pages and their similar features kept for every session (a link shared in a team is opened many times)."""
 
 
 class Server:
@@ -52,6 +54,7 @@ class Server:
         self.stores = StoreShelf()
         self.jobs = JobQueue(settings.max_live_jobs, settings.max_waiting_jobs)
         self.results: LRUCache[Any] = LRUCache(RESULTS_KEPT)
+        self.lookups: LRUCache[Any] = LRUCache(LOOKUPS_KEPT)
         if settings.model_threads:
             torch.set_num_threads(settings.model_threads)
 
@@ -153,6 +156,12 @@ def feature_store(run: Path) -> FeatureStore:
 def public(message: object, run: Path) -> str:
     """A message from the core as a visitor sees it: the run's name in place of the server's folder."""
     return str(message).replace(str(run), run.name)
+
+
+def shared_lookup(store: FeatureStore, what: str, args: tuple, lookup: Callable[[], T]) -> T:
+    """A read of the feature store that every session shares (keyed by the open store, so a rebuilt file is read
+    afresh); errors are raised, never kept."""
+    return server().lookups.get((store.serial, what, args), lookup)
 
 
 def open_feature_store_or_stop() -> tuple[Path, FeatureStore]:

@@ -20,7 +20,14 @@ from explorer.feature_view import (
     neighbour_table,
     summary_line,
 )
-from explorer.state import open_feature_store_or_stop, page_header, public, refusal_notes, sentence_embedder
+from explorer.state import (
+    open_feature_store_or_stop,
+    page_header,
+    public,
+    refusal_notes,
+    sentence_embedder,
+    shared_lookup,
+)
 from sae_core.errors import UserError
 from sae_core.features.reader import SCORES, SORTABLE
 from sae_core.interp.semantic_search import search_by_meaning
@@ -72,7 +79,7 @@ def feature_table(frame, targets: list[tuple[str, int]], key: str, **options) ->
 def show_similar(sae: str, feature: int) -> None:
     """Features like this one, by the same sentence vectors as search by meaning."""
     try:
-        similar = store.similar_features(sae, feature, limit=10)
+        similar = shared_lookup(store, "similar", (sae, feature), lambda: store.similar_features(sae, feature, limit=10))
     except UserError as exc:
         st.caption(public(exc, run))
         return
@@ -85,7 +92,7 @@ def show_similar(sae: str, feature: int) -> None:
 
 def show_feature(sae: str, feature: int) -> None:
     try:
-        page = store.feature(sae, feature)
+        page = shared_lookup(store, "feature", (sae, feature), lambda: store.feature(sae, feature))
     except UserError as exc:
         st.error(public(exc, run))
         return

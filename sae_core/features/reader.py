@@ -7,6 +7,7 @@ every call like one file: a question about one SAE runs in that SAE's file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -71,8 +72,12 @@ class FeaturePage:
 class FeatureStore:
     """Read-only access to a run's features (the run folder, its features.duckdb, or its folder of parts)."""
 
+    _opened = itertools.count()
+
     def __init__(self, path: str | Path):
         self.path = store_path(path)
+        self.serial = next(FeatureStore._opened)
+        """Unique to this opening in this process: what caches of its answers key on (a reopened file gets another)."""
         self._con, self._parts = open_store(self.path)
         self._con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
 
