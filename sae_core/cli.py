@@ -626,6 +626,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from .errors import disk_full
+
+        if not disk_full(exc) or os.environ.get("SAE_EXPLORER_DEBUG"):
+            raise
+        print(f"error: the disk is full ({exc}); files are written beside their old versions and renamed at the end, "
+              "so nothing was replaced or left half-written: free some space and run the same command again",
+              file=sys.stderr)
+        return 2
     if "torch.distributed" in sys.modules:  # a command that may have joined a torchrun job
         from .parallel import finish_parallel
 

@@ -23,3 +23,10 @@ class SAEFileError(UserError):
 
 class RunError(UserError):
     """A run folder is in a state that the command cannot use (e.g. holds a different run)."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says the disk is full: an OSError with ENOSPC, or DuckDB's own I/O error saying so."""
+    import errno
+
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc)

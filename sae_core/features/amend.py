@@ -62,7 +62,11 @@ def amend(path: str | Path, *, check_version: bool = True, refresh: bool = True)
     tmp = path.with_name(path.name + AMEND_SUFFIX)
     with _locked(path):
         _remove(tmp)
-        shutil.copyfile(path, tmp)
+        try:
+            shutil.copyfile(path, tmp)
+        except BaseException:  # e.g. the disk filled up: no half copy is left behind
+            _remove(tmp)
+            raise
         con = duckdb.connect(str(tmp))
         try:
             yield con

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from .schema import DB_FILE, FeatureDBError, check_schema_version, open_read_only
+from .schema import DB_FILE, FILE_CATALOG, FeatureDBError, check_schema_version, open_read_only
 
 PARTS_DIR = "features"
 """The folder of a run that holds its parts (instead of `features.duckdb`)."""
@@ -58,7 +58,9 @@ def store_of(file: Path) -> Path:
 def open_store(path: Path) -> tuple[duckdb.DuckDBPyConnection, dict[int, str]]:
     """A read-only connection to a feature file or a folder of parts, and for parts which catalog holds each SAE."""
     if not path.is_dir():
-        return open_read_only(path), {}
+        con = open_read_only(path)
+        # one SAE's queries go straight to the file's tables (`FeatureStore._cursor`), the rest through the views
+        return con, {int(sae_id): FILE_CATALOG for (sae_id,) in con.execute("SELECT sae_id FROM saes").fetchall()}
     parts = part_files(path)
     if not parts:
         raise FeatureDBError(f"{path} holds no feature files; build them with `sae-explorer precompute RUN`")

@@ -106,20 +106,33 @@ def file_identity(path: str | Path, con: duckdb.DuckDBPyConnection) -> str:
     return f"file:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+FILE_CATALOG = "f"
+"""The catalog a feature file is attached as by `open_read_only` (its tables are also views of the default one)."""
+
+
 def open_read_only(path: str | Path) -> duckdb.DuckDBPyConnection:
-    """Open a features.duckdb file read-only after checking that it exists and has this schema version."""
+    """Open a features.duckdb file read-only after checking that it exists and has this schema version.
+
+    The file is attached to a new in-memory database whose views show its tables, rather than opened with
+    `duckdb.connect(path)`: DuckDB keeps one instance per path in a process, so a connection to a file that was
+    rebuilt (renamed over) while an older connection is open would silently read the old file.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / DB_FILE
     if not path.is_file():
         raise FeatureDBError(f"{path} does not exist; build it with `sae-explorer precompute RUN`")
+    con = duckdb.connect(":memory:")
     try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as e:
-        raise FeatureDBError(f"cannot open {path} as a DuckDB file ({e}); rebuild it with `sae-explorer precompute`") from None
-    try:
-        check_schema_version(con, path)
-    except FeatureDBError:
+        try:
+            con.execute(f"ATTACH '{str(path).replace(chr(39), chr(39) * 2)}' AS {FILE_CATALOG} (READ_ONLY)")
+        except duckdb.Error as e:
+            raise FeatureDBError(f"cannot open {path} as a DuckDB file ({e}); rebuild it with `sae-explorer precompute`") from None
+        check_schema_version(con, path, f"{FILE_CATALOG}.")
+        tables = con.execute("SELECT table_name FROM information_schema.tables WHERE table_catalog = ?", [FILE_CATALOG]).fetchall()
+        for (table,) in tables:
+            con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM {FILE_CATALOG}."{table}"')
+    except BaseException:
         con.close()
         raise
     return con
