@@ -74,11 +74,11 @@ def page_header(title: str) -> None:
     """Every page's start: the wide layout, the access check, the run its links carry, and its title."""
     st.set_page_config(page_title=f"{title} · SAE Explorer", layout="wide")
     _require_access()
+    st.title(title)
     carried = {"run": current_run_name()}
     if server().access.required:
         carried["token"] = st.session_state["_token"]
     LINK_PARAMS.set(tuple(carried.items()))
-    st.title(title)
 
 
 def _require_access() -> None:

@@ -67,3 +67,39 @@ def test_every_page_in_a_real_browser(app_url):
         assert page.locator(".js-plotly-plot").count() >= 1
         page.screenshot(path=str(SHOTS / "prompt-submitted.png"), full_page=True)
         browser.close()
+
+
+def test_a_path_in_the_url_is_no_such_run_in_a_real_browser(app_url, precomputed_run):
+    from playwright.sync_api import sync_playwright
+
+    url, chromium = app_url
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for name in ["..%2F..%2Fetc", "%2Fetc", str(precomputed_run), "imported%00", "imported%2F..%2Fimported"]:
+            page.goto(f"{url}/Features?run={name}&sae=L1M&feature=1")
+            wait_until_rendered(page)
+            assert page.get_by_text("No such run").count() == 1, name
+            assert page.get_by_text("L1M · feature 1").count() == 0
+            content = page.content()  # the name asked for may be echoed; nothing about the server's files is
+            assert "does not exist" not in content and "features.duckdb" not in content
+        browser.close()
+
+
+def test_a_shared_server_asks_for_its_token(precomputed_run):
+    from playwright.sync_api import sync_playwright
+
+    chromium = _chromium()
+    env = {**os.environ, "SAE_EXPLORER_AUTH_TOKEN": "s3cret-token"}
+    with running_app(precomputed_run, env=env) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/Features?sae=L1M&feature=1")
+        wait_until_rendered(page)
+        assert page.get_by_role("textbox", name="access token").count() == 1 and page.get_by_text("L1M · feature 1").count() == 0
+        page.get_by_role("textbox", name="access token").fill("s3cret-token")
+        page.get_by_role("button", name="open").click()
+        page.wait_for_selector("text=L1M · feature 1", timeout=60_000)
+        assert "token=s3cret-token" in page.url  # a reload or a link opened in a new tab stays let in
+        assert page.locator("[data-testid='stToolbar'] [data-testid='stAppDeployButton']").count() == 0
+        browser.close()
