@@ -137,9 +137,15 @@ def main() -> None:
             grid = column.locator('[data-testid="stDataFrame"]').first
             grid.scroll_into_view_if_needed()
             box = grid.bounding_box()
+            warm.wait_for_timeout(300)  # a person reads before clicking; a click during the last layout shift is lost
             start = time.perf_counter()
             warm.mouse.click(box["x"] + 12, box["y"] + 35 + 17)
-            wait_feature(warm, f"{sae} · feature {neighbours[0]}")
+            try:
+                wait_feature(warm, f"{sae} · feature {neighbours[0]}")
+            except Exception:
+                warm.screenshot(path="neighbour-click-failed.png", full_page=True)
+                raise SystemExit(f"the click on {sae} #{feature}'s first neighbour did not open it; "
+                                 "see neighbour-click-failed.png") from None
             results["neighbour click (in app)"].append(time.perf_counter() - start)
         warm.goto(f"{url}/Prompt")
         wait_drawn(warm, "Prompt", 1, 1, timeout_ms=300_000)  # loads the model once
