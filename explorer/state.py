@@ -122,26 +122,30 @@ def _no_such_run(asked: str | None) -> None:
     st.stop()
 
 
-def current_run_name() -> str:
-    """The served run this page shows: `?run=NAME` in the URL, else the one picked in this session, else the
-    server's first. Anything that is not a served run's name stops the page with "no such run"."""
+def _current() -> tuple[str, Path]:
+    """The served run this page shows, as (name, folder): `?run=NAME` in the URL, else the one picked in this
+    session, else the server's first. Anything that is not a served run's name stops the page with "no such run"."""
     catalog = server().catalog
     asked = st.query_params.get("run")
     name = asked if asked is not None else st.session_state.get("run") or catalog.default()
-    if name is None or catalog.resolve(name) is None:
+    path = catalog.resolve(name)
+    if name is None or path is None:
         st.session_state.pop("run", None)
         _no_such_run(asked if asked is not None else name)
     st.session_state["run"] = name
     if asked != name:
         st.query_params["run"] = name  # the address bar names the run, so a copied URL opens the same one
-    return name
+    return name, path
+
+
+def current_run_name() -> str:
+    """The name of the served run this page shows (see `_current`)."""
+    return _current()[0]
 
 
 def current_run() -> Path:
-    """The folder of the served run this page shows (see `current_run_name`)."""
-    path = server().catalog.resolve(current_run_name())
-    assert path is not None  # current_run_name stopped the page otherwise
-    return path
+    """The folder of the served run this page shows (see `_current`)."""
+    return _current()[1]
 
 
 def feature_store(run: Path) -> FeatureStore:

@@ -43,7 +43,7 @@ def test_the_catalog_serves_runs_under_its_root_by_name_only(served):
     assert catalog.resolve("inside") == inside.resolve()
     for name in [*HOSTILE_NAMES, str(inside), str(outside), str(inside.resolve()), "not-a-run", None, 3]:
         assert catalog.resolve(name) is None, name
-    assert catalog.name_of(outside) is None and catalog.name_of(inside) == "inside"
+    assert outside.resolve() not in catalog.runs().values() and catalog.runs()["inside"] == inside.resolve()
 
 
 def test_runs_added_or_removed_under_the_root_come_and_go(served):

@@ -4,12 +4,12 @@ No Streamlit here: the app (`explorer/state.py`) applies these rules; tests call
 """
 
 from .access import TokenCheck
-from .catalog import NO_SUCH_RUN, RunCatalog
+from .catalog import RunCatalog
 from .limits import Busy, JobQueue, LRUCache, RateLimited, RateLimiter
 from .settings import AUTH_ENV, SERVE_ENV, ServeSettings
 from .stores import StoreShelf
 
 __all__ = [
-    "AUTH_ENV", "Busy", "JobQueue", "LRUCache", "NO_SUCH_RUN", "RateLimited", "RateLimiter", "RunCatalog", "SERVE_ENV", "ServeSettings",
+    "AUTH_ENV", "Busy", "JobQueue", "LRUCache", "RateLimited", "RateLimiter", "RunCatalog", "SERVE_ENV", "ServeSettings",
     "StoreShelf", "TokenCheck",
 ]

@@ -11,8 +11,6 @@ from pathlib import Path
 
 from ..runs import RUN_FILE
 
-NO_SUCH_RUN = "no such run"
-
 
 class RunCatalog:
     """Names → run folders, from explicit runs and/or every run folder directly under `runs_dir`."""
@@ -50,11 +48,6 @@ class RunCatalog:
         """The run shown when the URL names none: the first one named on the command line, else the newest."""
         names = self.names()
         return names[0] if names else None
-
-    def name_of(self, path: str | Path) -> str | None:
-        """The served name of a run folder, or None when it is not served."""
-        real = Path(path).resolve()
-        return next((name for name, p in self.runs().items() if p == real), None)
 
     def describe(self) -> str:
         """Where runs come from, for messages ("3 runs under /srv/runs", "2 runs named on the command line")."""

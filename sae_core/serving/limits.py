@@ -111,6 +111,10 @@ class JobQueue:
         """Hold a slot for the `with` block; while waiting, `on_wait(position)` (1 = next in line) is called every `poll_s`
         or sooner; `Busy` when the line is full."""
         ticket = object()
+
+        def my_turn() -> bool:
+            return self._waiting[0] is ticket and self._running < self.slots
+
         with self._cond:
             if self._running < self.slots and not self._waiting:
                 self._running += 1
@@ -120,7 +124,7 @@ class JobQueue:
                                "try again in a minute")
                 self._waiting.append(ticket)
                 try:
-                    while not (self._waiting[0] is ticket and self._running < self.slots):
+                    while not my_turn():
                         if on_wait is not None:
                             position = self._waiting.index(ticket) + 1
                             self._cond.release()  # the callback draws on the page: never while holding the lock
@@ -128,7 +132,7 @@ class JobQueue:
                                 on_wait(position)  # a visitor who left is stopped here (Streamlit raises on its calls)
                             finally:
                                 self._cond.acquire()
-                        if not (self._waiting[0] is ticket and self._running < self.slots):
+                        if not my_turn():
                             self._cond.wait(timeout=poll_s)
                 finally:
                     self._waiting.remove(ticket)
