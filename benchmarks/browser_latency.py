@@ -36,6 +36,7 @@ DRAWN = """([heading, charts, tables, svg]) => {
   const plots = [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].filter(shown);
   if (plots.length < charts || plots.some(p => !p.querySelector('svg.main-svg'))) return false;
   if (svg && !document.querySelector('svg[aria-label="activation histogram"]')) return false;
+  if (svg && document.querySelectorAll('table[aria-label$="tokens"]').length < 2) return false;       // logit tables
   const grids = [...document.querySelectorAll('[data-testid="stDataFrame"]')].filter(shown);
   return grids.length >= tables && grids.every(g => g.querySelector('canvas'));
 }"""
@@ -51,9 +52,19 @@ def wait_drawn(page, heading: str, charts: int = 0, tables: int = 0, timeout_ms:
     page.wait_for_function(DRAWN, arg=[heading, charts, tables, svg], timeout=timeout_ms, polling=25)
 
 
-def wait_feature(page, heading: str, baseline: bool = False) -> None:
-    """A feature page fully drawn: its histogram (inline SVG; a plotly chart in apps before issue 18) and 5 tables."""
-    wait_drawn(page, heading, 1 if baseline else 0, 5, svg=not baseline)
+def wait_feature(page, heading: str, grids: int, baseline: bool = False) -> None:
+    """A feature page fully drawn: its histogram and logit tables (a plotly chart and two more grids in apps before
+    issue 18; inline SVG and HTML tables now) and its `grids` tables of features."""
+    wait_drawn(page, heading, 1 if baseline else 0, grids + 2 if baseline else grids, svg=not baseline)
+
+
+def grids_of(store: FeatureStore, sae: str, feature: int) -> int:
+    """How many feature tables the page of `feature` draws: its non-empty neighbour lists, its similar features,
+    and the score table of its newest explanation."""
+    page = store.feature(sae, feature)
+    lists = sum(frame is not None and not frame.empty for frame in page.neighbours.values())
+    similar = bool(store.embedder_settings) and not store.similar_features(sae, feature).empty
+    return lists + similar + (not page.explanations.empty)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -66,24 +77,25 @@ def summary(name: str, values: list[float]) -> str:
             f"{max(values):.2f} |")
 
 
-def deep_links(browser, warm, url: str, sae: str, feature: int, into: dict[str, list[float]], baseline: bool = False) -> None:
+def deep_links(browser, warm, url: str, sae: str, feature: int, grids: int, into: dict[str, list[float]],
+               baseline: bool = False) -> None:
     """Time one deep link in a fresh browser profile (nothing cached) and in the warm tab."""
     heading = f"{sae} · feature {feature}"
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     fresh = context.new_page()
     start = time.perf_counter()
     fresh.goto(f"{url}/Features?sae={sae}&feature={feature}")
-    wait_feature(fresh, heading, baseline)
+    wait_feature(fresh, heading, grids, baseline)
     into["deep link, fresh browser"].append(time.perf_counter() - start)
     context.close()
     start = time.perf_counter()
     warm.goto(f"{url}/Features?sae={sae}&feature={feature}")
-    wait_feature(warm, heading, baseline)
+    wait_feature(warm, heading, grids, baseline)
     into["deep link, warm tab"].append(time.perf_counter() - start)
 
 
-def pick_features(run: Path, n: int, seed: int) -> list[tuple[str, int, list[int]]]:
-    """Live features with decoder-cosine neighbours: (SAE, feature, neighbour ids)."""
+def pick_features(run: Path, n: int, seed: int) -> list[tuple[str, int, int, int, int]]:
+    """Live features with decoder-cosine neighbours: (SAE, feature, its tables, first neighbour, the neighbour's)."""
     with FeatureStore(run) as store:
         rng = random.Random(seed)
         chosen = []
@@ -95,7 +107,8 @@ def pick_features(run: Path, n: int, seed: int) -> list[tuple[str, int, list[int
             near = page.neighbours.get("decoder_cosine")
             if page.feature["dead"] or near is None or near.empty:
                 continue
-            chosen.append((sae, feature, [int(f) for f in near["feature"]]))
+            first = int(near["feature"].iloc[0])
+            chosen.append((sae, feature, grids_of(store, sae, feature), first, grids_of(store, sae, first)))
         return chosen
 
 
@@ -127,11 +140,11 @@ def main() -> None:
         for tab, at in ((warm, url), (old, before)):
             if tab is not None:  # the server opens the store and warms its caches
                 tab.goto(f"{at}/Features?sae={features[0][0]}&feature={features[0][1]}")
-                wait_feature(tab, f"{features[0][0]} · feature {features[0][1]}", tab is old)
-        for sae, feature, neighbours in features:
-            deep_links(browser, warm, url, sae, feature, results)
+                wait_feature(tab, f"{features[0][0]} · feature {features[0][1]}", features[0][2], tab is old)
+        for sae, feature, grids, neighbour, neighbour_grids in features:
+            deep_links(browser, warm, url, sae, feature, grids, results)
             if old is not None:
-                deep_links(browser, old, before, sae, feature, baseline, baseline=True)
+                deep_links(browser, old, before, sae, feature, grids, baseline, baseline=True)
             # the first row of the "nearest by decoder cosine" table: its row-selection box, at the left
             column = warm.locator('[data-testid="stColumn"]', has=warm.get_by_text("nearest by decoder cosine"))
             grid = column.locator('[data-testid="stDataFrame"]').first
@@ -141,7 +154,7 @@ def main() -> None:
             start = time.perf_counter()
             warm.mouse.click(box["x"] + 12, box["y"] + 35 + 17)
             try:
-                wait_feature(warm, f"{sae} · feature {neighbours[0]}")
+                wait_feature(warm, f"{sae} · feature {neighbour}", neighbour_grids)
             except Exception:
                 warm.screenshot(path="neighbour-click-failed.png", full_page=True)
                 raise SystemExit(f"the click on {sae} #{feature}'s first neighbour did not open it; "

@@ -112,6 +112,27 @@ def logit_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"token": [display_token(t) for t in frame["token"]], "effect": frame["value"].round(3)})
 
 
+def logit_html(frame: pd.DataFrame, title: str) -> str:
+    """Logit effects as a small static HTML table, each effect with a bar scaled to the largest |effect|.
+
+    Plain HTML, not `st.dataframe`: ten read-only rows do not need a data grid, and each grid costs the browser a
+    canvas and a layout pass on a fresh page load (issue 18's deep-link budget).
+    """
+    table = logit_table(frame)
+    scale = float(table["effect"].abs().max() or 1.0) if len(table) else 1.0
+    cell = "padding:1px 6px;overflow:hidden;text-overflow:ellipsis;white-space:pre"
+    rows = []
+    for token, effect in zip(table["token"], table["effect"]):
+        colour = "0,104,201" if effect >= 0 else "201,52,0"
+        share = round(100 * abs(float(effect)) / scale)
+        bar = f"background:linear-gradient(to right,rgba({colour},0.35) {share}%,transparent {share}%)"
+        rows.append(f'<tr><td style="{cell};font-family:monospace" title="{html.escape(token)}">{html.escape(token)}</td>'
+                    f'<td style="{cell};text-align:right;{bar}">{float(effect):.3f}</td></tr>')
+    return (f'<table aria-label="{html.escape(title)}" style="font-size:13px;table-layout:fixed;width:100%;'
+            f'border-collapse:collapse"><tr><th style="{cell};text-align:left">token</th>'
+            f'<th style="{cell};text-align:right">effect</th></tr>{"".join(rows)}</table>')
+
+
 def neighbour_table(frame: pd.DataFrame, sae: str) -> pd.DataFrame:
     """Neighbours with a link column for `st.dataframe`'s LinkColumn."""
     return pd.DataFrame({

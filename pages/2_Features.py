@@ -16,7 +16,7 @@ from explorer.feature_view import (
     example_groups,
     feature_link,
     histogram_svg,
-    logit_table,
+    logit_html,
     neighbour_table,
     summary_line,
 )
@@ -112,9 +112,9 @@ def show_feature(sae: str, feature: int) -> None:
     with right:
         up, down = st.columns(2)
         up.caption("promotes (top logit effects)")
-        up.dataframe(logit_table(page.top_logits), hide_index=True, height=250)
+        up.markdown(logit_html(page.top_logits, "promoted tokens"), unsafe_allow_html=True)
         down.caption("suppresses (bottom logit effects)")
-        down.dataframe(logit_table(page.bottom_logits), hide_index=True, height=250)
+        down.markdown(logit_html(page.bottom_logits, "suppressed tokens"), unsafe_allow_html=True)
     for title, lines in example_groups(page):
         with st.expander(title, expanded=title.startswith("Top")):
             st.markdown("".join(lines), unsafe_allow_html=True)

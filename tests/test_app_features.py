@@ -60,8 +60,13 @@ def test_feature_deep_link_renders_the_whole_page(monkeypatch, precomputed_run, 
     assert at.subheader[0].value == f"{sae} · feature {feature}"
     assert any(escape_markdown(label) in m.value for m in at.markdown)
     assert len(at.expander) >= 2  # top activations + at least one interval
-    assert len(at.dataframe) == 5  # promotes, suppresses, two neighbour lists, features like this one
-    similar = at.dataframe[4].value
+    assert len(at.dataframe) == 3  # two neighbour lists, features like this one
+    with FeatureStore(precomputed_run) as store:
+        page = store.feature(sae, feature)
+    for frame, title in ((page.top_logits, "promoted tokens"), (page.bottom_logits, "suppressed tokens")):
+        drawn = next(m.value for m in at.markdown if f'aria-label="{title}"' in m.value)
+        assert f"{frame['value'].iloc[0]:.3f}" in drawn and drawn.count("<tr>") == len(frame) + 1
+    similar = at.dataframe[2].value
     assert len(similar) == 10 and f"{feature_link(sae, feature)}&run={precomputed_run.name}" not in list(similar["feature"])
 
 
@@ -107,6 +112,6 @@ def test_a_split_run_browses_like_its_one_file(monkeypatch, precomputed_run, bus
     one, split = (_page(monkeypatch, r, sae=sae, feature=str(feature)) for r in (precomputed_run, run))
     assert not split.exception and split.subheader[0].value == one.subheader[0].value
     assert [m.value for m in split.markdown] == [m.value for m in one.markdown]
-    assert len(split.dataframe) == len(one.dataframe) == 5
+    assert len(split.dataframe) == len(one.dataframe) == 3
     for a, b in zip(split.dataframe, one.dataframe):
         pd.testing.assert_frame_equal(a.value, b.value)
