@@ -31,8 +31,8 @@ from streamlit.proto.BackMsg_pb2 import BackMsg  # noqa: E402
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg  # noqa: E402
 from streamlit.proto.WidgetStates_pb2 import WidgetState  # noqa: E402
 
-from explorer.serve import running_app  # noqa: E402
 from sae_core.features.reader import FeatureStore  # noqa: E402
+from sae_core.testing.app_server import running_app  # noqa: E402
 
 WIDGETS = ("text_area", "text_input", "button", "radio", "multiselect", "slider", "checkbox", "selectbox")
 ERROR = 1  # Alert.Format.ERROR
@@ -118,7 +118,8 @@ def text_state(widget, value: str) -> WidgetState:
 
 
 async def one_session(url: str, run_name: str, features, words: list[str], actions: int, seed: int,
-                      timeout_s: float, out: dict[str, list], errors: list[str], think: float = 0.0) -> None:
+                      timeout_s: float, out: dict[str, list], errors: list[str], think: float = 0.0,
+                      prompt_every: int = 3) -> None:
     rng = random.Random(seed)
     async with Session(url, timeout_s) as session:
         listing = await session.run("Features", {"run": run_name})
@@ -127,7 +128,7 @@ async def one_session(url: str, run_name: str, features, words: list[str], actio
         prompt_page = None
         for i in range(actions):
             await asyncio.sleep(rng.uniform(0, 2 * think))
-            if i % 3 == 2:  # a prompt of its own: the model runs
+            if prompt_every and i % prompt_every == prompt_every - 1:  # a prompt of its own: the model runs
                 if prompt_page is None:
                     prompt_page = await session.run("Prompt", {"run": run_name})  # opens the page (default prompt)
                 widgets = prompt_page.widgets
@@ -165,6 +166,21 @@ def sample(run: Path, n: int, seed: int) -> tuple[list[tuple[str, int]], list[st
     return features, sorted(w for w in words if w.isalpha())[:200] or ["the"]
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of the whole machine since boot, from /proc/stat (None off Linux)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return None
+    return sum(fields) - fields[3] - fields[4], sum(fields)  # idle and iowait are not busy
+
+
+def busy_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> str:
+    if before is None or after is None or after[1] == before[1]:
+        return "?"
+    return f"{100 * (after[0] - before[0]) / (after[1] - before[1]):.0f}%"
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -174,10 +190,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/demo", help="a precomputed run (default: runs/demo)")
     parser.add_argument("--sessions", default="1,4,8", help="K values, comma-separated (default: 1,4,8; at most 16)")
-    parser.add_argument("--actions", type=int, default=12, help="actions per session (a third are prompts)")
+    parser.add_argument("--actions", type=int, default=12,
+                        help="actions per session (a third are prompts); a smaller K runs its sessions in rounds until "
+                             "it has done as many actions as the largest K, so K = 1 has as many samples as K = 8")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before an action counts as an error")
     parser.add_argument("--think", type=float, default=0.0,
                         help="mean seconds a person reads between actions (uniform 0..2×; default 0: back to back)")
+    parser.add_argument("--prompt-every", type=int, default=3,
+                        help="every Nth action is a new prompt (default 3; 0: browsing only, the model never runs)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     ks = [int(k) for k in args.sessions.split(",")]
@@ -191,21 +211,23 @@ def main() -> None:
             asyncio.run(warm_up(url, run.name))  # model loaded, store open, as on a server that has been up a while
             out: dict[str, list[float]] = {}
             errors: list[str] = []
-            start = time.perf_counter()
-            asyncio.run(all_sessions(url, run.name, features, words, args, k, out, errors))
-            wall = time.perf_counter() - start
+            start, ticks = time.perf_counter(), cpu_ticks()
+            for round_ in range(max(ks) // k):  # as many actions at every K, each session as busy as at the largest
+                asyncio.run(all_sessions(url, run.name, features, words, args, k, round_, out, errors))
+            wall, busy = time.perf_counter() - start, busy_share(ticks, cpu_ticks())
         for kind, values in sorted(out.items()):
             rows.append((k, kind, len(values), statistics.median(values), pct(values, 0.95), max(values)))
-        rows.append((k, "errors", len(errors), None, None, wall))
+        rows.append((k, "errors", len(errors), None, busy, wall))
         for e in errors[:5]:
             print(f"K={k}: {e}", file=sys.stderr)
-    print(f"\nrun {run}; {args.actions} actions per session (a third are new prompts), think time {args.think} s "
-          "on average; the app's default limits\n")
+    prompts = f"every {args.prompt_every} a new prompt" if args.prompt_every else "no prompts"
+    print(f"\nrun {run}; {args.actions * max(ks)} actions at each K ({prompts}), think time "
+          f"{args.think} s on average; the app's default limits; CPU: the whole machine's, all cores\n")
     print("| K | page | n | p50 s | p95 s | max s |\n|---:|---|---:|---:|---:|---:|")
-    base = {kind: p95 for k, kind, _, _, p95, _ in rows if k == ks[0] and p95 is not None}
+    base = {kind: p95 for k, kind, _, p50, p95, _ in rows if k == ks[0] and p50 is not None}
     for k, kind, n, p50, p95, top in rows:
         if p50 is None:
-            print(f"| {k} | **errors** (whole run {top:.0f} s) | {n} | | | |")
+            print(f"| {k} | **errors** (whole run {top:.0f} s, CPU {p95} busy) | {n} | | | |")
         else:
             ratio = f" ({p95 / base[kind]:.1f}× K={ks[0]})" if k != ks[0] and kind in base else ""
             print(f"| {k} | {kind} | {n} | {p50:.3f} | {p95:.3f}{ratio} | {top:.3f} |")
@@ -219,9 +241,10 @@ async def warm_up(url: str, run_name: str) -> None:
                 raise SystemExit(f"the {page} page failed while warming up: {answer.errors}")
 
 
-async def all_sessions(url, run_name, features, words, args, k, out, errors) -> None:
-    await asyncio.gather(*(one_session(url, run_name, features, words, args.actions, args.seed * 100 + i, args.timeout,
-                                       out, errors, args.think) for i in range(k)))
+async def all_sessions(url, run_name, features, words, args, k, round_, out, errors) -> None:
+    await asyncio.gather(*(one_session(url, run_name, features, words, args.actions, args.seed * 100 + round_ * k + i,
+                                       args.timeout,
+                                       out, errors, args.think, args.prompt_every) for i in range(k)))
 
 
 if __name__ == "__main__":

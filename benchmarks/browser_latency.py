@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer.serve import running_app  # noqa: E402
 from sae_core.features.reader import FeatureStore  # noqa: E402
+from sae_core.testing.app_server import running_app  # noqa: E402
 
 DRAWN = """([heading, charts, tables, svg]) => {
   if (document.querySelector('[data-testid="stStatusWidget"]')) return false;       // the script still runs

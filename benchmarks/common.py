@@ -15,7 +15,7 @@ def tiny_or_embedded(name: str | None) -> LoadedModel:
     if name == "tiny":
         import tempfile
 
-        from sae_core.tiny import tiny_model, tiny_tokenizer
+        from sae_core.testing.tiny_models import tiny_model, tiny_tokenizer
 
         path = tempfile.mkdtemp()
         tiny_model("qwen3", n_layers=4, d_model=64).save_pretrained(path)

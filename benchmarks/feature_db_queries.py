@@ -40,7 +40,7 @@ from sae_core.embedder import load_embedder
 from sae_core.features.ann_index import build_vector_index, vector_index_info, vectors_path
 from sae_core.features.reader import FeatureStore
 from sae_core.features.search_index import build_search_index, index_path
-from sae_core.features.synthetic import build_synthetic
+from sae_core.testing.synthetic_features import build_synthetic
 
 PRESETS = {"1m": (64, 16_384), "qwen3-1.7b": (84, 65_536), "paper": (300, 65_536)}
 """(SAEs, d_sae): 1M features; one Qwen3-1.7B suite at 65,536 latents (28 layers × 3 sites: 5.5M); the paper's

@@ -66,7 +66,7 @@ def _check(prompt: PromptTokens, target: Target, vocab: int) -> None:
 
 def _run(loaded: LoadedModel, prompt: PromptTokens, fns: dict[Site, Callable[[Tensor], Tensor]]) -> Tensor:
     """`(T, vocab)` logits with each site's output replaced by `fns[site](x)`."""
-    device = next(loaded.model.parameters()).device
+    device = loaded.device
     with ExitStack() as stack:
         for site, fn in fns.items():
             stack.enter_context(splice(loaded.model, site, fn, layout=loaded.layout))
@@ -81,7 +81,7 @@ def attribute(
     Features at position 0 and special tokens are not counted (they are held at zero).
     """
     _check(prompt, target, loaded.layout.unembed.weight.shape[0])
-    real = prompt.real.to(next(loaded.model.parameters()).device)
+    real = prompt.real.to(loaded.device)
     leaves: dict[Site, Tensor] = {}
 
     def fn_for(site: Site, sae: SAE) -> Callable[[Tensor], Tensor]:

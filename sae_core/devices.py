@@ -19,3 +19,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown --device {name!r}; use cpu, cuda, cuda:N or auto") from None
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device a model or SAE lives on (that of its first parameter; every module here keeps one device)."""
+    return next(module.parameters()).device

@@ -37,9 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .devices import module_device
 from .harvest import batch_activations
 from .hooks import splice
 from .models import LoadedModel
+from .outliers import non_outliers, outlier_threshold
 from .parallel import Parallel, all_reduce_
 from .replay import LayerReplay
 from .saes import SAE
@@ -196,13 +198,6 @@ def _gap_note(gap: float) -> str:
     return f"n/a: zero ablation changes the loss by only {gap:.3f} nats (under {CE_GAP_MIN} nats), so the ratio is noise"
 
 
-def non_outliers(x: Tensor, threshold: float | None) -> Tensor:
-    """`(..., )` bool: activations whose norm is within the outlier threshold (all of them when there is none)."""
-    if threshold is None:
-        return torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
-    return x.norm(dim=-1) <= threshold
-
-
 def _splice_fn(real: Tensor, threshold: float | None, new: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """A splice function: `new(x)` at real tokens `(B, T)` whose norm is within the threshold, `x` elsewhere."""
 
@@ -211,12 +206,6 @@ def _splice_fn(real: Tensor, threshold: float | None, new: Callable[[Tensor], Te
         return torch.where(mask, new(x), x)
 
     return fn
-
-
-def outlier_threshold(sae: SAE) -> float | None:
-    """The outlier norm threshold recorded at training time, if any."""
-    value = sae.cfg.metadata.get("outlier_norm_threshold")
-    return float(value) if value is not None else None
 
 
 @torch.no_grad()
@@ -286,7 +275,7 @@ def _ce_batch(
     not reproduce the model's own logits, in which case they are full forward passes.
     """
     model = loaded.model
-    device = next(model.parameters()).device
+    device = module_device(model)
     ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
     target_mask = batch.real.to(device).float()
     replay = LayerReplay(model, loaded.layout, ids, attn)

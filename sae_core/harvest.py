@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .hooks import run_to_sites
 from .models import LoadedModel
+from .outliers import non_outliers, threshold_from_norms
 from .sites import Site
 from .tokens import TokenBatch
 
@@ -38,7 +39,7 @@ class Chunk(NamedTuple):
 
 def batch_activations(loaded: LoadedModel, sites: list[Site], batch: TokenBatch) -> dict[Site, Tensor]:
     """Run one token batch to the deepest site; return `{site: (B, T, d_model)}`."""
-    device = next(loaded.model.parameters()).device
+    device = loaded.device
     return run_to_sites(
         loaded.model,
         batch.input_ids.to(device),
@@ -90,17 +91,15 @@ class SiteStats:
         """Estimate from a sample `x (N, d)` of real-token activations."""
         norms = x.norm(dim=-1)
         median = float(norms.median())
-        threshold = outlier_factor * median if outlier_factor > 0 else None
-        kept = norms if threshold is None else norms[norms <= threshold]
+        threshold = threshold_from_norms(norms, outlier_factor)
+        kept = norms[non_outliers(x, threshold)]
         mean = float(kept.mean())
         scale = (x.shape[-1] ** 0.5) / mean if normalize else 1.0
         return cls(mean, median, threshold, scale)
 
     def keep_mask(self, x: Tensor) -> Tensor:
         """`(N,)` bool: rows whose norm is within the outlier threshold."""
-        if self.outlier_threshold is None:
-            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        return x.norm(dim=-1) <= self.outlier_threshold
+        return non_outliers(x, self.outlier_threshold)
 
     def to_dict(self) -> dict[str, float | None]:
         return {

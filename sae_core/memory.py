@@ -44,7 +44,7 @@ def resolve_lm_batch_size(requested: int, loaded: LoadedModel, sites: list[Site]
         raise UserError(f"--lm-batch-size must be a positive number of contexts or auto, got {requested}")
     if requested:
         return requested
-    device = next(loaded.model.parameters()).device
+    device = loaded.device
     if device.type != "cuda":
         return 8
     torch.cuda.synchronize(device)

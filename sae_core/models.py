@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from sae_core.devices import module_device
 from sae_core.errors import ModelLoadError
 from sae_core.layout import ModelLayout, find_layout
 
@@ -65,6 +66,11 @@ class LoadedModel(NamedTuple):
     name: str
     """What SAE configs record as `model_name`: the Hub id or path given, or the embedded model's Hub id."""
     layout: ModelLayout
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model's weights are on."""
+        return module_device(self.model)
 
 
 def cache_dir() -> Path:

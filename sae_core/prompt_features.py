@@ -57,7 +57,7 @@ def tokenize_prompt(loaded: LoadedModel, text: str, *, chat: bool = False, max_t
 @torch.no_grad()
 def prompt_activations(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTokens) -> dict[Site, Tensor]:
     """`{site: (T, d_sae)}` feature activations on every token (zero at position 0 and special tokens)."""
-    device = next(loaded.model.parameters()).device
+    device = loaded.device
     acts = run_to_sites(loaded.model, prompt.ids[None].to(device), sites=list(saes), layout=loaded.layout)
     real = prompt.real.to(device)[:, None]
     return {site: (sae.encode(acts[site][0]) * real).cpu() for site, sae in saes.items()}

@@ -57,7 +57,7 @@ def open_run_saes(
         cfg = info.get("config", {})
         dtype = dtype_named(cfg.get("lm_dtype") or "float32", "lm_dtype in run.json")
         loaded = load_model(cfg.get("model"), device=resolve_device(device), dtype=dtype)
-    model_device = next(loaded.model.parameters()).device
+    model_device = loaded.device
     saes: dict[Site, SAE] = {}
     where: dict[Site, Path] = {}
     for folder in folders:

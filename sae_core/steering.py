@@ -54,7 +54,7 @@ def generate(
         raise UserError("this model's tokenizer has no chat template; untick the chat option to steer plain text")
     messages = [{"role": "user", "content": message}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if chat else message
-    device = next(loaded.model.parameters()).device
+    device = loaded.device
     ids = tokenizer(text, add_special_tokens=not chat, return_tensors="pt").input_ids.to(device)
     with ExitStack() as stack:
         for edit in edits:

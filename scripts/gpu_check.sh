@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 - <<'PY'
 import torch, transformers
 from transformers import LlamaConfig, LlamaForCausalLM
-from sae_core.tiny import tiny_tokenizer
+from sae_core.testing.tiny_models import tiny_tokenizer
 print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available())
 tok = tiny_tokenizer()
 cfg = LlamaConfig(vocab_size=len(tok), hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from explorer.serve import running_app, wait_until_rendered
 from sae_core.features.reader import FeatureStore
 from sae_core.features.schema import DB_FILE
+from sae_core.testing.app_server import running_app, wait_until_rendered
 
 PAGES = {"runs": "Runs", "features": "Features", "feature": "Features?sae={sae}&feature={feature}", "prompt": "Prompt",
          "layers": "Layers", "attribution": "Attribution", "steering": "Steering?sae={sae}&feature={feature}"}

@@ -14,7 +14,7 @@ from sae_core.features import vector_index
 from sae_core.features.amend import amend
 from sae_core.features.ann_index import build_vector_index, vectors_path
 from sae_core.features.reader import SEARCH_COLUMNS, FeatureStore
-from sae_core.features.synthetic import build_synthetic
+from sae_core.testing.synthetic_features import build_synthetic
 
 
 @pytest.fixture(scope="module")

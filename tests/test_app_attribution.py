@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import app_page
+from helpers import app_page
 from streamlit.testing.v1 import AppTest
 
 TEXT = "the river city music science history ocean language learning light"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from conftest import HOSTILE_EXPLANATION, app_page
+from helpers import HOSTILE_EXPLANATION, app_page
 
 from explorer.explanation_view import explanation_markdown, score_table, verdict
 from explorer.feature_view import escape_markdown

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import app_page
+from helpers import app_page
 from streamlit.testing.v1 import AppTest
 
 from explorer.feature_view import LINK_PARAMS, escape_markdown, example_groups, feature_link, shade_tokens_html

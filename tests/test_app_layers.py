@@ -7,7 +7,7 @@ import re
 import shutil
 
 import numpy as np
-from conftest import app_page, heatmap_values, trace_values
+from helpers import app_page, heatmap_values, trace_values
 
 from explorer.layers_view import by_layer_frame, metric_by_layer, sparsity_fidelity
 from explorer.runs import metrics_frame

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import app_page, heatmap_values
+from helpers import app_page, heatmap_values
 from streamlit.testing.v1 import AppTest
 
 from sae_core.errors import UserError

@@ -3,7 +3,7 @@ offers them as presets."""
 
 from __future__ import annotations
 
-from conftest import app_page
+from helpers import app_page
 
 from sae_core.refusal.presets import refusal_presets
 from sae_core.refusal.results import refusal_features

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import serve
+from helpers import serve
 from streamlit.testing.v1 import AppTest
 
 from explorer.runs import metrics_frame, run_summary

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.serve import running_app, wait_until_rendered
+from sae_core.testing.app_server import running_app, wait_until_rendered
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "tests" / "output" / "screenshots"
@@ -36,9 +36,17 @@ def app_url(precomputed_run):
         yield url, chromium
 
 
-def _open(page, url: str, name: str) -> None:
+HEATMAPS = """() => JSON.stringify([...document.querySelectorAll('.js-plotly-plot')]
+  .filter(gd => gd.offsetParent !== null).map(gd => (gd.data || []).map(trace => trace.y)))"""
+
+
+def _open(page, url: str, name: str, heading: str | None = None) -> None:
     page.goto(url)
-    wait_until_rendered(page)
+    wait_until_rendered(page, heading or name)
+    _check(page, name)
+
+
+def _check(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
     assert page.locator("[data-testid='stException']").count() == 0, f"Streamlit exception on {name}"
@@ -51,21 +59,35 @@ def test_every_page_in_a_real_browser(app_url):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        _open(page, url, "home", "SAE Explorer")
+        assert page.get_by_role("link", name="Features").count() >= 1  # the landing page links every page
         for name in PAGES:
-            _open(page, f"{url}/{name}", name.lower())
-        _open(page, f"{url}/Features?sae=L1M&feature=1", "feature-deep-link")
-        assert page.get_by_text("L1M · feature 1").count() == 1
-        _open(page, f"{url}/Features", "features-search")
-        page.get_by_label("query").fill("dead")
+            _open(page, f"{url}/{name}", name)
+        _open(page, f"{url}/Features?sae=L1M&feature=1", "feature-deep-link", "Features")
+        page.wait_for_selector("text=L1M · feature 1")
+
+        _open(page, f"{url}/Features", "features-search", "Features")
+        page.get_by_text("label or explanation", exact=True).click()
+        box = page.get_by_placeholder("e.g. department")  # the query box of that mode
+        box.wait_for()
+        page.wait_for_function("() => document.querySelectorAll('input[aria-label=\"query\"]').length === 1")
+        wait_until_rendered(page, "Features")
+        box.fill("dead")
         page.keyboard.press("Enter")
-        page.wait_for_timeout(2000)
-        assert page.locator("[data-testid='stException']").count() == 0
-        _open(page, f"{url}/Prompt", "prompt")
+        found = page.wait_for_selector("text=/[0-9]+ feature\\(s\\) found/", timeout=60_000)
+        wait_until_rendered(page, "Features")
+        assert int(found.text_content().split()[0]) > 0, found.text_content()  # the tiny run has dead features
+        page.wait_for_selector("[data-testid='stDataFrame'] canvas")
+        _check(page, "features-search-dead")
+
+        _open(page, f"{url}/Prompt", "Prompt")
+        page.wait_for_selector(".js-plotly-plot")  # the default prompt's heatmap
+        before = page.evaluate(HEATMAPS)
+        page.get_by_role("textbox", name="prompt").fill("A different prompt about rivers and bread.")
         page.get_by_role("button", name="show activations").click()
-        page.wait_for_timeout(3000)
-        assert page.locator("[data-testid='stException']").count() == 0
-        assert page.locator(".js-plotly-plot").count() >= 1
-        page.screenshot(path=str(SHOTS / "prompt-submitted.png"), full_page=True)
+        page.wait_for_function(f"(before) => ({HEATMAPS})() !== before", arg=before, timeout=120_000)  # the click drew new ones
+        wait_until_rendered(page, "Prompt")
+        _check(page, "prompt-submitted")
         browser.close()
 
 
@@ -78,7 +100,7 @@ def test_a_path_in_the_url_is_no_such_run_in_a_real_browser(app_url, precomputed
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         for name in ["..%2F..%2Fetc", "%2Fetc", str(precomputed_run), "imported%00", "imported%2F..%2Fimported"]:
             page.goto(f"{url}/Features?run={name}&sae=L1M&feature=1")
-            wait_until_rendered(page)
+            wait_until_rendered(page, "Features")
             assert page.get_by_text("No such run").count() == 1, name
             assert page.get_by_text("L1M · feature 1").count() == 0
             content = page.content()  # the name asked for may be echoed; nothing about the server's files is
@@ -95,9 +117,11 @@ def test_a_shared_server_asks_for_its_token(precomputed_run):
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/Features?sae=L1M&feature=1")
-        wait_until_rendered(page)
-        assert page.get_by_role("textbox", name="access token").count() == 1 and page.get_by_text("L1M · feature 1").count() == 0
-        page.get_by_role("textbox", name="access token").fill("s3cret-token")
+        wait_until_rendered(page, "SAE Explorer")  # the login page's title
+        box = page.get_by_role("textbox", name="access token")
+        box.wait_for()  # widgets are drawn a moment after the script ends
+        assert page.get_by_text("L1M · feature 1").count() == 0
+        box.fill("s3cret-token")
         page.get_by_role("button", name="open").click()
         page.wait_for_selector("text=L1M · feature 1", timeout=60_000)
         assert "token=s3cret-token" in page.url  # a reload or a link opened in a new tab stays let in

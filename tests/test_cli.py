@@ -176,7 +176,7 @@ def test_import_then_precompute_from_the_command_line(published_saes, tiny_model
 
 
 def test_import_of_a_mismatched_sae_is_one_line_error(tiny_model_dir, tmp_path, capsys):
-    from conftest import random_sae
+    from helpers import random_sae
 
     from sae_core.loading import save_sae
 

@@ -6,7 +6,7 @@ import itertools
 import json
 
 from sae_core.corpus import default_corpus_dir, describe_source, iter_documents
-from sae_core.tiny import tiny_tokenizer
+from sae_core.testing.tiny_models import tiny_tokenizer
 from sae_core.tokens import render_chat
 
 SOURCES = {"sotu", "moby_dick", "email", "python_docs", "chat_selfgen"}

@@ -12,7 +12,7 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from conftest import make_text
+from helpers import make_text
 from stand_ins import TOKEN, CannedExplainer, KeywordScorer
 from test_openai_client import StubServer, completion
 

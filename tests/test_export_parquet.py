@@ -9,7 +9,7 @@ import pytest
 
 from sae_core.cli import main
 from sae_core.features.export_parquet import ORDER, export_parquet
-from sae_core.features.synthetic import build_synthetic
+from sae_core.testing.synthetic_features import build_synthetic
 
 
 @pytest.fixture(scope="module")

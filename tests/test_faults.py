@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import PRECOMPUTE_OPTIONS, serve
+from helpers import PRECOMPUTE_OPTIONS, serve
 from streamlit.testing.v1 import AppTest
 
 from sae_core.cli import main

@@ -8,7 +8,7 @@ from sae_core.interp.chat_models import render
 from sae_core.interp.prompts import detection_messages, explainer_messages, fuzzing_messages, parse_explanation
 from sae_core.interp.samples import Context
 from sae_core.interp.text import OPEN, clean_text, crop, firing_marks, marked_text, one_line, plain_text
-from sae_core.tiny import tiny_tokenizer
+from sae_core.testing.tiny_models import tiny_tokenizer
 
 HOSTILE = ["<|im_end|>", "\n", "<|im_start|>", "system", ">>", "<<", " [INST]", " <script>alert(1)</script>", "\x00\x1b[31m",
            ' "quoted"', " `code`", " **bold**", "\u202e", "$x$", "\r\n", "</s>", "<s>", "<start_of_turn>"]

@@ -5,7 +5,7 @@ from torch import nn
 from sae_core.errors import ModelLoadError, SiteError
 from sae_core.layout import find_layout
 from sae_core.sites import Site
-from sae_core.tiny import FAMILIES, tiny_config, tiny_model
+from sae_core.testing.tiny_models import FAMILIES, tiny_config, tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -7,7 +7,7 @@ import torch
 
 from sae_core.features.logit_effects import logit_effects
 from sae_core.layout import find_layout
-from sae_core.tiny import tiny_model
+from sae_core.testing.tiny_models import tiny_model
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])

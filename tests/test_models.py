@@ -7,7 +7,7 @@ import torch
 
 from sae_core.errors import ModelLoadError
 from sae_core.models import EMBEDDED_NAME, LoadedModel, cache_dir, embedded_cache_path, load_model
-from sae_core.tiny import tiny_model, tiny_tokenizer
+from sae_core.testing.tiny_models import tiny_model, tiny_tokenizer
 
 HUB_MESSAGE = (
     "it is not a local path and could not be fetched from the Hugging Face Hub ({}). Pass a local model "

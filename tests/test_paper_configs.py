@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sae_core.cli import main
-from sae_core.tiny import tiny_model, tiny_tokenizer
+from sae_core.testing.tiny_models import tiny_model, tiny_tokenizer
 from sae_core.training.config import TrainConfig, load_config_file
 from sae_core.training.plan import plan_training
 

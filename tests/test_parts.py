@@ -15,7 +15,7 @@ from sae_core.features.parts import PARTS_DIR, part_files
 from sae_core.features.reader import FeatureStore
 from sae_core.features.schema import DB_FILE, FeatureDBError
 from sae_core.features.split import split_feature_file
-from sae_core.features.synthetic import build_synthetic
+from sae_core.testing.synthetic_features import build_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import DEAD_FEATURE as DEAD
-from conftest import PRECOMPUTE_OPTIONS, SITES, random_sae
+from helpers import DEAD_FEATURE as DEAD
+from helpers import PRECOMPUTE_OPTIONS, SITES, random_sae
 
 from sae_core.corpus import iter_documents
 from sae_core.errors import SAEFileError, SiteError

@@ -8,7 +8,7 @@ import shutil
 
 import duckdb
 import pytest
-from conftest import DEAD_FEATURE
+from helpers import DEAD_FEATURE
 
 from sae_core.errors import UserError
 from sae_core.features.reader import FeatureNotFound, FeatureStore

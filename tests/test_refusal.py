@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import HARMFUL, alternate_refusals, write_prompt_files
+from helpers import HARMFUL, alternate_refusals, write_prompt_files
 
 from sae_core.cli import main
 from sae_core.hooks import capture, run_to_sites
@@ -111,7 +111,7 @@ def test_repetitive_answers_are_flagged():
 def test_a_classifier_judge_from_a_local_model(tmp_path):
     from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
-    from sae_core.tiny import tiny_tokenizer
+    from sae_core.testing.tiny_models import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -9,7 +9,7 @@ from sae_core.hooks import splice
 from sae_core.layout import find_layout
 from sae_core.replay import LayerReplay
 from sae_core.sites import Site
-from sae_core.tiny import tiny_model
+from sae_core.testing.tiny_models import tiny_model
 
 
 @pytest.mark.parametrize("family", ["qwen3", "llama", "gemma3", "gpt2"])

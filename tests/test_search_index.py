@@ -13,7 +13,7 @@ from sae_core.features import search_index
 from sae_core.features.amend import amend
 from sae_core.features.reader import FeatureStore
 from sae_core.features.search_index import build_search_index, index_path
-from sae_core.features.synthetic import build_synthetic
+from sae_core.testing.synthetic_features import build_synthetic
 
 HOSTILE = ["'", "%", "_", '"', '""', "\\", "'; DROP TABLE features; --", "→", '" OR 1=1 --', "a%b", "", " ", "  ",
            "NEAR(a b)", "a AND b", "*", "ab*", "^ab", "\x00", "a\x00b", "é", "É", "ÉCOLE", "ß", "İ", "日本語", "🙂", "\n", "⏎"]

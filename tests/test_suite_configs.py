@@ -12,7 +12,7 @@ import pytest
 
 from sae_core.features.reader import FeatureStore
 from sae_core.options import load_config_file
-from sae_core.tiny import tiny_model, tiny_tokenizer
+from sae_core.testing.tiny_models import tiny_model, tiny_tokenizer
 from sae_core.training import add_config_arguments, config_from_args
 from sae_core.training.plan import plan_training
 

@@ -1,7 +1,7 @@
 """The synthetic features.duckdb generator (used by the query benchmark) writes a file the reader fully accepts."""
 
 from sae_core.features.reader import FeatureStore
-from sae_core.features.synthetic import build_synthetic
+from sae_core.testing.synthetic_features import build_synthetic
 
 
 def test_synthetic_file_is_schema_valid_and_complete(tmp_path):

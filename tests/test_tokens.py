@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 from sae_core.corpus import Document
 from sae_core.errors import CorpusError, UserError
-from sae_core.tiny import tiny_tokenizer
+from sae_core.testing.tiny_models import tiny_tokenizer
 from sae_core.tokens import (
     TokenBatch,
     check_context_size,

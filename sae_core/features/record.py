@@ -22,10 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..evals import non_outliers, outlier_threshold
 from ..harvest import batch_activations
 from ..io import atomic_path, write_json
 from ..models import LoadedModel
+from ..outliers import non_outliers, outlier_threshold
 from ..parallel import Parallel
 from ..saes import SAE
 from ..sites import Site

@@ -75,7 +75,7 @@ class LocalChatModel:
         self.loaded = loaded
         self.name = loaded.name
         self.batch_size = batch_size
-        self.device = next(loaded.model.parameters()).device
+        self.device = loaded.device
         tok = loaded.tokenizer
         yes, no = answer_token_ids(tok)
         self._yes, self._no = torch.tensor(yes, dtype=torch.long), torch.tensor(no, dtype=torch.long)

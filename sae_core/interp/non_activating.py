@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..evals import non_outliers, outlier_threshold
 from ..hooks import run_to_sites
+from ..outliers import non_outliers, outlier_threshold
 from ..run_saes import RunSAEs
 from ..tokens import real_token_mask, special_token_ids
 from .samples import NON_ACTIVATING, Context
@@ -67,7 +67,7 @@ def build_pool(
     each `wanted` feature (SAE short name → features) fires on them."""
     loaded = opened.loaded
     sites = {site.short: site for site in opened.saes if site.short in wanted}
-    device = next(loaded.model.parameters()).device
+    device = loaded.device
     specials = special_token_ids(loaded.tokenizer)
     rng = np.random.default_rng(seed)
     width = 2 * half_width + 1

@@ -55,7 +55,7 @@ def _exchange(
 ) -> Chunk:
     """Send every owned site's rows of the chunk's batches to its owner; return what this rank holds."""
     counts = [n for n, _ in pending]
-    device = next(loaded.model.parameters()).device
+    device = loaded.device
     acts: dict[Site, Tensor] = {}
     for site, dest in zip(sites, owners):
         mine = [rows[site] for _, rows in pending if rows is not None]

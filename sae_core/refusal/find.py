@@ -91,7 +91,7 @@ def read_sites(
 ) -> dict[Site, SiteReading]:
     """Run the texts (right-padded, so positions are exact for any model) to the sites and average each
     text's SAE activations and residuals over its read positions."""
-    device = next(loaded.model.parameters()).device
+    device = loaded.device
     pad = pad_id(loaded.tokenizer)
     feats: dict[Site, list[Tensor]] = {s: [] for s in saes}
     resid: dict[Site, list[Tensor]] = {s: [] for s in saes}

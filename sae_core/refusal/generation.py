@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..devices import module_device
 from ..errors import UserError
 from ..hooks import splice
 from ..models import LoadedModel
@@ -79,7 +80,7 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers to each message (in order), message i generated with `edits[i]` applied at `site`."""
     tokenizer, model = loaded.tokenizer, loaded.model
-    device = next(model.parameters()).device
+    device = module_device(model)
     edits = list(edits) if edits is not None else [None] * len(messages)
     if any(e is not None for e in edits) and site is None:
         raise ValueError("edits need the site they apply at")
@@ -118,7 +119,7 @@ def answer_nll(loaded: LoadedModel, messages: Sequence[str], answers: Sequence[s
     Rows are left-padded (with explicit position ids) so every answer ends at the last position, and the
     LM head runs only on the last positions that hold answer tokens."""
     model, pad = loaded.model, pad_id(loaded.tokenizer)
-    device = next(model.parameters()).device
+    device = module_device(model)
     all_rows = [answer_token_ids(loaded, m, a) for m, a in zip(messages, answers)]
     order = sorted(range(len(all_rows)), key=lambda i: len(all_rows[i][0]))
     out: dict[int, float] = {}

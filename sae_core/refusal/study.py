@@ -244,7 +244,7 @@ def run_find(run: str | Path, cfg: StudyConfig, *, opened: RunSAEs | None = None
     """`sae-explorer refusal find`: rank features and save them (RUN/refusal/features.json, directions)."""
     load_contrast_sets(cfg.harmful, cfg.harmless)  # bad prompt files fail before the model loads
     opened = opened or open_run_saes(run, device=device)
-    results = find_features(opened, cfg, _judge(cfg, next(opened.loaded.model.parameters()).device))
+    results = find_features(opened, cfg, _judge(cfg, opened.loaded.device))
     out = refusal_dir(run)
     write_results(out, results)
     write_directions(out, results)
@@ -264,7 +264,7 @@ def run_steer(run: str | Path, cfg: StudyConfig, *, opened: RunSAEs | None = Non
     if cfg.steer_site and cfg.steer_site != results.steer_site:
         results.steer_site = _steer_site([s for s in opened.saes if s.short in results.sites], cfg.steer_site,
                                          opened.loaded.layout.n_layers).short
-    results = steer_and_measure(opened, results, cfg, _judge(cfg, next(opened.loaded.model.parameters()).device))
+    results = steer_and_measure(opened, results, cfg, _judge(cfg, opened.loaded.device))
     write_results(out, results)
     write_answers(out, results)
     write_report(out, results, run)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..devices import module_device
 from ..harvest import SiteStats
 from ..parallel.collectives import collect_rows
 from ..parallel.row_exchange import carry_sizes, exchange_rows
@@ -53,7 +54,7 @@ class SiteTrainer:
         self.total_steps = -(-cfg.tokens // cfg.batch_size)  # at least the token budget
         self.base_lr = cfg.resolved_lr(sae.cfg.d_sae)
         self.opt = make_adam(sae.parameters(), self.base_lr, tuple(cfg.adam_betas))  # type: ignore[arg-type]
-        device = next(sae.parameters()).device
+        device = module_device(sae)
         self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
         self.carry = torch.empty(0, sae.cfg.d_in, device=device)
         self.carry_total = 0  # rows left for the next chunk, over all ranks

@@ -32,6 +32,7 @@ from ..io import read_json, write_json
 from ..loading import save_sae
 from ..memory import dtype_named, resolve_lm_batch_size
 from ..models import LoadedModel, load_model
+from ..outliers import METADATA_KEY as OUTLIER_KEY
 from ..parallel import Parallel, RankBatch, all_reduce_, broadcast_params, init_parallel, site_owners
 from ..parallel.sharded_harvest import gather_chunk, sharded_chunks
 from ..runs import RunDir
@@ -394,7 +395,7 @@ def _sae_metadata(cfg: TrainConfig, t: SiteTrainer, corpus: str) -> dict[str, An
         "training_architecture": cfg.arch,
         "training_tokens": t.tokens,
         "activation_scale_folded": t.stats.scale,
-        "outlier_norm_threshold": t.stats.outlier_threshold,
+        OUTLIER_KEY: t.stats.outlier_threshold,
         "outlier_factor": cfg.outlier_factor,
         "median_norm": t.stats.median_norm,
         "corpus": corpus,

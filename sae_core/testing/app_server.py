@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -53,9 +53,17 @@ def running_app(*args: str | Path, timeout_s: float = 60.0, env: dict[str, str] 
         proc.wait(timeout=20)
 
 
-def wait_until_rendered(page: Any, timeout_ms: int = 120_000) -> None:
-    """Wait until a Streamlit page has drawn its title and finished running its script."""
-    page.wait_for_selector("h1", timeout=timeout_ms)  # every page starts with its title
-    page.wait_for_timeout(1500)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
-    page.wait_for_timeout(500)
+RENDERED = """(heading) => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.dataset.testScriptState !== 'notRunning') return false;           // the script has finished
+  if (app.dataset.testConnectionState !== 'CONNECTED') return false;
+  if (document.querySelector('[data-stale="true"]')) return false;                  // nothing left of a former run
+  const titles = [...document.querySelectorAll('h1')].map(e => e.textContent);
+  return heading ? titles.some(t => t.includes(heading)) : titles.length > 0;
+}"""
+
+
+def wait_until_rendered(page: Any, heading: str | None = None, timeout_ms: int = 120_000) -> None:
+    """Wait until a Streamlit page has finished its script run and drawn its title (containing `heading` if given);
+    no fixed sleeps: it reads the script state the Streamlit frontend publishes on its root element."""
+    page.wait_for_function(RENDERED, arg=heading, timeout=timeout_ms, polling=50)

@@ -18,9 +18,9 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .labels import DEAD_LABEL
-from .vector_index import quantize
-from .writer import FeatureDBWriter, list_array
+from ..features.labels import DEAD_LABEL
+from ..features.vector_index import quantize
+from ..features.writer import FeatureDBWriter, list_array
 
 
 def synthetic_vocab(size: int, rng: np.random.Generator) -> list[str]:
