@@ -11,5 +11,5 @@ st.write("Browse the features of sparse autoencoders trained with `sae-explorer 
          "`sae-explorer import`). Pages that show features need the run's feature file "
          "(`sae-explorer precompute RUN`); Prompt, Attribution and Steering run the model live.")
 for page in PAGES:
-    st.page_link(page.script, label=page.title, icon=page.icon, query_params=dict(LINK_PARAMS.get()))
+    st.page_link(page.path, label=page.title, icon=page.icon, query_params=dict(LINK_PARAMS.get()))
     st.caption(page.what)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -271,10 +272,11 @@ def _app(args: argparse.Namespace) -> int:
         model_threads=args.model_threads or max(1, (os.cpu_count() or 2) - 1),
     )
     served = RunCatalog(settings.runs, settings.runs_dir).names()
-    script = Path(__file__).resolve().parents[1] / "app.py"
-    if not script.is_file():
-        raise UserError(f"the app's files are not next to this package ({script} is missing); "
-                        "run it from a source checkout installed with `pip install -e .`")
+    spec = importlib.util.find_spec("explorer")
+    script = Path(spec.origin).parent / "app.py" if spec and spec.origin else None
+    if script is None or not script.is_file():
+        raise UserError("the app is not installed with this package (explorer/app.py is missing); reinstall "
+                        "sae-explorer (`pip install sae-explorer`, or `pip install -e .` in a checkout)")
     url = f"http://{args.host}:{args.port}" + (f"/?token={token}" if token else "")
     print(f"SAE Explorer on {url} serving {len(served)} run(s): {', '.join(served[:8])}"
           + (" …" if len(served) > 8 else "") + "; Ctrl-C stops it", file=sys.stderr, flush=True)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from sae_core.data_files import ENV as DATA_ENV
+from sae_core.data_files import data_root
 from sae_core.errors import CorpusError
 
 Split = Literal["train", "eval", "all"]
@@ -54,11 +56,8 @@ _Record = tuple[Document, str | None]
 
 
 def default_corpus_dir() -> Path:
-    """Where the default corpus lives: `$SAE_EXPLORER_DATA/corpus`, else the package's `data/corpus`."""
-    env = os.environ.get("SAE_EXPLORER_DATA")
-    if env:
-        return Path(env).expanduser() / "corpus"
-    return Path(__file__).resolve().parents[1] / "data" / "corpus"
+    """Where the default corpus lives: `corpus/` of the data that ships with sae-explorer (`data_files`)."""
+    return data_root() / "corpus"
 
 
 def iter_documents(
@@ -85,7 +84,7 @@ def describe_source(source: str | Path | None) -> str:
     """A short human description of a text source for logs and run.json; never raises."""
     if source is None or source == "default":
         folder = default_corpus_dir()
-        shown = str(folder) if os.environ.get("SAE_EXPLORER_DATA") else "data/corpus"
+        shown = str(folder) if os.environ.get(DATA_ENV) else "data/corpus"
         shards = sorted(folder.glob("*.jsonl.gz")) if folder.is_dir() else []
         if not shards:
             return f"default corpus ({shown}, missing)"

@@ -4,11 +4,15 @@ readers and refusal-study inputs (imported as `from helpers import …`; conftes
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from sae_core.features.precompute import PrecomputeOptions
@@ -122,3 +126,13 @@ def alternate_refusals(answers, classifier=None):
     from sae_core.refusal.judge import Verdict
 
     return [Verdict(i % 2 == 0, "test") for i in range(len(answers))]
+
+
+def chromium_or_skip() -> str:
+    """Debian's chromium for Playwright; a skip on a user's machine without it, a failure in CI (CI=true)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None or importlib.util.find_spec("playwright") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI needs chromium (apt-get install -y chromium) and playwright (pip install playwright)")
+        pytest.skip("headless browser test needs Debian's chromium and the playwright package")
+    return path

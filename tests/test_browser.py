@@ -6,12 +6,11 @@ skipped without them on a user's machine, never in CI (CI=true). Screenshots go 
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+from helpers import chromium_or_skip
 
 from sae_core.testing.app_server import running_app, wait_until_rendered
 
@@ -20,18 +19,9 @@ SHOTS = ROOT / "tests" / "output" / "screenshots"
 PAGES = ["Runs", "Features", "Prompt", "Layers", "Attribution", "Steering"]
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None or importlib.util.find_spec("playwright") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI needs chromium (apt-get install -y chromium) and playwright (pip install playwright)")
-        pytest.skip("headless browser test needs Debian's chromium and the playwright package")
-    return path
-
-
 @pytest.fixture(scope="module")
 def app_url(precomputed_run):
-    chromium = _chromium()
+    chromium = chromium_or_skip()
     with running_app(precomputed_run) as url:
         yield url, chromium
 
@@ -111,7 +101,7 @@ def test_a_path_in_the_url_is_no_such_run_in_a_real_browser(app_url, precomputed
 def test_a_shared_server_asks_for_its_token(precomputed_run):
     from playwright.sync_api import sync_playwright
 
-    chromium = _chromium()
+    chromium = chromium_or_skip()
     env = {**os.environ, "SAE_EXPLORER_AUTH_TOKEN": "s3cret-token"}
     with running_app(precomputed_run, env=env) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])

@@ -17,7 +17,7 @@ from sae_core.refusal.generation import answer_nll, answer_token_ids, generate_a
 from sae_core.refusal.interventions import ablate_direction, ablate_features, add, features_direction
 from sae_core.refusal.judge import ClassifierJudge, is_repetitive, opening, phrase_judge
 from sae_core.refusal.presets import refusal_presets
-from sae_core.refusal.prompts import DATA_DIR, PromptFileError, load_contrast_sets, load_prompts
+from sae_core.refusal.prompts import PromptFileError, load_contrast_sets, load_prompts, refusal_data
 from sae_core.refusal.report import best_steering
 from sae_core.refusal.results import RefusalResults, refusal_dir, refusal_features, refusal_marks
 from sae_core.refusal.study import StudyConfig, find_features
@@ -37,7 +37,7 @@ def test_shipped_contrast_sets_are_large_paired_and_split():
     for split in ("discovery", "heldout"):
         harmful, harmless = sets.split(split)
         assert len(harmful) >= 100 and len(harmless) >= 100
-    rows = [json.loads(line) for line in (DATA_DIR / "harmless.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (refusal_data() / "harmless.jsonl").read_text().splitlines()]
     split_of = {p.id: p.split for p in sets.harmful}
     assert all(split_of[r["pair"]] == r["split"] for r in rows)
     assert len({p.text for p in sets.harmful + sets.harmless}) == len(sets.harmful) + len(sets.harmless)

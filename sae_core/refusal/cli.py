@@ -63,6 +63,7 @@ def _study(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
 
+    from .annotate import write_refusal_annotations
     from .report import write_report
     from .results import FEATURES_FILE, RefusalResults, refusal_dir
 
@@ -71,7 +72,8 @@ def _report(args: argparse.Namespace) -> int:
         raise UserError(f"no refusal study in {folder}; run `sae-explorer refusal study {args.run}` first")
     results = RefusalResults.load(folder)
     md, html = write_report(folder, results, args.run)
-    print(f"report: {md} and {html}", file=sys.stderr)
+    annotations = write_refusal_annotations(args.run)
+    print(f"report: {md} and {html}; annotations for the app: {annotations}", file=sys.stderr)
     return 0
 
 

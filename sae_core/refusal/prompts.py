@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..data_files import data_root
 from ..errors import UserError
 
 Split = Literal["discovery", "heldout"]
 SPLITS: tuple[Split, ...] = ("discovery", "heldout")
-DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "refusal"
 PROMPT_FIELDS = ("prompt", "instruction", "goal", "text")
 """Field / column names read as the prompt, first found wins (AdvBench's CSV calls it "goal")."""
 
@@ -49,7 +49,7 @@ class ContrastSets:
 
 def load_contrast_sets(harmful: str | Path | None = None, harmless: str | Path | None = None) -> ContrastSets:
     """The two sets: the given files, or the shipped `data/refusal/harmful.jsonl` and `harmless.jsonl`."""
-    sets = ContrastSets(load_prompts(harmful or DATA_DIR / "harmful.jsonl"), load_prompts(harmless or DATA_DIR / "harmless.jsonl"))
+    sets = ContrastSets(load_prompts(harmful or refusal_data() / "harmful.jsonl"), load_prompts(harmless or refusal_data() / "harmless.jsonl"))
     for name, prompts in (("harmful", sets.harmful), ("harmless", sets.harmless)):
         for split in SPLITS:
             if not any(p.split == split for p in prompts):
@@ -115,3 +115,8 @@ def _prompt_text(row: dict, path: Path, i: int) -> str:
     if not isinstance(value, str) or not value.strip():
         raise PromptFileError(f"{path}, prompt {i + 1}: no prompt text; give each record a non-empty \"prompt\"")
     return value.strip()
+
+
+def refusal_data() -> Path:
+    """The contrast sets that ship with sae-explorer (`data/refusal/` in a checkout)."""
+    return data_root() / "refusal"

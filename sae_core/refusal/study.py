@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import UserError
 from ..run_saes import RunSAEs, open_run_saes
 from ..sites import Site
+from .annotate import write_refusal_annotations
 from .find import answer_rows, contrast, prompt_rows, read_sites
 from .generation import RowEdit, answer_nll, generate_answers
 from .interventions import ablate_direction, ablate_features, add, features_direction, unit
@@ -249,6 +250,7 @@ def run_find(run: str | Path, cfg: StudyConfig, *, opened: RunSAEs | None = None
     write_results(out, results)
     write_directions(out, results)
     write_answers(out, results)
+    write_refusal_annotations(run, opened.saes)
     return results
 
 
@@ -267,6 +269,7 @@ def run_steer(run: str | Path, cfg: StudyConfig, *, opened: RunSAEs | None = Non
     results = steer_and_measure(opened, results, cfg, _judge(cfg, opened.loaded.device))
     write_results(out, results)
     write_answers(out, results)
+    write_refusal_annotations(run, opened.saes)
     write_report(out, results, run)
     return results
 

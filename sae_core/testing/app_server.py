@@ -28,11 +28,12 @@ def free_port() -> int:
 
 @contextmanager
 def running_app(*args: str | Path, timeout_s: float = 60.0, env: dict[str, str] | None = None,
-                root: Path = ROOT) -> Iterator[str]:
-    """`sae-explorer app ARGS…` (runs and options) on a free port, from the checkout at `root`; yields its URL once it
-    answers, stops it afterwards."""
+                root: Path = ROOT, command: list[str] | None = None) -> Iterator[str]:
+    """`sae-explorer app ARGS…` (runs and options) on a free port, from the checkout at `root` (or as `command`, e.g.
+    an installed `sae-explorer` script); yields its URL once it answers, stops it afterwards."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sae_core.cli", "app", *map(str, args), "--port", str(port)],
+    command = command or [sys.executable, "-m", "sae_core.cli"]
+    proc = subprocess.Popen([*command, "app", *map(str, args), "--port", str(port)],
                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -5,5 +5,5 @@ import streamlit as st
 
 from explorer.navigation import HOME, PAGES
 
-home = st.Page(HOME.script, title=HOME.title, icon=HOME.icon, default=True)
-st.navigation([home, *(st.Page(p.script, title=p.title, url_path=p.url_path, icon=p.icon) for p in PAGES)]).run()
+home = st.Page(HOME.path, title=HOME.title, icon=HOME.icon, default=True)
+st.navigation([home, *(st.Page(p.path, title=p.title, url_path=p.url_path, icon=p.icon) for p in PAGES)]).run()
