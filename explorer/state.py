@@ -18,9 +18,9 @@ import torch
 
 from sae_core.embedder import SentenceEmbedder, load_embedder
 from sae_core.errors import UserError
+from sae_core.features.annotations import Annotations, annotations_dir, read_annotations
 from sae_core.features.reader import FeatureStore
 from sae_core.prompt_features import prompt_activations, tokenize_prompt
-from sae_core.refusal.results import FEATURES_FILE, refusal_dir, refusal_marks
 from sae_core.report import metrics_notes
 from sae_core.run_saes import RunSAEs, open_run_saes
 from sae_core.serving import (
@@ -265,11 +265,15 @@ def live_activations(run: str, text: str, chat: bool, shorts: tuple[str, ...]):
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _marks(run: str, mtime: float) -> dict[tuple[str, int], str]:
-    return refusal_marks(run)
+def _annotations(run: str, stamp: tuple) -> tuple[list[Annotations], list[str]]:
+    return read_annotations(run)
 
 
-def refusal_notes(run: Path) -> dict[tuple[str, int], str]:
-    """(SAE, feature) → its refusal-study note, re-read when the study's features.json changes."""
-    path = refusal_dir(run) / FEATURES_FILE
-    return _marks(str(run), path.stat().st_mtime if path.is_file() else 0.0)
+def run_annotations(run: Path) -> tuple[list[Annotations], list[str]]:
+    """Every producer's annotations of the run (notes, tags, lists, presets) and the files that could not be read,
+    re-read whenever an annotation file changes."""
+    folder = annotations_dir(run)
+    stamp = tuple(sorted((f.name, f.stat().st_mtime_ns) for f in folder.glob("*.json"))) if folder.is_dir() else ()
+    return _annotations(str(run), stamp)
+
+

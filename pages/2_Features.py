@@ -24,11 +24,12 @@ from explorer.state import (
     open_feature_store_or_stop,
     page_header,
     public,
-    refusal_notes,
+    run_annotations,
     sentence_embedder,
     shared_lookup,
 )
 from sae_core.errors import UserError
+from sae_core.features.annotations import AnnotationError, add_note, add_to_list, export_list, merged
 from sae_core.features.reader import SCORES, SORTABLE
 from sae_core.interp.semantic_search import search_by_meaning
 
@@ -37,7 +38,8 @@ run, store = open_feature_store_or_stop()
 
 saes = store.saes()
 names = list(saes.short_name)
-marks = refusal_notes(run)
+annotations, annotation_problems = run_annotations(run)
+notes = merged(annotations)
 link_column = st.column_config.LinkColumn("feature", display_text=r"feature=(\d+)")
 score_columns = {score: st.column_config.NumberColumn(format="%.2f", help=SCORE_HELP[score]) for score in SCORES}
 
@@ -61,6 +63,38 @@ def show_explanations(page) -> None:
                 st.markdown(explanation_markdown(row))
                 st.caption(provenance(row))
                 st.dataframe(score_table(row), hide_index=True)
+
+
+def show_annotations(sae: str, feature: int) -> None:
+    """What studies and people noted about this feature, and a form to add a note, tags or a list membership
+    (saved with the run in `annotations/user.json`, never in the read-only feature file)."""
+    mine = notes.get((sae, feature))
+    if mine is not None:
+        for source, text in mine.notes:
+            st.info(f"{escape_markdown(text)} — *{escape_markdown(source)}*")
+        extra = ([f"tags: {escape_markdown(', '.join(mine.tags))}"] if mine.tags else []) + (
+            [f"in lists: {escape_markdown(', '.join(mine.lists))}"] if mine.lists else [])
+        if extra:
+            st.caption(" · ".join(extra))
+    with st.expander("annotate this feature"):
+        with st.form(f"annotate-{sae}-{feature}", clear_on_submit=True):
+            text = st.text_input("note", max_chars=500)
+            tags = st.text_input("tags", max_chars=200, help="comma-separated")
+            listed = st.text_input("add to list", max_chars=100, help="a list's name; a new name starts a list")
+            if st.form_submit_button("save"):
+                try:
+                    if not (text.strip() or tags.strip() or listed.strip()):
+                        raise AnnotationError("write a note, a tag or a list's name first")
+                    if text.strip() or tags.strip():
+                        add_note(run, sae, feature, text, tags.split(","))
+                    if listed.strip():
+                        add_to_list(run, listed, sae, feature)
+                except UserError as exc:
+                    st.error(public(exc, run))
+                except OSError as exc:
+                    st.error(f"could not save the annotation beside the run ({exc.strerror}); the run folder may be read-only")
+                else:
+                    st.rerun()
 
 
 def open_feature(sae: str, feature: int) -> None:
@@ -103,8 +137,7 @@ def show_feature(sae: str, feature: int) -> None:
     short = page.sae["short_name"]
     st.markdown(f"[see it on your own text →]({feature_link(short, feature, page='Prompt')}) · "
                 f"[steer with it →]({feature_link(short, feature, page='Steering')})")
-    if (short, feature) in marks:
-        st.info(f"{marks[(short, feature)]} — found by `sae-explorer refusal study` (see {run.name}/refusal/report.md)")
+    show_annotations(short, feature)
     if page.feature["dead"]:
         st.warning("This feature never fired on the precompute tokens: it has no examples.")
     left, right = st.columns([3, 2])
@@ -160,15 +193,28 @@ if "sae" in params and "feature" in params:
     st.stop()
 
 has_vectors = bool(store.embedder_settings)
-modes = (["meaning"] if has_vectors else []) + ["label or explanation", "token", "feature id"] + (["refusal features"] if marks else [])
+modes = (["meaning"] if has_vectors else []) + ["label or explanation", "token", "feature id"] + (["annotated features"] if notes else [])
 mode = st.radio("search", modes, horizontal=True)
 if not has_vectors:
     st.caption(f"Search by meaning needs feature vectors: `sae-explorer embed {run.name}` adds them.")
-if mode == "refusal features":
-    rows = [{"sae": sae, "feature": feature_link(sae, f), "note": note, "label": store.describe(sae, [f]).get(f, "")}
-            for (sae, f), note in marks.items() if not chosen or sae in chosen]
-    st.caption(f"{len(rows)} feature(s) marked by the run's refusal study")
+for problem in annotation_problems:
+    st.warning(problem)
+if mode == "annotated features":
+    lists = sorted({name for item in notes.values() for name in item.lists})
+    tags = sorted({tag for item in notes.values() for tag in item.tags})
+    show = st.selectbox("show", ["every annotated feature", *(f"list: {n}" for n in lists), *(f"tag: {t}" for t in tags)])
+    kind, _, name = show.partition(": ")
+    keys = [key for key, item in notes.items() if key[0] in names and (not chosen or key[0] in chosen)
+            and (kind == "list" and name in item.lists or kind == "tag" and name in item.tags or not name)]
+    labels = {sae: store.describe(sae, [f for s, f in keys if s == sae]) for sae in {s for s, _ in keys}}
+    rows = [{"sae": sae, "feature": feature_link(sae, f), "note": "; ".join(text for _, text in notes[(sae, f)].notes),
+             "tags": ", ".join(notes[(sae, f)].tags), "lists": ", ".join(notes[(sae, f)].lists),
+             "label": labels[sae].get(f, "")} for sae, f in keys]
+    st.caption(f"{len(rows)} annotated feature(s), from `annotations/` beside the run's feature file")
     st.dataframe(rows, hide_index=True, column_config={"feature": link_column})
+    if kind == "list":
+        st.download_button("export this list as JSON", export_list(annotations, name), file_name=f"{name}.json",
+                           mime="application/json")
     st.stop()
 placeholders = {"meaning": "e.g. legal documents, or numbers with thousands separators", "label or explanation": "e.g. department",
                 "token": "e.g.  the", "feature id": "e.g. L14R 123"}
@@ -211,8 +257,10 @@ else:
 if found.empty:
     st.info("No features match.")
     st.stop()
-if marks:
-    found = found.assign(refusal=[marks.get((s, int(f)), "") for s, f in zip(found["sae"], found["feature"])])
+if notes:
+    found = found.assign(annotations=[
+        "; ".join([text for _, text in notes[key].notes] + notes[key].tags) if key in notes else ""
+        for key in zip(found["sae"], found["feature"].astype(int))])
 targets = list(zip(found["sae"], found["feature"]))
 found = found.assign(feature=[feature_link(s, f) for s, f in zip(found["sae"], found["feature"])])
 st.caption("click a row to open the feature")

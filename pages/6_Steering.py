@@ -2,9 +2,17 @@
 
 import streamlit as st
 
-from explorer.state import live_job, max_new_tokens, open_live_run_or_stop, page_header, prompt_chars, public
+from explorer.state import (
+    live_job,
+    max_new_tokens,
+    open_live_run_or_stop,
+    page_header,
+    prompt_chars,
+    public,
+    run_annotations,
+)
 from sae_core.errors import UserError
-from sae_core.refusal.presets import refusal_presets
+from sae_core.features.annotations import presets as annotated_presets
 from sae_core.sites import parse_site
 from sae_core.steering import FeatureEdit, generate
 
@@ -14,7 +22,9 @@ names = [site.short for site in opened.saes]
 focus_sae = st.query_params.get("sae") if st.query_params.get("sae") in names else names[0]
 focus_feature = int(st.query_params["feature"]) if st.query_params.get("feature", "").isdigit() else 0
 
-presets = refusal_presets(run, opened.saes)
+sites = {site.short: site for site in opened.saes}
+presets = {name: [FeatureEdit(sites[e.sae], e.feature, e.strength, e.mode) for e in preset.edits]
+           for name, preset in annotated_presets(run_annotations(run)[0]).items() if all(e.sae in sites for e in preset.edits)}
 
 
 def apply_preset() -> None:
@@ -39,7 +49,8 @@ message = st.text_area("message", value="Tell me about your favourite city.", he
 chat = st.checkbox("as a user message in the model's chat template", value=True)
 if presets:
     st.selectbox("preset", ["none", *presets], key="preset", on_change=apply_preset,
-                 help="features found by `sae-explorer refusal study`, at the strength where they steered best")
+                 help="feature sets from the run's annotations (e.g. `sae-explorer refusal study` writes its features "
+                      "at the strength where they steered best)")
 n_edits = st.number_input("features to steer with", min_value=1, max_value=3, key="n_edits")
 edits = []
 for i in range(int(n_edits)):

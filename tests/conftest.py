@@ -18,6 +18,7 @@ from helpers import (
 )
 
 from sae_core.features.precompute import precompute_run
+from sae_core.features.reader import FeatureStore
 from sae_core.import_saes import import_saes
 from sae_core.loading import save_sae
 from sae_core.models import load_model
@@ -107,3 +108,11 @@ def refusal_run(tmp_path_factory, precomputed_run, tiny_loaded) -> Path:
         mp.setattr("sae_core.refusal.study.judge_all", alternate_refusals)
         run_study_opened(run, cfg, open_run_saes(run, loaded=tiny_loaded, log=lambda m: None))
     return run
+
+
+@pytest.fixture(scope="module")
+def busiest(precomputed_run) -> tuple[str, int, str]:
+    """The L1M feature that fires most in the precomputed run: (SAE, feature, label)."""
+    with FeatureStore(precomputed_run) as store:
+        row = store.list_features(saes=[store.sae_id("L1M")], sort_by="fires", limit=1).iloc[0]
+        return row["sae"], int(row["feature"]), row["label"]

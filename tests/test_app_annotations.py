@@ -33,7 +33,7 @@ def test_a_note_tags_and_a_list_are_saved_with_the_run(monkeypatch, run, busiest
     _by_label(at.text_input, "add to list").input("to check")
     _by_label(at.button, "save").click().run()
     assert not at.exception and not at.error
-    assert "fires on \\*dates\\*" in at.info[0].value and "user" in at.info[0].value  # shown literally
+    assert "fires on \\*dates\\*" in at.info[0].value and "*user*" in at.info[0].value  # shown literally
     assert any("tags: time, calendar" in c.value and "to check" in c.value for c in at.caption)
     (mine,) = read_annotations(run)[0]
     assert mine.source == "user" and mine.lists == {"to check": [(sae, feature)]}
@@ -60,8 +60,11 @@ def test_an_unreadable_annotation_file_warns_and_the_rest_still_shows(monkeypatc
     annotations_dir(run).mkdir()
     (annotations_dir(run) / "broken.json").write_text("{")
     (annotations_dir(run) / "study.json").write_text(json.dumps(
-        {"source": "study", "notes": [{"sae": sae, "feature": feature, "text": "a study's note"}]}))
+        {"source": "study", "notes": [{"sae": sae, "feature": feature, "text": "a study's note"},
+                                      {"sae": "L9Z", "feature": 1, "text": "an SAE this file does not have"}]}))
     at = app_page(monkeypatch, "2_Features.py", run).run()
     assert not at.exception and any("broken.json skipped" in w.value for w in at.warning)
+    at.radio[0].set_value("annotated features").run()
+    assert not at.exception and list(at.dataframe[0].value["sae"]) == [sae]  # the unknown SAE's note is left out
     at = app_page(monkeypatch, "2_Features.py", run, sae=sae, feature=str(feature)).run()
     assert not at.exception and "a study's note" in at.info[0].value

@@ -17,13 +17,6 @@ def _page(monkeypatch, run: Path, **params) -> AppTest:
     return app_page(monkeypatch, "2_Features.py", run, **params).run()
 
 
-@pytest.fixture(scope="module")
-def busiest(precomputed_run) -> tuple[str, int, str]:
-    with FeatureStore(precomputed_run) as store:
-        row = store.list_features(saes=[store.sae_id("L1M")], sort_by="fires", limit=1).iloc[0]
-        return row["sae"], int(row["feature"]), row["label"]
-
-
 def test_shaded_tokens_escape_html_and_show_values():
     out = shade_tokens_html(["<b>", " x"], [2.0, 0.0], scale=2.0, focus=0)
     assert "&lt;b&gt;" in out and "<b>" not in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from helpers import app_page
 
+from explorer.feature_view import escape_markdown
 from sae_core.refusal.presets import refusal_presets
 from sae_core.refusal.results import refusal_features
 from sae_core.run_saes import open_run_saes
@@ -14,10 +15,10 @@ def test_features_page_marks_refusal_features(monkeypatch, refusal_run):
     first = int(refusal_features(refusal_run)["L0R"]["feature"].iloc[0])
     at = app_page(monkeypatch, "2_Features.py", refusal_run, sae="L0R", feature=str(first)).run()
     assert not at.exception
-    assert "refusal feature: prompt contrast #1" in at.info[0].value
+    assert escape_markdown("refusal feature: prompt contrast #1") in at.info[0].value and escape_markdown("refusal-study") in at.info[0].value
     at = app_page(monkeypatch, "2_Features.py", refusal_run).run()
-    assert "refusal" in at.dataframe[0].value.columns
-    at.radio[0].set_value("refusal features").run()
+    assert at.dataframe[0].value["annotations"].str.startswith("refusal feature").any()
+    at.radio[0].set_value("annotated features").run()
     assert not at.exception
     listed = at.dataframe[0].value
     assert len(listed) >= 10 and listed["note"].str.startswith("refusal feature").all()
@@ -25,7 +26,7 @@ def test_features_page_marks_refusal_features(monkeypatch, refusal_run):
 
 def test_no_refusal_marks_without_a_study(monkeypatch, precomputed_run):
     at = app_page(monkeypatch, "2_Features.py", precomputed_run).run()
-    assert not at.exception and "refusal features" not in at.radio[0].options
+    assert not at.exception and "annotated features" not in at.radio[0].options
     at = app_page(monkeypatch, "6_Steering.py", precomputed_run, timeout=120).run()
     assert not at.exception and not any(box.label == "preset" for box in at.selectbox)
 
