@@ -17,6 +17,7 @@ from .hooks import splice, steer
 from .models import LoadedModel
 from .saes import SAE
 from .sites import Site
+from .tokens import user_turn
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,7 @@ def generate(
     if not message.strip():
         raise UserError("the message is empty; type a question or instruction")
     tokenizer = loaded.tokenizer
-    if chat and not getattr(tokenizer, "chat_template", None):
-        raise UserError("this model's tokenizer has no chat template; untick the chat option to steer plain text")
-    messages = [{"role": "user", "content": message}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) if chat else message
+    text = user_turn(tokenizer, message, hint="untick the chat option to steer plain text") if chat else message
     device = loaded.device
     ids = tokenizer(text, add_special_tokens=not chat, return_tensors="pt").input_ids.to(device)
     with ExitStack() as stack:

@@ -30,20 +30,24 @@ class TokenBatch(NamedTuple):
     """True at real text tokens; False at position 0, at special tokens and at padding. `(B, T)` bool."""
 
 
-def render_chat(messages: Sequence[dict], tokenizer: PreTrainedTokenizerBase) -> str:
-    """A chat record as text in the model's own chat template (with its role markers)."""
+def render_chat(messages: Sequence[dict], tokenizer: PreTrainedTokenizerBase, *, add_generation_prompt: bool = False,
+                hint: str = "use a model with a chat template or a corpus of plain text",
+                error: type[UserError] = CorpusError) -> str:
+    """Messages as text in the model's own chat template (with its role markers), ending where the assistant's
+    answer starts when `add_generation_prompt`. The one place a chat template is applied; without one, `error`
+    says so with `hint` (what to do instead)."""
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
     if not getattr(tokenizer, "chat_template", None):
-        raise CorpusError(
-            f"the tokenizer of {name} has no chat template, so it cannot render chat records; "
-            "use a model with a chat template or a corpus of plain text"
-        )
+        raise error(f"the tokenizer of {name} has no chat template; {hint}")
     try:
-        return tokenizer.apply_chat_template(list(messages), tokenize=False)
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as e:  # jinja raises its own errors (e.g. roles must alternate)
-        raise CorpusError(
-            f"the chat template of {name} rejected a chat record ({e}); fix the record's messages"
-        ) from None
+        raise error(f"the chat template of {name} rejected the messages ({e}); fix their roles and order") from None
+
+
+def user_turn(tokenizer: PreTrainedTokenizerBase, message: str, *, hint: str, error: type[UserError] = UserError) -> str:
+    """`message` as a user turn in the chat template, ending where the assistant's answer starts."""
+    return render_chat([{"role": "user", "content": message}], tokenizer, add_generation_prompt=True, hint=hint, error=error)
 
 
 def plain_chat(messages: Sequence[dict]) -> str:

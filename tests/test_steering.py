@@ -32,3 +32,9 @@ def test_bad_steering_requests_are_clear_errors(opened):
         generate(opened.loaded, opened.saes, "hi", [FeatureEdit(parse_site("L0M"), 1, 1.0)], chat=False)
     with pytest.raises(UserError, match="the message is empty"):
         generate(opened.loaded, opened.saes, " ", chat=False)
+
+
+def test_a_chat_message_needs_a_chat_template(opened, monkeypatch):
+    monkeypatch.setattr(opened.loaded.tokenizer, "chat_template", None)
+    with pytest.raises(UserError, match="has no chat template; untick the chat option"):
+        generate(opened.loaded, opened.saes, "hi", chat=True)

@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import UserError
 from ..models import LoadedModel
-from ..tokens import special_token_ids
+from ..tokens import render_chat, special_token_ids
 
 Messages = list[dict[str, str]]
 """One chat: `[{"role": "system" | "user" | "assistant", "content": ...}, …]`."""
@@ -43,7 +44,7 @@ class ChatModel(Protocol):
 def render(tokenizer, messages: Messages) -> str:
     """A chat as the prompt text the model continues: its chat template, or a plain `Role: text` layout without one."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_chat(messages, tokenizer, add_generation_prompt=True, error=UserError)
     turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n\n".join(turns) + "\n\nAssistant:"
 

@@ -22,11 +22,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ..errors import UserError
 from ..hooks import run_to_sites
 from ..models import LoadedModel
 from ..saes import SAE
 from ..sites import Site
-from ..tokens import special_token_ids
+from ..tokens import render_chat, special_token_ids
 from .generation import answer_token_ids, chat_text, pad_id
 
 ANSWER_TOKENS = 16
@@ -50,8 +51,8 @@ def assistant_start_positions(loaded: LoadedModel) -> int:
     tokenizer = loaded.tokenizer
     messages = [{"role": "user", "content": "x"}]
     with_start, without = (
-        tokenizer(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=start),
-                  add_special_tokens=False)["input_ids"]
+        tokenizer(render_chat(messages, tokenizer, add_generation_prompt=start, hint="the refusal study needs an instruct "
+                              "(chat) model", error=UserError), add_special_tokens=False)["input_ids"]
         for start in (True, False)
     )
     return max(0, len(with_start) - len(without))

@@ -17,10 +17,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..devices import module_device
-from ..errors import UserError
 from ..hooks import splice
 from ..models import LoadedModel
 from ..sites import Site
+from ..tokens import user_turn
 
 RowEdit = Callable[[Tensor], Tensor]
 """Maps one row's site activation `(..., T, d)` to its edited value."""
@@ -51,10 +51,7 @@ def row_edits(loaded: LoadedModel, site: Site, edits: Sequence[RowEdit | None]) 
 
 def chat_text(loaded: LoadedModel, message: str) -> str:
     """`message` as a user turn in the chat template, ending where the assistant's answer starts."""
-    tokenizer = loaded.tokenizer
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"{loaded.name} has no chat template; the refusal study needs an instruct (chat) model")
-    return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+    return user_turn(loaded.tokenizer, message, hint="the refusal study needs an instruct (chat) model")
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
