@@ -28,7 +28,7 @@ from ..embedder import EMBEDDER_INSTALL, embedder_available, load_embedder
 from ..errors import RunError, UserError
 from ..io import read_json
 from ..models import LoadedModel
-from ..parallel import init_parallel
+from ..parallel import Parallel, init_parallel
 from ..run_saes import open_run_saes
 from ..saes import SAE
 from ..sites import Site, parse_sites
@@ -158,6 +158,31 @@ def precompute_run(
         "ranks": par.world,
     }
     work = run.path / WORK_DIR
+    recorded = _record(loaded, saes, cfg, options, par, corpus, context_size, fingerprint, work, log)
+    build = _Build(run.path, sites, saes, sae_folders, loaded, options, par, recorded, _vocab(loaded), fingerprint,
+                   {"model": info.get("model"), "run": str(run.path), "corpus": describe_source(corpus),
+                    "split": options.split, "context_size": context_size}, started)
+    if options.per_sae_files:
+        return _write_per_sae_files(build, run_ids, device, work, log)
+    return _write_one_file(build, device, work, log)
+
+
+@dataclass
+class _Recorded:
+    """What the recording pass leaves for the analysis: every rank's shards and the contexts' token ids."""
+
+    folders: list[Path]
+    token_ids: torch.Tensor
+    tokens: int
+    stream_seconds: float
+
+
+def _record(loaded: LoadedModel, saes: dict[Site, SAE], cfg: dict[str, Any], options: PrecomputeOptions, par: Parallel,
+            corpus: Any, context_size: int, fingerprint: dict[str, Any], work: Path, log: Callable[[str], None]) -> _Recorded:
+    """Stream the text once through the model and every SAE, keeping the non-zero activations in shards (resumable:
+    a killed pass goes on from its last shard); each rank records every world-th batch."""
+    started = time.time()
+    sites = list(saes)
     folders = [work / f"rank-{r:05d}" for r in range(par.world)]
     writer = RecordWriter(folders[par.rank], fingerprint, sites, options.shard_tokens)
     if not writer.complete:
@@ -184,90 +209,117 @@ def precompute_run(
         shutil.rmtree(work, ignore_errors=True)
         raise RunError(f"{describe_source(corpus)} has no {options.split} text to precompute on; pass --corpus with more text")
     par.barrier()  # every rank's record is complete
-    stream_seconds = time.time() - started
+    return _Recorded(folders, read_token_ids(folders), writer.counted_tokens, time.time() - started)
 
-    token_ids = read_token_ids(folders)
-    vocab = _vocab(loaded)
-    ids = list(range(len(sites)))
 
-    def rows_of(sae_id: int, stored_id: int | None = None) -> list[tuple[str, dict[str, Any]]]:
-        site = sites[sae_id]
-        result = _analyse(site, saes[site], sae_folders[site], folders, token_ids, loaded, vocab, options)
-        return _sae_rows(sae_id if stored_id is None else stored_id, result, run.path)
+@dataclass
+class _Build:
+    """What the per-SAE analysis and the file writers share."""
 
-    def meta() -> dict[str, Any]:
+    run: Path
+    sites: list[Site]
+    saes: dict[Site, SAE]
+    sae_folders: dict[Site, Path]
+    loaded: LoadedModel
+    options: PrecomputeOptions
+    par: Parallel
+    recorded: _Recorded
+    vocab: list[str]
+    fingerprint: dict[str, Any]
+    source: dict[str, Any]
+    started: float
+
+    def rows_of(self, sae_id: int, stored_id: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """One SAE's tables, analysed from the recorded activations (stored under `stored_id` when given)."""
+        site = self.sites[sae_id]
+        result = _analyse(site, self.saes[site], self.sae_folders[site], self.recorded.folders, self.recorded.token_ids,
+                          self.loaded, self.vocab, self.options)
+        return _sae_rows(sae_id if stored_id is None else stored_id, result, self.run)
+
+    def meta(self) -> dict[str, Any]:
         return {
-            "model": info.get("model"),
-            "run": str(run.path),
-            "corpus": describe_source(corpus),
-            "split": options.split,
-            "tokens": writer.counted_tokens,
-            "contexts": int(token_ids.shape[0]),
-            "context_size": context_size,
-            "options": asdict(options),
+            **self.source,
+            "tokens": self.recorded.tokens,
+            "contexts": int(self.recorded.token_ids.shape[0]),
+            "options": asdict(self.options),
             "sae_explorer_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "stream_seconds": round(stream_seconds, 1),
-            "total_seconds": round(time.time() - started, 1),
-            "ranks": par.world,
-            "sae_files": fingerprint["saes"],
+            "stream_seconds": round(self.recorded.stream_seconds, 1),
+            "total_seconds": round(time.time() - self.started, 1),
+            "ranks": self.par.world,
+            "sae_files": self.fingerprint["saes"],
         }
 
-    def progress(items: list[int]) -> Any:
-        return tqdm(items, desc="feature statistics", unit="SAE", file=sys.stderr, dynamic_ncols=True, disable=not par.main)
+    def progress(self, items: list[int]) -> Any:
+        return tqdm(items, desc="feature statistics", unit="SAE", file=sys.stderr, dynamic_ncols=True,
+                    disable=not self.par.main)
 
-    if options.per_sae_files:
-        folder = run.path / PARTS_DIR
-        kept = kept_explanations(folder, fingerprint["saes"])
-        embedder = _embedder(device, log) if options.embed else None
-        for sae_id in progress(par.mine(ids)):
-            site = sites[sae_id]
-            rows = rows_of(sae_id, run_ids[site])
-            used = np.unique(next(columns for table, columns in rows if table == "examples")["context_id"])
-            with FeatureDBWriter(folder / part_name(site.short), indexes=False) as db:
-                db.insert("vocab", {"token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab})
-                db.insert("contexts", {"context_id": used.astype(np.int32), "token_ids": list_array(token_ids[used], dtype=pa.int32())})
-                for table, columns in rows:
-                    db.insert(table, columns)
-                _insert_kept(db, kept[kept.hook_name == site.hook_name] if len(kept) else kept, {site.hook_name: run_ids[site]})
-                if embedder is not None:
-                    embed_features(db.con, embedder)
-                db.finish({**meta(), "sae_files": {site.hook_name: fingerprint["saes"][site.hook_name]}})
-        par.barrier()  # every rank's files are written
-        if par.main:
-            refresh_indexes(folder)
-            shutil.rmtree(work, ignore_errors=True)
-            log(f"wrote {len(sites)} feature file(s) into {folder}: {writer.counted_tokens:,} tokens")
-        par.barrier()
-        return folder
+    def insert_vocab(self, db: FeatureDBWriter) -> None:
+        db.insert("vocab", {"token_id": np.arange(len(self.vocab), dtype=np.int32), "token": self.vocab})
 
+
+def _write_per_sae_files(b: _Build, run_ids: dict[Site, int], device: torch.device, work: Path,
+                         log: Callable[[str], None]) -> Path:
+    """`RUN/features/`: each rank writes its SAEs' own files (with the contexts their examples use), no merge."""
+    folder = b.run / PARTS_DIR
+    kept = kept_explanations(folder, b.fingerprint["saes"])
+    embedder = _embedder(device, log) if b.options.embed else None
+    for sae_id in b.progress(b.par.mine(list(range(len(b.sites))))):
+        site = b.sites[sae_id]
+        rows = b.rows_of(sae_id, run_ids[site])
+        used = np.unique(next(columns for table, columns in rows if table == "examples")["context_id"])
+        with FeatureDBWriter(folder / part_name(site.short), indexes=False) as db:
+            b.insert_vocab(db)
+            db.insert("contexts", {"context_id": used.astype(np.int32),
+                                   "token_ids": list_array(b.recorded.token_ids[used], dtype=pa.int32())})
+            for table, columns in rows:
+                db.insert(table, columns)
+            _insert_kept(db, kept[kept.hook_name == site.hook_name] if len(kept) else kept, {site.hook_name: run_ids[site]})
+            if embedder is not None:
+                embed_features(db.con, embedder)
+            db.finish({**b.meta(), "sae_files": {site.hook_name: b.fingerprint["saes"][site.hook_name]}})
+    b.par.barrier()  # every rank's files are written
+    if b.par.main:
+        refresh_indexes(folder)
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"wrote {len(b.sites)} feature file(s) into {folder}: {b.recorded.tokens:,} tokens")
+    b.par.barrier()
+    return folder
+
+
+def _write_one_file(b: _Build, device: torch.device, work: Path, log: Callable[[str], None]) -> Path:
+    """`RUN/features.duckdb`: under torchrun each rank analyses its share of the SAEs into Parquet parts that rank 0
+    loads; in one process, one SAE's tables are in memory at a time."""
+    ids = list(range(len(b.sites)))
     parts = work / "parts"
-    if par.distributed:  # each rank analyses its share of the SAEs into Parquet parts
-        for sae_id in progress(par.mine(ids)):
-            write_parts(parts / f"sae-{sae_id:05d}", rows_of(sae_id))
-        par.barrier()
-    out = run.path / DB_FILE
-    if par.main:
-        kept = kept_explanations(out, fingerprint["saes"])
+    if b.par.distributed:
+        for sae_id in b.progress(b.par.mine(ids)):
+            write_parts(parts / f"sae-{sae_id:05d}", b.rows_of(sae_id))
+        b.par.barrier()
+    out = b.run / DB_FILE
+    if b.par.main:
+        kept = kept_explanations(out, b.fingerprint["saes"])
+        token_ids = b.recorded.token_ids
         with FeatureDBWriter(out) as db:
-            db.insert("vocab", {"token_id": np.arange(len(vocab), dtype=np.int32), "token": vocab})
-            db.insert("contexts", {"context_id": np.arange(token_ids.shape[0], dtype=np.int32), "token_ids": list_array(token_ids, dtype=pa.int32())})
-            if par.distributed:
+            b.insert_vocab(db)
+            db.insert("contexts", {"context_id": np.arange(token_ids.shape[0], dtype=np.int32),
+                                   "token_ids": list_array(token_ids, dtype=pa.int32())})
+            if b.par.distributed:
                 for sae_id in ids:
                     db.insert_parts(parts / f"sae-{sae_id:05d}")
             else:
-                for sae_id in progress(ids):  # one SAE's tables in memory at a time
-                    for table, columns in rows_of(sae_id):
+                for sae_id in b.progress(ids):
+                    for table, columns in b.rows_of(sae_id):
                         db.insert(table, columns)
-            if _insert_kept(db, kept, {site.hook_name: i for i, site in enumerate(sites)}):
+            if _insert_kept(db, kept, {site.hook_name: i for i, site in enumerate(b.sites)}):
                 log(f"kept {len(kept)} explanation(s) of the unchanged SAEs from the previous feature file "
                     "(scored on its examples; `explain --overwrite` scores them anew)")
-            if options.embed and (embedder := _embedder(device, log)) is not None:
+            if b.options.embed and (embedder := _embedder(device, log)) is not None:
                 embed_features(db.con, embedder)
-            db.finish(meta())
+            db.finish(b.meta())
         shutil.rmtree(work, ignore_errors=True)
-        log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {len(sites)} SAE(s), {writer.counted_tokens:,} tokens")
-    par.barrier()
+        log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {len(b.sites)} SAE(s), {b.recorded.tokens:,} tokens")
+    b.par.barrier()
     return out
 
 
