@@ -312,3 +312,27 @@ def test_cli_explains_bad_prompt_files_and_a_missing_study(refusal_run, tmp_path
     assert main(["refusal", "steer", str(tmp_path)]) == 2
     assert "refusal find" in capsys.readouterr().err
     assert main(["refusal", "report", str(refusal_run)]) == 0
+
+
+def test_the_study_leaves_annotations_and_report_rewrites_them_without_the_model(refusal_run, tmp_path):
+    import shutil
+
+    from sae_core.features.annotations import merged, presets, read_annotations
+    from sae_core.refusal.annotate import LIST, SOURCE, write_refusal_annotations
+
+    (study,), problems = read_annotations(refusal_run)
+    assert not problems and study.source == SOURCE
+    marks = refusal_marks(refusal_run)
+    assert {(n.sae, n.feature): n.text for n in study.notes} == marks and set(study.lists[LIST]) == set(marks)
+    assert all(merged([study])[key].tags == ["refusal"] for key in marks)
+    copy = tmp_path / "copy"
+    shutil.copytree(refusal_run, copy)
+    shutil.rmtree(copy / "annotations")
+    assert write_refusal_annotations(copy) is not None  # only the steering SAE is read: no model
+    rewritten = read_annotations(copy)[0]
+    assert presets(rewritten).keys() == presets([study]).keys()
+    for name, preset in presets([study]).items():
+        assert [(e.sae, e.feature, e.mode) for e in presets(rewritten)[name].edits] == [(e.sae, e.feature, e.mode) for e in preset.edits]
+        torch.testing.assert_close(torch.tensor([e.strength for e in presets(rewritten)[name].edits]),
+                                   torch.tensor([e.strength for e in preset.edits]), rtol=1e-5, atol=1e-6)
+    assert write_refusal_annotations(tmp_path) is None  # no study, nothing written
