@@ -50,7 +50,7 @@ class ServeSettings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServeSettings:
-        """The settings `sae-explorer app` passed; without them (e.g. `streamlit run app.py`), every run under ./runs."""
+        """The settings `sae-explorer app` passed; without them (e.g. `streamlit run explorer/app.py`), every run under ./runs."""
         environ = os.environ if environ is None else environ
         if SERVE_ENV in environ:
             data: dict[str, Any] = json.loads(environ[SERVE_ENV])
