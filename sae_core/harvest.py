@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .hooks import run_to_sites
 from .models import LoadedModel
-from .outliers import non_outliers, threshold_from_norms
+from .outliers import non_outliers, threshold_from_norms, within
 from .sites import Site
 from .tokens import TokenBatch
 
@@ -92,7 +92,7 @@ class SiteStats:
         norms = x.norm(dim=-1)
         median = float(norms.median())
         threshold = threshold_from_norms(norms, outlier_factor)
-        kept = norms[non_outliers(x, threshold)]
+        kept = norms[within(norms, threshold)]  # the norms are already there: not computed twice
         mean = float(kept.mean())
         scale = (x.shape[-1] ** 0.5) / mean if normalize else 1.0
         return cls(mean, median, threshold, scale)

@@ -15,11 +15,18 @@ def threshold_from_norms(norms: Tensor, factor: float) -> float | None:
     return factor * float(norms.median()) if factor > 0 else None
 
 
+def within(norms: Tensor, threshold: float | None) -> Tensor:
+    """`norms.shape` bool: norms within the threshold (all of them when there is none)."""
+    if threshold is None:
+        return torch.ones(norms.shape, dtype=torch.bool, device=norms.device)
+    return norms <= threshold
+
+
 def non_outliers(x: Tensor, threshold: float | None) -> Tensor:
     """`(...)` bool: activations `x (..., d)` whose norm is within the threshold (all of them when there is none)."""
     if threshold is None:
-        return torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
-    return x.norm(dim=-1) <= threshold
+        return torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)  # no norms to compute
+    return within(x.norm(dim=-1), threshold)
 
 
 def outlier_threshold(sae) -> float | None:

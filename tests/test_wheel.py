@@ -31,6 +31,8 @@ def _run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None) -> 
 
 def tracked_files() -> list[str]:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs on a git clone: the wheel test needs git to list the tracked files")
         pytest.skip("building the wheel from tracked files needs git and a git checkout")
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return [name for name in listed.split("\0") if name and (ROOT / name).is_file()]

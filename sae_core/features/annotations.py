@@ -194,8 +194,7 @@ def export_list(annotations: list[Annotations], name: str) -> str:
     members = [key for ann in annotations for key in ann.lists.get(name, [])]
     if not members:
         raise AnnotationError(f"no list named {name!r}")
-    notes = merged(annotations)
-    unique = list(dict.fromkeys(members))
+    notes = merged(annotations)  # every listed feature is in it
     return json.dumps({"list": name, "features": [
-        {"sae": sae, "feature": f, "notes": [text for _, text in notes.get((sae, f), FeatureAnnotations([], [], [])).notes],
-         "tags": notes.get((sae, f), FeatureAnnotations([], [], [])).tags} for sae, f in unique]}, indent=1)
+        {"sae": sae, "feature": f, "notes": [text for _, text in notes[(sae, f)].notes], "tags": notes[(sae, f)].tags}
+        for sae, f in dict.fromkeys(members)]}, indent=1)

@@ -28,7 +28,7 @@ from ..models import LoadedModel
 from ..saes import SAE
 from ..sites import Site
 from ..tokens import render_chat, special_token_ids
-from .generation import answer_token_ids, chat_text, pad_id
+from .generation import CHAT_HINT, answer_token_ids, chat_text, pad_id
 
 ANSWER_TOKENS = 16
 """Answer tokens read per answer in the answer contrast."""
@@ -51,8 +51,8 @@ def assistant_start_positions(loaded: LoadedModel) -> int:
     tokenizer = loaded.tokenizer
     messages = [{"role": "user", "content": "x"}]
     with_start, without = (
-        tokenizer(render_chat(messages, tokenizer, add_generation_prompt=start, hint="the refusal study needs an instruct "
-                              "(chat) model", error=UserError), add_special_tokens=False)["input_ids"]
+        tokenizer(render_chat(messages, tokenizer, add_generation_prompt=start, hint=CHAT_HINT, error=UserError),
+                  add_special_tokens=False)["input_ids"]
         for start in (True, False)
     )
     return max(0, len(with_start) - len(without))

@@ -49,9 +49,13 @@ def row_edits(loaded: LoadedModel, site: Site, edits: Sequence[RowEdit | None]) 
         yield
 
 
+CHAT_HINT = "the refusal study needs an instruct (chat) model"
+"""What to do when the model has no chat template."""
+
+
 def chat_text(loaded: LoadedModel, message: str) -> str:
     """`message` as a user turn in the chat template, ending where the assistant's answer starts."""
-    return user_turn(loaded.tokenizer, message, hint="the refusal study needs an instruct (chat) model")
+    return user_turn(loaded.tokenizer, message, hint=CHAT_HINT)
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
