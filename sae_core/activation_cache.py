@@ -12,6 +12,7 @@ import json
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,33 @@ from tqdm.auto import tqdm
 from .errors import UserError
 from .harvest import Chunk, harvest_chunks
 from .models import LoadedModel
+from .options import corpus_option, device_option, model_option, option
 from .sites import Site
 from .tokens import TokenBatch
 
 INFO_FILE = "cache.json"
+
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """The options of `sae-explorer cache`: which activations, of which text, stored how."""
+
+    sites: str = option(None, "sites to store, e.g. L15R,L15M (as for train)", required=True)
+    tokens: int = option(None, "real tokens to store per site, e.g. 2M (float32: 4 x d_model bytes each)", count=True,
+                         required=True)
+    out: str = option(None, "the cache folder to create", required=True)
+    model: str | None = model_option()
+    corpus: str | None = corpus_option()
+    text_field: str | None = option(None, "column/key holding the text in .jsonl/.parquet/HF sources (default: text or messages)")
+    split: str = option("train", "which split of the corpus", choices=("train", "eval", "all"))
+    eval_fraction: float = option(0.05, "fraction of documents held out as eval (sources without a split field)")
+    context_size: int = option(128, "tokens per packed context")
+    lm_batch_size: int = option(8, "contexts per forward pass")
+    shard_tokens: int = option(65_536, "tokens per shard; training shuffles within one", count=True)
+    dtype: str = option("float32", "stored precision; training reads it back as float32",
+                        choices=("float32", "float16", "bfloat16"))
+    device: str = device_option()
 
 
 def shard_path(folder: str | Path, index: int) -> Path:

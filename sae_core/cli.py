@@ -43,11 +43,12 @@ server or Ollama for useful ones. The scorer is the explainer unless --scorer / 
 
 def _train(args: argparse.Namespace) -> int:
     from .eval_run import evaluate_run, read_metrics
+    from .options import config_from_args
     from .parallel import init_parallel
     from .report import metrics_table
-    from .training import TrainConfig, config_from_args, train
+    from .training import TrainConfig, train
 
-    cfg: TrainConfig = config_from_args(args)
+    cfg: TrainConfig = config_from_args(args, TrainConfig)
     if args.dry_run:
         from .training.plan import plan_training
 
@@ -68,60 +69,47 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .eval_run import evaluate_run
+    from .eval_run import EvalOptions, evaluate_run
+    from .options import config_from_args
     from .parallel import init_parallel
     from .report import metrics_table
-    from .training.config import parse_count
 
-    par, device = init_parallel(args.device)  # under torchrun, the ranks share the batches
-    metrics = evaluate_run(
-        args.run,
-        eval_tokens=parse_count(args.tokens) if args.tokens else None,
-        ce_tokens=parse_count(args.ce_tokens) if args.ce_tokens is not None else None,
-        corpus=args.corpus,
-        device=device,
-        par=par,
-    )
+    options: EvalOptions = config_from_args(args, EvalOptions)
+    par, device = init_parallel(options.device)  # under torchrun, the ranks share the batches
+    metrics = evaluate_run(args.run, eval_tokens=options.tokens or None, ce_tokens=options.ce_tokens,
+                           corpus=options.corpus, device=device, par=par)
     if par.main:
         print(metrics_table(metrics))
     return 0
 
 
-def _precompute_options(args: argparse.Namespace):
-    from .features.precompute import PrecomputeOptions
-    from .training.config import parse_count
-
-    return PrecomputeOptions(
-        tokens=parse_count(args.tokens), corpus=args.corpus, split=args.split, window=args.window, n_top=args.top,
-        n_intervals=args.intervals, per_interval=args.per_interval, device=args.device, embed=args.embed,
-        saes=getattr(args, "saes_only", None), per_sae_files=args.per_sae_files,
-    )
-
-
 def _precompute(args: argparse.Namespace) -> int:
-    from .features.precompute import precompute_run
+    from .features.precompute import PrecomputeOptions, precompute_run
+    from .options import config_from_args
 
-    precompute_run(args.run, _precompute_options(args))
+    precompute_run(args.run, config_from_args(args, PrecomputeOptions))
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
     from .devices import resolve_device
-    from .features.precompute import precompute_run
-    from .import_saes import import_saes
+    from .features.precompute import PrecomputeOptions, precompute_run
+    from .import_saes import ImportOptions, import_saes
     from .models import load_model
+    from .options import config_from_args
 
-    options = _precompute_options(args)  # checks the flags before any work
-    loaded = load_model(args.model, device=resolve_device(args.device))
-    run = import_saes(args.saes, args.out, loaded, model=args.model, corpus=args.corpus, overwrite=args.overwrite,
-                      log=lambda m: print(m, file=sys.stderr))
-    if args.eval:
+    options: ImportOptions = config_from_args(args, ImportOptions)
+    precompute_options: PrecomputeOptions = config_from_args(args, PrecomputeOptions)  # checked before any work
+    loaded = load_model(options.model, device=resolve_device(precompute_options.device))
+    run = import_saes(args.sae_folders, options.out, loaded, model=options.model, corpus=precompute_options.corpus,
+                      overwrite=options.overwrite, log=lambda m: print(m, file=sys.stderr))
+    if options.eval:
         from .eval_run import evaluate_run
         from .report import metrics_table
 
-        print(metrics_table(evaluate_run(str(run.path), corpus=args.corpus, loaded=loaded)))
-    if args.precompute:
-        precompute_run(run.path, options, loaded=loaded)
+        print(metrics_table(evaluate_run(str(run.path), corpus=precompute_options.corpus, loaded=loaded)))
+    if options.precompute:
+        precompute_run(run.path, precompute_options, loaded=loaded)
     return 0
 
 
@@ -141,10 +129,12 @@ def _explain(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .embedder import load_embedder
-    from .features.embed import embed_run
+    from .features.embed import EmbedOptions, embed_run
+    from .options import config_from_args
 
-    embedder = load_embedder(args.embedder, device=resolve_device(args.device))
-    embed_run(args.run, embedder, n_examples=args.examples, half_width=args.window, batch_size=args.batch_size,
+    options: EmbedOptions = config_from_args(args, EmbedOptions)
+    embedder = load_embedder(options.embedder, device=resolve_device(options.device))
+    embed_run(args.run, embedder, n_examples=options.examples, half_width=options.window, batch_size=options.batch_size,
               log=lambda m: print(m, file=sys.stderr))
     return 0
 
@@ -214,32 +204,20 @@ def _features_command(sub: Any, name: str, func: Callable[[argparse.Namespace], 
     return p
 
 
-def _add_precompute_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tokens", default="128k", help="real tokens to stream through the model, e.g. 128k, 2M (default: 128k)")
-    p.add_argument("--corpus", help="text source (file, folder, hf:NAME); default: the run's own corpus")
-    p.add_argument("--split", default="eval", choices=["eval", "train", "all"],
-                   help="which split of the corpus: eval = held-out text, never seen in training (default)")
-    p.add_argument("--window", type=int, default=16, help="tokens shown on each side of an example's token (default: 16)")
-    p.add_argument("--top", type=int, default=20, help="top activating contexts kept per feature (default: 20)")
-    p.add_argument("--intervals", type=int, default=5, help="activation-quantile intervals sampled per feature (default: 5)")
-    p.add_argument("--per-interval", type=int, default=4, help="examples sampled per interval (default: 4)")
-    p.add_argument("--embed", action=argparse.BooleanOptionalAction, default=True,
-                   help="embed every feature for search by meaning when the sentence-embedding model is installed (default: yes)")
-    p.add_argument("--per-sae-files", action="store_true",
-                   help="write RUN/features/, one feature file per SAE, instead of RUN/features.duckdb: under torchrun each "
-                   "rank writes its own SAEs' files; with --saes, other machines add theirs beside them (default: one file)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-
-
 def _app(args: argparse.Namespace) -> int:
     import signal
     import subprocess
+    from dataclasses import asdict
     from pathlib import Path
 
     from .features.parts import store_path, store_stamp
+    from .options import config_from_args
     from .runs import RunDir
     from .serving.catalog import RunCatalog
-    from .serving.settings import AUTH_ENV, ServeSettings, is_loopback
+    from .serving.settings import AUTH_ENV, AppOptions, ServeLimits, ServeSettings, is_loopback
+
+    options: AppOptions = config_from_args(args, AppOptions)
+    limits: ServeLimits = config_from_args(args, ServeLimits)
 
     runs = {}
     for given in args.runs:
@@ -252,40 +230,38 @@ def _app(args: argparse.Namespace) -> int:
         if not store_stamp(store_path(run.path)):
             print(f"note: {given} has no feature file yet; the Features page needs `sae-explorer precompute {given}`",
                   file=sys.stderr)
-    runs_dir = args.runs_dir or (None if runs else "runs")
+    runs_dir = options.runs_dir or (None if runs else "runs")
     if runs_dir is not None and not Path(runs_dir).is_dir():
-        raise UserError(f"--runs-dir {runs_dir} is not a folder" if args.runs_dir else
+        raise UserError(f"--runs-dir {runs_dir} is not a folder" if options.runs_dir else
                         "name the runs to serve (`sae-explorer app runs/demo`) or a folder of runs (--runs-dir); "
                         "there is no ./runs here (`make demo` makes one)")
-    token = args.auth_token or os.environ.get(AUTH_ENV) or None
-    if not is_loopback(args.host):
-        if not token and not args.no_auth:
-            raise UserError(f"--host {args.host} lets other machines reach the app: give --auth-token TOKEN (or set "
+    token = options.auth_token or os.environ.get(AUTH_ENV) or None
+    if not is_loopback(options.host):
+        if not token and not options.no_auth:
+            raise UserError(f"--host {options.host} lets other machines reach the app: give --auth-token TOKEN (or set "
                             f"{AUTH_ENV}), or pass --no-auth to serve without one on purpose")
-        print(f"warning: serving on {args.host}, reachable from other machines"
+        print(f"warning: serving on {options.host}, reachable from other machines"
               + (" WITHOUT an access token (--no-auth)" if not token else "; visitors need the access token")
               + "; put it behind a TLS reverse proxy (docs/serving.md)", file=sys.stderr)
-    settings = ServeSettings(
-        runs=runs, runs_dir=str(Path(runs_dir).resolve()) if runs_dir else None, max_live_runs=args.max_live_runs,
-        max_live_jobs=args.max_live_jobs, max_waiting_jobs=args.max_waiting_jobs, max_prompt_tokens=args.max_prompt_tokens,
-        max_new_tokens=args.max_new_tokens, jobs_per_minute=args.jobs_per_minute,
-        model_threads=args.model_threads or max(1, (os.cpu_count() or 2) - 1),
-    )
+    settings = ServeSettings(**{
+        **asdict(limits), "runs": runs, "runs_dir": str(Path(runs_dir).resolve()) if runs_dir else None,
+        "model_threads": limits.model_threads or max(1, (os.cpu_count() or 2) - 1),
+    })
     served = RunCatalog(settings.runs, settings.runs_dir).names()
     spec = importlib.util.find_spec("explorer")
     script = Path(spec.origin).parent / "app.py" if spec and spec.origin else None
     if script is None or not script.is_file():
         raise UserError("the app is not installed with this package (explorer/app.py is missing); reinstall "
                         "sae-explorer (`pip install sae-explorer`, or `pip install -e .` in a checkout)")
-    url = f"http://{args.host}:{args.port}" + (f"/?token={token}" if token else "")
+    url = f"http://{options.host}:{options.port}" + (f"/?token={token}" if token else "")
     print(f"SAE Explorer on {url} serving {len(served)} run(s): {', '.join(served[:8])}"
           + (" …" if len(served) > 8 else "") + "; Ctrl-C stops it", file=sys.stderr, flush=True)
     env = {k: v for k, v in os.environ.items() if k != AUTH_ENV}
     env.update(settings.to_env())
     if token:
         env[AUTH_ENV] = token
-    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", args.host,
-               "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", options.host,
+               "--server.port", str(options.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--server.enableXsrfProtection", "true", "--server.enableCORS", "true", "--server.fileWatcherType", "none",
                "--client.toolbarMode", "minimal", "--client.showErrorDetails", "none", "--server.maxUploadSize", "1",
                # a full garbage collection after every page run costs ~0.1 s in a process holding torch and a model
@@ -303,32 +279,33 @@ def _app(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     import torch
 
-    from .activation_cache import write_cache
+    from .activation_cache import CacheOptions, write_cache
     from .corpus import describe_source, iter_documents
     from .devices import resolve_device
     from .models import load_model
+    from .options import config_from_args
     from .sites import parse_sites
     from .tokens import check_context_size, token_batches
-    from .training.config import parse_count
 
-    tokens = parse_count(args.tokens)
-    loaded = load_model(args.model, device=resolve_device(args.device))
-    sites = parse_sites(args.sites, loaded.layout.n_layers)
-    check_context_size(args.context_size, loaded.layout.max_positions, loaded.name)
-    docs = iter_documents(args.corpus, args.split, eval_fraction=args.eval_fraction, text_field=args.text_field)
-    batches = token_batches(docs, loaded.tokenizer, args.context_size, args.lm_batch_size)
-    description = {"corpus": describe_source(args.corpus), "split": args.split, "context_size": args.context_size}
-    folder = write_cache(loaded, sites, batches, tokens, args.out, description=description,
-                         shard_tokens=parse_count(args.shard_tokens), dtype=getattr(torch, args.dtype))
-    print(f"wrote {folder}; train on it with: sae-explorer train --activation-cache {folder} --sites {args.sites} …")
+    o: CacheOptions = config_from_args(args, CacheOptions)
+    loaded = load_model(o.model, device=resolve_device(o.device))
+    sites = parse_sites(o.sites, loaded.layout.n_layers)
+    check_context_size(o.context_size, loaded.layout.max_positions, loaded.name)
+    docs = iter_documents(o.corpus, o.split, eval_fraction=o.eval_fraction, text_field=o.text_field)
+    batches = token_batches(docs, loaded.tokenizer, o.context_size, o.lm_batch_size)
+    description = {"corpus": describe_source(o.corpus), "split": o.split, "context_size": o.context_size}
+    folder = write_cache(loaded, sites, batches, o.tokens, o.out, description=description, shard_tokens=o.shard_tokens,
+                         dtype=getattr(torch, o.dtype))
+    print(f"wrote {folder}; train on it with: sae-explorer train --activation-cache {folder} --sites {o.sites} …")
     return 0
 
 
 def _sites(args: argparse.Namespace) -> int:
     from .models import load_model
+    from .options import ModelOptions, config_from_args
     from .sites import Site
 
-    loaded = load_model(args.model)
+    loaded = load_model(config_from_args(args, ModelOptions).model)
     n = loaded.layout.n_layers
     print(f"{loaded.name}: {n} layers, d_model {loaded.layout.d_model}, family {loaded.layout.family}")
     for kind in ("resid_post", "mlp_out", "attn_out"):
@@ -338,9 +315,10 @@ def _sites(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .layer_report import write_report
+    from .layer_report import ReportOptions, write_report
+    from .options import config_from_args
 
-    for path in write_report(args.run, args.out):
+    for path in write_report(args.run, config_from_args(args, ReportOptions).out):
         print(path)
     return 0
 
@@ -387,9 +365,17 @@ def _cell(value: object) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (also used to render --help in docs)."""
+    from .activation_cache import CacheOptions
+    from .eval_run import EvalOptions
+    from .features.embed import EmbedOptions
+    from .features.precompute import PrecomputeOptions
+    from .import_saes import ImportOptions
     from .interp.config import ExplainConfig
+    from .layer_report import ReportOptions
+    from .options import ModelOptions, add_config_arguments
     from .refusal.cli import add_refusal_parser
-    from .training.config import add_config_arguments
+    from .serving.settings import AppOptions, ServeLimits
+    from .training import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="sae-explorer",
@@ -405,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG_TRAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_arguments(p)
+    add_config_arguments(p, TrainConfig)
     p.add_argument("--stop-after", type=int, default=None, metavar="TOKENS",
                    help="stop after the first checkpoint at or beyond this many tokens per SAE (resume later)")
     p.add_argument("--dry-run", action="store_true",
@@ -421,10 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         "recovery (CE-loss recovered vs zero ablation, KL, delta LM loss) on the held-out split.",
     )
     p.add_argument("run", help="run folder, e.g. runs/demo")
-    p.add_argument("--tokens", help="held-out tokens for reconstruction metrics, e.g. 64k (default: the run's)")
-    p.add_argument("--ce-tokens", help="held-out tokens for CE loss / KL, e.g. 16k; 0 skips them (default: the run's)")
-    p.add_argument("--corpus", help="evaluate on the held-out split of another text source")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    add_config_arguments(p, EvalOptions)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser(
@@ -436,9 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         "The file is replaced only when the new one is complete; a killed run resumes when run again.",
     )
     p.add_argument("run", help="run folder, e.g. runs/demo")
-    p.add_argument("--saes", dest="saes_only", metavar="SITES",
-                   help="only the SAEs at these sites, e.g. L*/3R,L*/3M,L*/3A for every third layer of a suite (default: all)")
-    _add_precompute_arguments(p)
+    add_config_arguments(p, PrecomputeOptions)
     p.set_defaults(func=_precompute)
 
     p = sub.add_parser(
@@ -450,15 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model Qwen/Qwen3-1.7B --out runs/qwen-imported",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("saes", nargs="+", metavar="SAE_FOLDER", help="SAELens or sparsify SAE folders (one per site)")
-    p.add_argument("--out", required=True, help="run folder to create, e.g. runs/imported")
-    p.add_argument("--model", help="the model the SAEs belong to: HF id, local dir or .gguf (default: the embedded SmolLM2)")
-    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
-    p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=False,
-                   help="also evaluate the SAEs on held-out text (metrics.json; default: no)")
-    p.add_argument("--precompute", action=argparse.BooleanOptionalAction, default=True,
-                   help="precompute features.duckdb after importing (default: yes)")
-    _add_precompute_arguments(p)
+    p.add_argument("sae_folders", nargs="+", metavar="SAE_FOLDER", help="SAELens or sparsify SAE folders (one per site)")
+    add_config_arguments(p, ImportOptions, PrecomputeOptions, skip=("saes",))
     p.set_defaults(func=_import)
 
     p = sub.add_parser(
@@ -473,30 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  sae-explorer app --runs-dir /srv/runs --host 0.0.0.0 --auth-token \"$(openssl rand -hex 16)\"",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from .serving.settings import AUTH_ENV
-    from .serving.settings import ServeSettings as S
-
     p.add_argument("runs", nargs="*", help="run folders to serve, e.g. runs/demo (default: --runs-dir runs)")
-    p.add_argument("--runs-dir", help="serve every run folder directly under this folder (runs added later appear)")
-    p.add_argument("--port", type=int, default=8501, help="port to serve on (default: 8501)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--auth-token", help=f"token visitors must give (in the URL as ?token=… or a login box); "
-                   f"also read from ${AUTH_ENV}, which keeps it out of `ps`")
-    p.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host without a token, on purpose")
-    p.add_argument("--max-live-runs", type=int, default=S.max_live_runs,
-                   help=f"models (with their SAEs) kept in memory, least recently used dropped first (default: {S.max_live_runs})")
-    p.add_argument("--max-live-jobs", type=int, default=S.max_live_jobs,
-                   help=f"model computations at once; the others wait in line (default: {S.max_live_jobs})")
-    p.add_argument("--max-waiting-jobs", type=int, default=S.max_waiting_jobs,
-                   help=f"requests that may wait in line before visitors are told to retry (default: {S.max_waiting_jobs})")
-    p.add_argument("--max-prompt-tokens", type=int, default=S.max_prompt_tokens,
-                   help=f"longest prompt the live pages run, in tokens (default: {S.max_prompt_tokens})")
-    p.add_argument("--max-new-tokens", type=int, default=S.max_new_tokens,
-                   help=f"longest answer the Steering page generates (default: {S.max_new_tokens})")
-    p.add_argument("--jobs-per-minute", type=int, default=S.jobs_per_minute,
-                   help=f"model computations one browser session may start per minute (default: {S.jobs_per_minute})")
-    p.add_argument("--model-threads", type=int, help="torch threads for model work (default: the cores less one, "
-                   "which keeps the browsing pages quick while someone runs the model)")
+    add_config_arguments(p, AppOptions, ServeLimits)
     p.set_defaults(func=_app)
 
     p = sub.add_parser(
@@ -509,20 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  sae-explorer train --activation-cache runs/cache-l15 --sites L15R --k 64 --out runs/l15r-k64",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--sites", required=True, help="sites to store, e.g. L15R,L15M (as for train)")
-    p.add_argument("--tokens", required=True, help="real tokens to store per site, e.g. 2M (float32: 4 x d_model bytes each)")
-    p.add_argument("--out", required=True, help="the cache folder to create")
-    p.add_argument("--model", help="HF id, local dir or .gguf (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--corpus", help="text source, as for train (default: the embedded corpus)")
-    p.add_argument("--text-field", help="column/key holding the text in .jsonl/.parquet/HF sources")
-    p.add_argument("--split", default="train", choices=["train", "eval", "all"], help="which split of the corpus (default: train)")
-    p.add_argument("--eval-fraction", type=float, default=0.05, help="fraction of documents held out as eval (default: 0.05)")
-    p.add_argument("--context-size", type=int, default=128, help="tokens per packed context (default: 128)")
-    p.add_argument("--lm-batch-size", type=int, default=8, help="contexts per forward pass (default: 8)")
-    p.add_argument("--shard-tokens", default="64k", help="tokens per shard; training shuffles within one (default: 64k)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="stored precision; training reads it back as float32 (default: float32)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    add_config_arguments(p, CacheOptions)
     p.set_defaults(func=_cache)
 
     p = sub.add_parser(
@@ -548,11 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         "does this already when the model is installed.",
     )
     p.add_argument("run", help="run folder with a features.duckdb, e.g. runs/demo")
-    p.add_argument("--embedder", help="a sentence-transformers folder (default: the embedded all-MiniLM-L6-v2)")
-    p.add_argument("--examples", type=int, default=4, help="top examples per feature in its text (default: 4)")
-    p.add_argument("--window", type=int, default=6, help="tokens on each side of an example's peak (default: 6)")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    add_config_arguments(p, EmbedOptions)
     p.set_defaults(func=_embed)
 
     _features_command(
@@ -595,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_refusal_parser(sub)
 
     p = sub.add_parser("sites", help="list the sites of a model", description="List the SAE sites of a model and their names.")
-    p.add_argument("--model", help="HF id, local dir or .gguf (default: the embedded SmolLM2-135M-Instruct)")
+    add_config_arguments(p, ModelOptions)
     p.set_defaults(func=_sites)
 
     p = sub.add_parser("info", help="show a run's status and metrics", description="Show a run folder's status and metrics table.")
@@ -610,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
         "SAE's metrics, with the notes behind n/a and * cells). Needs an evaluated run (`sae-explorer eval`).",
     )
     p.add_argument("run", help="run folder")
-    p.add_argument("--out", help="folder for by_layer.png and metrics.md (default: RUN/report)")
+    add_config_arguments(p, ReportOptions)
     p.set_defaults(func=_report)
     return parser
 

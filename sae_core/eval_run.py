@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -14,12 +15,24 @@ from .corpus import describe_source, iter_documents
 from .evals import evaluate_saes
 from .io import read_json, write_json
 from .models import LoadedModel
+from .options import corpus_option, device_option, option
 from .parallel import Parallel
 from .run_saes import open_run_saes
 from .runs import RunDir
 from .tokens import token_batches
 
 METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """The options of `sae-explorer eval`; what is left out comes from the run's own config."""
+
+    tokens: int | None = option(None, "held-out tokens for reconstruction metrics, e.g. 64k (default: the run's)", count=True)
+    ce_tokens: int | None = option(None, "held-out tokens for CE loss / KL, e.g. 16k; 0 skips them (default: the run's)",
+                                   count=True)
+    corpus: str | None = corpus_option("the run's own; another source's held-out split is used as well")
+    device: str = device_option()
 
 
 def evaluate_run(

@@ -8,6 +8,7 @@ trained one.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,20 @@ from .corpus import describe_source
 from .errors import RunError, SAEFileError
 from .loading import check_sae_fits, load_sae, save_sae
 from .models import LoadedModel
+from .options import model_option, option
 from .runs import RunDir
 from .sites import parse_site
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """The options of `sae-explorer import` besides precompute's (it precomputes what it imports)."""
+
+    out: str = option(None, "run folder to create, e.g. runs/imported", required=True)
+    model: str | None = model_option()
+    overwrite: bool = option(False, "replace what --out holds", switch=True)
+    eval: bool = option(False, "also evaluate the SAEs on held-out text (metrics.json)")
+    precompute: bool = option(True, "precompute the feature file after importing")
 
 
 def import_saes(

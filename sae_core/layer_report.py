@@ -8,6 +8,7 @@ over too short a window is drawn hollow and noted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pandas as pd
 from .errors import UserError
 from .eval_run import read_metrics
 from .io import atomic_path
+from .options import option
 from .report import NOTES, metrics_markdown
 from .runs import RunDir
 from .sites import parse_site
@@ -30,6 +32,13 @@ BY_LAYER = {
     "delta_lm_loss": "Δ LM loss with the SAE spliced in (nats)",
 }
 """The paper's per-layer panels: metric → title. FVU = 1 − explained variance."""
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The options of `sae-explorer report`."""
+
+    out: str | None = option(None, "folder for by_layer.png and metrics.md (default: RUN/report)")
 
 
 def metrics_frame(run: str | Path) -> pd.DataFrame:

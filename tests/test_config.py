@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from sae_core.errors import UserError
-from sae_core.training.config import TrainConfig, add_config_arguments, config_from_args, parse_count
+from sae_core.options import add_config_arguments, config_from_args, parse_count
+from sae_core.training import TrainConfig
 from sae_core.training.schedule import lr_factor
 
 
@@ -23,8 +24,8 @@ def test_parse_count_rejects_garbage():
 
 def _parse(argv):
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
-    return config_from_args(parser.parse_args(argv))
+    add_config_arguments(parser, TrainConfig)
+    return config_from_args(parser.parse_args(argv), TrainConfig)
 
 
 def test_flags_override_config_file_which_overrides_defaults(tmp_path):

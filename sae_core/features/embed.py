@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,12 +20,24 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from ..options import device_option, option
 from .amend import amend_each, set_meta
 from .vector_index import quantize
 from .writer import insert_columns
 
 N_EXAMPLES = 4
 HALF_WIDTH = 6
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """The options of `sae-explorer embed`: which model, and how much of each feature goes into its text."""
+
+    embedder: str | None = option(None, "a sentence-transformers folder (default: the embedded all-MiniLM-L6-v2)")
+    examples: int = option(N_EXAMPLES, "top examples per feature in its text")
+    window: int = option(HALF_WIDTH, "tokens on each side of an example's peak")
+    batch_size: int = option(64, "texts per batch")
+    device: str = device_option()
 
 
 class Embedder(Protocol):

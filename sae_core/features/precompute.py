@@ -28,6 +28,7 @@ from ..embedder import EMBEDDER_INSTALL, embedder_available, load_embedder
 from ..errors import RunError, UserError
 from ..io import read_json
 from ..models import LoadedModel
+from ..options import corpus_option, device_option, option
 from ..parallel import Parallel, init_parallel
 from ..run_saes import open_run_saes
 from ..saes import SAE
@@ -52,32 +53,31 @@ METRIC_COLUMNS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fra
 
 @dataclass(frozen=True)
 class PrecomputeOptions:
-    """What to stream and how much of each statistic to keep."""
+    """What to stream and how much of each statistic to keep: the options of `sae-explorer precompute` (and of
+    `import`, which precomputes what it imports)."""
 
-    tokens: int = 131_072
-    """Real tokens to stream (fewer if the text runs out)."""
-    corpus: str | None = None
-    """Text source; None = the run's own corpus. Its held-out split is used unless `split` says otherwise."""
-    split: str = "eval"
-    window: int = 16
-    """Tokens on each side of an example's token."""
-    n_top: int = 20
-    n_intervals: int = 5
-    per_interval: int = 4
-    n_logits: int = 10
-    n_neighbours: int = 10
-    hist_bins: int = 50
-    shard_tokens: int = 65_536
-    seed: int = 0
-    device: str = "auto"
-    embed: bool = True
-    """Embed every feature for search by meaning (when the sentence-embedding model is installed)."""
-    saes: str | None = None
-    """Only the run's SAEs at these sites (e.g. `L*/3R,L*/3M,L*/3A`: every third layer of a suite); None: all."""
-    per_sae_files: bool = False
-    """Write `RUN/features/`, one feature file per SAE (see `parts`), instead of `RUN/features.duckdb`: under
-    torchrun each rank writes its own SAEs' files (no merge on rank 0), and runs with different `saes` (other
-    machines) add their SAEs' files beside the others."""
+    tokens: int = option(128_000, "real tokens to stream through the model, e.g. 128k, 2M (fewer if the text runs out)",
+                         count=True)
+    corpus: str | None = corpus_option("the run's own corpus")
+    split: str = option("eval", "which split of the corpus: eval = held-out text, never seen in training",
+                        choices=("eval", "train", "all"))
+    window: int = option(16, "tokens shown on each side of an example's token")
+    n_top: int = option(20, "top activating contexts kept per feature", flag="--top")
+    n_intervals: int = option(5, "activation-quantile intervals sampled per feature", flag="--intervals")
+    per_interval: int = option(4, "examples sampled per interval")
+    n_logits: int = option(10, "tokens kept at each end of a feature's logit effects", flag="--logits")
+    n_neighbours: int = option(10, "decoder-cosine and co-activation neighbours kept per feature", flag="--neighbours")
+    hist_bins: int = option(50, "bins of each feature's activation histogram")
+    shard_tokens: int = option(65_536, "tokens per shard of the resumable record of activations", count=True)
+    seed: int = option(0, "random seed (which examples each quantile interval shows)")
+    device: str = device_option()
+    embed: bool = option(True, "embed every feature for search by meaning when the sentence-embedding model is installed")
+    saes: str | None = option(None, "only the SAEs at these sites, e.g. L*/3R,L*/3M,L*/3A for every third layer of a "
+                              "suite (default: all)")
+    per_sae_files: bool = option(
+        False, "write RUN/features/, one feature file per SAE, instead of RUN/features.duckdb: under torchrun each rank "
+        "writes its own SAEs' files (no merge on rank 0); with --saes, other machines add theirs beside them"
+    )
 
     def __post_init__(self) -> None:
         for name in ("tokens", "n_top", "n_intervals", "n_logits", "hist_bins", "shard_tokens"):

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import UserError
-from ..options import option
+from ..options import device_option, option
 
 
 @dataclass
@@ -43,7 +43,7 @@ class ExplainConfig:
     embed: bool = option(True, "compute the embedding score and embed the explanations for search by meaning (needs the sentence-embedding model)")
     overwrite: bool = option(False, "explain again features that this explainer and scorer have already explained")
     seed: int = option(0, "random seed (which non-activating windows, fuzzing marks, shuffled explanations)")
-    device: str = option("auto", "cpu, cuda, cuda:N or auto (under torchrun each rank takes cuda:LOCAL_RANK)")
+    device: str = device_option()
 
     def __post_init__(self) -> None:
         for name in ("explain_examples", "score_examples", "max_new_tokens", "batch_size", "concurrency", "pool_contexts"):

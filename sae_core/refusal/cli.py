@@ -20,22 +20,23 @@ Results, answers and report.md / report.html go to RUN/refusal/.
 
 
 def _config(args: argparse.Namespace):
+    from ..options import config_from_args
     from .study import StudyConfig
 
-    alphas = [float(a) for a in args.alphas.split(",")] if args.alphas else None
-    return StudyConfig(
-        harmful=args.harmful, harmless=args.harmless, sites=args.sites.split(",") if args.sites else None,
-        steer_site=args.steer_site, top=args.top, k=args.k, **({"alphas": alphas} if alphas else {}),
-        steer_prompts=args.steer_prompts, positions=args.positions, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, judge_model=args.judge_model, judge_label=args.judge_label, seed=args.seed,
-    )
+    return config_from_args(args, StudyConfig)
+
+
+def _device(args: argparse.Namespace) -> str:
+    from ..options import DeviceOptions, config_from_args
+
+    return config_from_args(args, DeviceOptions).device
 
 
 def _find(args: argparse.Namespace) -> int:
     from .results import refusal_dir
     from .study import run_find
 
-    results = run_find(args.run, _config(args), device=args.device)
+    results = run_find(args.run, _config(args), device=_device(args))
     top = results.contrasts["prompt"][results.steer_site].features.head(5)
     print(f"top refusal features at {results.steer_site} (prompt contrast): "
           + ", ".join(f"#{int(r.feature)} (Δ {r.diff:.2f}, d {r.effect:.2f})" for r in top.itertuples()))
@@ -47,7 +48,7 @@ def _steer(args: argparse.Namespace) -> int:
     from .results import REPORT_MD, refusal_dir
     from .study import run_steer
 
-    run_steer(args.run, _config(args), device=args.device)
+    run_steer(args.run, _config(args), device=_device(args))
     print(f"report: {refusal_dir(args.run) / REPORT_MD} (and report.html)")
     return 0
 
@@ -56,7 +57,7 @@ def _study(args: argparse.Namespace) -> int:
     from .results import REPORT_MD, refusal_dir
     from .study import run_study
 
-    run_study(args.run, _config(args), device=args.device)
+    run_study(args.run, _config(args), device=_device(args))
     print(f"report: {refusal_dir(args.run) / REPORT_MD} (and report.html)")
     return 0
 
@@ -79,6 +80,9 @@ def _report(args: argparse.Namespace) -> int:
 
 def add_refusal_parser(sub: argparse._SubParsersAction) -> None:
     """The `refusal` command and its four subcommands."""
+    from ..options import DeviceOptions, add_config_arguments
+    from .study import StudyConfig
+
     p = sub.add_parser(
         "refusal",
         help="find refusal features, steer the model with them, and measure it (the paper's case study)",
@@ -103,18 +107,4 @@ def add_refusal_parser(sub: argparse._SubParsersAction) -> None:
         s.set_defaults(func=func)
         if name == "report":
             continue
-        s.add_argument("--harmful", help="requests to refuse (default: data/refusal/harmful.jsonl, 240 prompts)")
-        s.add_argument("--harmless", help="harmless requests (default: data/refusal/harmless.jsonl, 240 prompts)")
-        s.add_argument("--sites", help="SAEs to search, e.g. L12R,L14R (default: every residual-stream SAE)")
-        s.add_argument("--steer-site", help="SAE to steer with (default: the searched one nearest the middle layer)")
-        s.add_argument("--top", type=int, default=50, help="features kept in each ranking (default: 50)")
-        s.add_argument("--k", type=int, default=3, help="features combined in the top-k method (default: 3)")
-        s.add_argument("--alphas", help="steering strengths in units of the median residual norm (default: 0.05,0.1,0.2,0.4)")
-        s.add_argument("--steer-prompts", type=int, default=32, help="held-out harmless prompts per strength (default: 32)")
-        s.add_argument("--positions", type=int, help="read the last N prompt tokens (default: the assistant-start tokens)")
-        s.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: 32)")
-        s.add_argument("--batch-size", type=int, default=64, help="prompts per generation batch (default: 64)")
-        s.add_argument("--judge-model", help="a text-classification model to judge refusals instead of the phrase list")
-        s.add_argument("--judge-label", default="REJECTION", help="the judge model's refusal label (default: REJECTION)")
-        s.add_argument("--seed", type=int, default=0, help="picks the steered subset of harmless prompts (default: 0)")
-        s.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+        add_config_arguments(s, StudyConfig, DeviceOptions)

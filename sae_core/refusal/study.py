@@ -12,11 +12,12 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..options import option
 from ..run_saes import RunSAEs, open_run_saes
 from ..sites import Site
 from .annotate import write_refusal_annotations
@@ -40,29 +41,24 @@ MIN_REFUSALS = 3
 
 @dataclass
 class StudyConfig:
-    """What the study reads, where it steers, and how much it generates (defaults fit 20 minutes on 2 CPU cores
-    for a 135M model)."""
+    """What the study reads, where it steers, and how much it generates: the options of `sae-explorer refusal`
+    (defaults fit 20 minutes on 2 CPU cores for a 135M model)."""
 
-    harmful: str | None = None
-    harmless: str | None = None
-    sites: list[str] | None = None
-    """SAE short names to search (default: every residual-stream SAE of the run)."""
-    steer_site: str | None = None
-    """Where to steer (default: the searched site nearest the middle layer)."""
-    top: int = 50
-    k: int = 3
-    """Features combined in the "top-k" method."""
-    alphas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.4])
-    """Steering strengths, as multiples of the median residual norm at the steering site."""
-    steer_prompts: int = 32
-    """Held-out harmless prompts steered per strength (the baselines use the whole held-out half)."""
-    positions: int | None = None
-    """Read the last N prompt tokens instead of the template's assistant-start tokens."""
-    max_new_tokens: int = 32
-    batch_size: int = 64
-    judge_model: str | None = None
-    judge_label: str = "REJECTION"
-    seed: int = 0
+    harmful: str | None = option(None, "requests to refuse (default: data/refusal/harmful.jsonl, 240 prompts)")
+    harmless: str | None = option(None, "harmless requests (default: data/refusal/harmless.jsonl, 240 prompts)")
+    sites: list[str] | None = option(None, "SAEs to search, e.g. L12R,L14R (default: every residual-stream SAE)")
+    steer_site: str | None = option(None, "SAE to steer with (default: the searched one nearest the middle layer)")
+    top: int = option(50, "features kept in each ranking")
+    k: int = option(3, "features combined in the top-k method")
+    alphas: list[float] = option([0.05, 0.1, 0.2, 0.4], "steering strengths in units of the median residual norm at the "
+                                 "steering site, e.g. 0.05,0.1,0.2,0.4")
+    steer_prompts: int = option(32, "held-out harmless prompts steered per strength (the baselines use the whole held-out half)")
+    positions: int | None = option(None, "read the last N prompt tokens (default: the template's assistant-start tokens)")
+    max_new_tokens: int = option(32, "answer length limit")
+    batch_size: int = option(64, "prompts per generation batch")
+    judge_model: str | None = option(None, "a text-classification model to judge refusals instead of the phrase list")
+    judge_label: str = option("REJECTION", "the judge model's refusal label")
+    seed: int = option(0, "picks the steered subset of harmless prompts")
 
 
 def _log(message: str) -> None:

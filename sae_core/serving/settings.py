@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from ..options import option
 
 SERVE_ENV = "SAE_EXPLORER_SERVE"
 """The JSON of a `ServeSettings`, set by `sae-explorer app` for the Streamlit process it starts."""
@@ -18,23 +19,19 @@ AUTH_ENV = "SAE_EXPLORER_AUTH_TOKEN"
 
 
 @dataclass(frozen=True)
-class ServeSettings:
-    """What the app serves (`runs`: name → folder, `runs_dir`: every run directly under it) and its limits."""
+class ServeLimits:
+    """What one server allows its visitors: the limits of `sae-explorer app`, which its flags set."""
 
-    runs: dict[str, str] = field(default_factory=dict)
-    runs_dir: str | None = None
-    max_live_runs: int = 1
-    """Models with their SAEs kept in memory at once; the least recently used one is dropped for a new one."""
-    max_live_jobs: int = 1
-    """Model computations (prompt activations, attribution, generation) running at once; the others wait in line."""
-    max_waiting_jobs: int = 16
-    """Requests allowed to wait in line; beyond that a visitor is told the model is busy."""
-    max_prompt_tokens: int = 512
-    max_new_tokens: int = 128
-    jobs_per_minute: int = 20
-    """Model computations one browser session may start per minute (answers another session already got are free)."""
-    model_threads: int | None = None
-    """Torch threads for model work (None: torch's choice); fewer than the cores leaves one for the browsing pages."""
+    max_live_runs: int = option(1, "models (with their SAEs) kept in memory, the least recently used dropped first")
+    max_live_jobs: int = option(1, "model computations (prompt activations, attribution, generation) at once; the "
+                                "others wait in line")
+    max_waiting_jobs: int = option(16, "requests that may wait in line before visitors are told the model is busy")
+    max_prompt_tokens: int = option(512, "longest prompt the live pages run, in tokens")
+    max_new_tokens: int = option(128, "longest answer the Steering page generates")
+    jobs_per_minute: int = option(20, "model computations one browser session may start per minute (answers another "
+                                  "session already got are free)")
+    model_threads: int | None = option(None, "torch threads for model work (default: the cores less one, which keeps "
+                                       "the browsing pages quick while someone runs the model)")
 
     def __post_init__(self) -> None:
         for name in ("max_live_runs", "max_live_jobs", "max_prompt_tokens", "max_new_tokens", "jobs_per_minute",
@@ -43,6 +40,27 @@ class ServeSettings:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_waiting_jobs < 0:
             raise UserError(f"--max-waiting-jobs must be 0 or more, got {self.max_waiting_jobs}")
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    """Where `sae-explorer app` listens, what it serves besides the runs named, and who may see it."""
+
+    runs_dir: str | None = option(None, "serve every run folder directly under this folder (runs added later appear) "
+                                  "(default: ./runs when no run is named)")
+    port: int = option(8501, "port to serve on")
+    host: str = option("127.0.0.1", "address to bind (default: 127.0.0.1, this machine only)")
+    auth_token: str | None = option(None, f"token visitors must give (in the URL as ?token=… or a login box); also "
+                                    f"read from ${AUTH_ENV}, which keeps it out of `ps` (default: none)")
+    no_auth: bool = option(False, "serve a non-loopback --host without a token, on purpose", switch=True)
+
+
+@dataclass(frozen=True)
+class ServeSettings(ServeLimits):
+    """What the app serves (`runs`: name → folder, `runs_dir`: every run directly under it) and its limits."""
+
+    runs: dict[str, str] = field(default_factory=dict)
+    runs_dir: str | None = None
 
     def to_env(self) -> dict[str, str]:
         """The environment entries that hand these settings to the Streamlit process."""

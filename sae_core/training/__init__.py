@@ -1,6 +1,6 @@
 """SAE training: configuration, the multi-site trainer, schedules and checkpoints."""
 
-from .config import TrainConfig, add_config_arguments, config_from_args, parse_count
+from .config import TrainConfig
 from .trainer import train
 
-__all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "parse_count", "train"]
+__all__ = ["TrainConfig", "train"]

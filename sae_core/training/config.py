@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..options import add_config_arguments as _add_arguments
-from ..options import config_from_args as _from_args
-from ..options import load_config_file, parse_count
+from ..options import corpus_option, device_option, model_option
 from ..options import option as _opt
 
-__all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "load_config_file", "parse_count"]
+__all__ = ["TrainConfig"]
 
 
 @dataclass
@@ -20,9 +17,9 @@ class TrainConfig:
     """Everything a training run needs. Field names are the config-file keys; `--flag-names` the CLI."""
 
     # What to train on
-    model: str | None = _opt(None, "HF model id, local model directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    model: str | None = model_option()
     sites: str = _opt("L15R", "comma-separated sites, e.g. L6R,L6M,L6A or blocks.6.hook_resid_post; also L*R, L0-5M, all")
-    corpus: str | None = _opt(None, "text source: .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG][@SPLIT] (default: the embedded corpus)")
+    corpus: str | None = corpus_option()
     text_field: str | None = _opt(None, "column/key holding the text in .jsonl/.parquet/HF sources (default: text or messages)")
     eval_fraction: float = _opt(0.05, "fraction of documents held out for evaluation (sources without a split field)")
     context_size: int = _opt(128, "tokens per packed context")
@@ -67,7 +64,7 @@ class TrainConfig:
     out: str = _opt("runs/default", "output run folder")
     seed: int = _opt(0, "random seed (initialisation and shuffling)")
     checkpoint_every: int = _opt(262_144, "write a resumable checkpoint every this many tokens per SAE", count=True)
-    device: str = _opt("auto", "cpu, cuda, cuda:N or auto (cuda when available; under torchrun each rank takes cuda:LOCAL_RANK)")
+    device: str = device_option()
     parallel: str = _opt("data", "under torchrun: data (every rank trains every SAE on a slice of each batch) or sites (SAEs dealt across ranks)")
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
     overwrite: bool = _opt(False, "replace an output folder that holds a different or finished run")
@@ -84,12 +81,3 @@ class TrainConfig:
         ignore = {"out", "overwrite", "eval", "eval_tokens", "ce_tokens", "device", "threads", "checkpoint_every", "parallel"}
         return {k: v for k, v in self.to_dict().items() if k not in ignore}
 
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
-    """Add one CLI flag per training option (see `sae_core.options`)."""
-    _add_arguments(parser, cls)
-
-
-def config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
-    """Build a `TrainConfig` (or `cls`): defaults, then the --config file, then explicit flags."""
-    return _from_args(args, cls)
