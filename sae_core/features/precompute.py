@@ -43,12 +43,11 @@ from .logit_effects import LogitEffects, logit_effects
 from .neighbours import Neighbours, coactivation_neighbours, decoder_cosine_neighbours
 from .parts import PARTS_DIR
 from .record import RecordWriter, read_site, read_token_ids, record_activations
-from .schema import DB_FILE
+from .schema import DB_FILE, METRIC_COLUMNS, sae_identity
 from .split import part_name
 from .writer import FeatureDBWriter, list_array, write_parts
 
 WORK_DIR = ".precompute"
-METRIC_COLUMNS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_div", "delta_lm_loss")
 
 
 @dataclass(frozen=True)
@@ -366,8 +365,7 @@ def _sae_rows(sae_id: int, r: SAEResult, run_path: Path) -> list[tuple[str, dict
     alive = fires > 0
     l0 = float(fires.sum()) / max(stats.n_tokens, 1)
     rows.append(("saes", {
-        "sae_id": [sae_id], "hook_name": [r.site.hook_name], "short_name": [r.site.short], "layer": [r.site.layer],
-        "site": [r.site.kind], "architecture": [cfg.architecture], "d_in": [cfg.d_in], "d_sae": [d_sae], "k": [cfg.k],
+        **_identity(sae_id, r.site), "architecture": [cfg.architecture], "d_in": [cfg.d_in], "d_sae": [d_sae], "k": [cfg.k],
         "folder": [str(r.folder.relative_to(run_path)) if r.folder.is_relative_to(run_path) else str(r.folder)],
         "n_tokens": [stats.n_tokens], "l0_precompute": [l0], "dead_fraction_precompute": [1 - float(alive.double().mean())],
         **{m: [metrics.get(m)] for m in METRIC_COLUMNS},
@@ -408,6 +406,10 @@ def _sae_rows(sae_id: int, r: SAEResult, run_path: Path) -> list[tuple[str, dict
     return rows
 
 
+def _identity(sae_id: int, site: Site) -> dict[str, list[Any]]:
+    return sae_identity(sae_id, site.hook_name, site.short, site.layer, site.kind)
+
+
 def _site_summary(sae_id: int, r: SAEResult, l0: float) -> dict[str, list[Any]]:
     """One row of per-site figures for the layer comparison page."""
     stats = r.stats
@@ -417,8 +419,7 @@ def _site_summary(sae_id: int, r: SAEResult, l0: float) -> dict[str, list[Any]]:
     counts = np.histogram(np.clip(np.log10(density.numpy()), -7.0, 0.0), bins=edges)[0] if alive.any() else np.zeros(28, int)
     q = (lambda t, p: float(t.quantile(p)) if t.numel() else None)  # noqa: E731
     return {
-        "sae_id": [sae_id], "hook_name": [r.site.hook_name], "short_name": [r.site.short], "layer": [r.site.layer],
-        "site": [r.site.kind], "d_sae": [r.sae.cfg.d_sae], "n_tokens": [stats.n_tokens], "alive": [int(alive.sum())],
+        **_identity(sae_id, r.site), "d_sae": [r.sae.cfg.d_sae], "n_tokens": [stats.n_tokens], "alive": [int(alive.sum())],
         "dead_fraction": [1 - float(alive.double().mean())], "l0": [l0],
         "density_p10": [q(density, 0.1)], "density_median": [q(density, 0.5)], "density_p90": [q(density, 0.9)],
         "max_act_median": [q(stats.max_act[alive].double(), 0.5)],

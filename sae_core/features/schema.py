@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -19,66 +20,103 @@ UPGRADABLE = {1}
 """Older versions `upgrade` can bring to this one without recomputing anything."""
 DB_FILE = "features.duckdb"
 
-TABLES = """
-CREATE TABLE meta (key VARCHAR, value VARCHAR);  -- values are JSON
-CREATE TABLE saes (
-    sae_id INTEGER, hook_name VARCHAR, short_name VARCHAR, layer INTEGER, site VARCHAR,
-    architecture VARCHAR, d_in INTEGER, d_sae INTEGER, k INTEGER, folder VARCHAR,
-    n_tokens BIGINT, l0_precompute DOUBLE, dead_fraction_precompute DOUBLE,
-    fvu DOUBLE, explained_variance DOUBLE, l0 DOUBLE, dead_fraction DOUBLE, dense_fraction DOUBLE,
-    ce_loss_recovered DOUBLE, kl_div DOUBLE, delta_lm_loss DOUBLE,
-    metrics VARCHAR  -- the SAE's metrics.json, if it has one
-);
-CREATE TABLE vocab (token_id INTEGER, token VARCHAR);
-CREATE TABLE contexts (context_id INTEGER, token_ids INTEGER[]);
-CREATE TABLE features (
-    sae_id INTEGER, feature INTEGER,
-    fires BIGINT, density DOUBLE, max_act FLOAT, mean_act FLOAT, dead BOOLEAN,
-    hist_max FLOAT, hist_counts INTEGER[],  -- equal bins of (0, hist_max]
-    top_logit_ids INTEGER[], top_logit_values FLOAT[], bottom_logit_ids INTEGER[], bottom_logit_values FLOAT[],
-    top_token_ids INTEGER[],  -- distinct tokens at the maxima of the top examples, most frequent first
-    label VARCHAR, label_lower VARCHAR  -- lower(label), stored: a substring search scans it 4× faster than ILIKE
-);
-CREATE TABLE examples (
-    sae_id INTEGER, feature INTEGER,
-    kind TINYINT,       -- 0: top example; j >= 1: sample from quantile interval j (higher = stronger)
-    rank SMALLINT,      -- order within (feature, kind)
-    context_id INTEGER, position SMALLINT, activation FLOAT,
-    window_start SMALLINT, acts FLOAT[]  -- the feature on tokens window_start … window_start + len(acts) - 1
-);
-CREATE TABLE neighbours (
-    sae_id INTEGER, feature INTEGER,
-    kind VARCHAR,       -- 'decoder_cosine' or 'coactivation'
-    ids INTEGER[], scores FLOAT[], counts INTEGER[]
-);
-CREATE TABLE site_summary (
-    sae_id INTEGER, hook_name VARCHAR, short_name VARCHAR, layer INTEGER, site VARCHAR, d_sae INTEGER,
-    n_tokens BIGINT, alive INTEGER, dead_fraction DOUBLE, l0 DOUBLE,
-    density_p10 DOUBLE, density_median DOUBLE, density_p90 DOUBLE, max_act_median DOUBLE,
-    log10_density_edges DOUBLE[], log10_density_counts INTEGER[]  -- histogram of alive features' log10 density
-);
-"""
+COLUMNS: dict[str, dict[str, str]] = {
+    "meta": {"key": "VARCHAR", "value": "VARCHAR"},  # values are JSON
+    "saes": {
+        "sae_id": "INTEGER", "hook_name": "VARCHAR", "short_name": "VARCHAR", "layer": "INTEGER", "site": "VARCHAR",
+        "architecture": "VARCHAR", "d_in": "INTEGER", "d_sae": "INTEGER", "k": "INTEGER", "folder": "VARCHAR",
+        "n_tokens": "BIGINT", "l0_precompute": "DOUBLE", "dead_fraction_precompute": "DOUBLE",
+        # the held-out metrics of the SAE's metrics.json (METRIC_COLUMNS), and the whole file as JSON
+        "fvu": "DOUBLE", "explained_variance": "DOUBLE", "l0": "DOUBLE", "dead_fraction": "DOUBLE",
+        "dense_fraction": "DOUBLE", "ce_loss_recovered": "DOUBLE", "kl_div": "DOUBLE", "delta_lm_loss": "DOUBLE",
+        "metrics": "VARCHAR",
+    },
+    "vocab": {"token_id": "INTEGER", "token": "VARCHAR"},
+    "contexts": {"context_id": "INTEGER", "token_ids": "INTEGER[]"},
+    "features": {
+        "sae_id": "INTEGER", "feature": "INTEGER",
+        "fires": "BIGINT", "density": "DOUBLE", "max_act": "FLOAT", "mean_act": "FLOAT", "dead": "BOOLEAN",
+        "hist_max": "FLOAT", "hist_counts": "INTEGER[]",  # equal bins of (0, hist_max]
+        "top_logit_ids": "INTEGER[]", "top_logit_values": "FLOAT[]", "bottom_logit_ids": "INTEGER[]",
+        "bottom_logit_values": "FLOAT[]",
+        "top_token_ids": "INTEGER[]",  # distinct tokens at the maxima of the top examples, most frequent first
+        "label": "VARCHAR",
+        "label_lower": "VARCHAR",  # lower(label), stored: a substring search scans it 4× faster than ILIKE
+    },
+    "examples": {
+        "sae_id": "INTEGER", "feature": "INTEGER",
+        "kind": "TINYINT",  # 0: top example; j >= 1: sample from quantile interval j (higher = stronger)
+        "rank": "SMALLINT",  # order within (feature, kind)
+        "context_id": "INTEGER", "position": "SMALLINT", "activation": "FLOAT",
+        "window_start": "SMALLINT", "acts": "FLOAT[]",  # the feature on tokens window_start … window_start + len(acts) - 1
+    },
+    "neighbours": {
+        "sae_id": "INTEGER", "feature": "INTEGER",
+        "kind": "VARCHAR",  # 'decoder_cosine' or 'coactivation'
+        "ids": "INTEGER[]", "scores": "FLOAT[]", "counts": "INTEGER[]",
+    },
+    "site_summary": {
+        "sae_id": "INTEGER", "hook_name": "VARCHAR", "short_name": "VARCHAR", "layer": "INTEGER", "site": "VARCHAR",
+        "d_sae": "INTEGER", "n_tokens": "BIGINT", "alive": "INTEGER", "dead_fraction": "DOUBLE", "l0": "DOUBLE",
+        "density_p10": "DOUBLE", "density_median": "DOUBLE", "density_p90": "DOUBLE", "max_act_median": "DOUBLE",
+        "log10_density_edges": "DOUBLE[]", "log10_density_counts": "INTEGER[]",  # alive features' log10 density
+    },
+    # written by `explain` and `embed`; empty in a fresh precompute. Several explainers may explain one feature;
+    # the newest row is marked `current`.
+    "explanations": {
+        "sae_id": "INTEGER", "feature": "INTEGER",
+        "explanation": "VARCHAR", "explanation_lower": "VARCHAR",
+        "explainer": "VARCHAR", "scorer": "VARCHAR", "created": "VARCHAR",  # who wrote and who scored it; ISO time
+        "current": "BOOLEAN",  # the feature's newest explanation: the one lists, searches and hovers show
+        # balanced accuracy, balanced accuracy, AUROC (0.5 = chance); with another feature's explanation; with the
+        # token handle (`label`)
+        "detection": "DOUBLE", "fuzzing": "DOUBLE", "embedding": "DOUBLE",
+        "detection_shuffled": "DOUBLE", "fuzzing_shuffled": "DOUBLE", "embedding_shuffled": "DOUBLE",
+        "detection_handle": "DOUBLE", "fuzzing_handle": "DOUBLE", "embedding_handle": "DOUBLE",
+        "n_activating": "INTEGER", "n_non_activating": "INTEGER",  # held-out contexts scored
+        "details": "VARCHAR",  # JSON: the baselines' texts, per-context answers, the explainer's raw reply, options
+    },
+    "feature_vectors": {
+        "sae_id": "INTEGER", "feature": "INTEGER",
+        "source": "VARCHAR",  # 'examples' (its top contexts) or 'explanation'
+        "scale": "FLOAT", "vector": "TINYINT[]",  # unit sentence embedding ≈ scale × vector (int8)
+    },
+}
+"""Every table of a feature file: column → DuckDB type. The one place a table's columns are written: the DDL
+below is made from it and every insert is checked against it (`check_columns`)."""
+UNDERSTANDING = ("explanations", "feature_vectors")
+"""The tables schema version 2 added (`upgrade` creates them in a version-1 file)."""
+SAE_IDENTITY = ("sae_id", "hook_name", "short_name", "layer", "site")
+"""The columns that name an SAE, first in `saes` and `site_summary`."""
+METRIC_COLUMNS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_div",
+                  "delta_lm_loss")
+"""The held-out metrics `saes` copies from each SAE's metrics.json."""
 
-UNDERSTANDING_TABLES = """
-CREATE TABLE explanations (
-    sae_id INTEGER, feature INTEGER,
-    explanation VARCHAR, explanation_lower VARCHAR,
-    explainer VARCHAR, scorer VARCHAR, created VARCHAR,  -- who wrote and who scored it; ISO time
-    current BOOLEAN,    -- the feature's newest explanation: the one lists, searches and hovers show
-    detection DOUBLE, fuzzing DOUBLE, embedding DOUBLE,  -- balanced accuracy, balanced accuracy, AUROC (0.5 = chance)
-    detection_shuffled DOUBLE, fuzzing_shuffled DOUBLE, embedding_shuffled DOUBLE,  -- another feature's explanation
-    detection_handle DOUBLE, fuzzing_handle DOUBLE, embedding_handle DOUBLE,  -- the token handle (`label`)
-    n_activating INTEGER, n_non_activating INTEGER,  -- held-out contexts scored
-    details VARCHAR  -- JSON: the baselines' texts, per-context answers, the explainer's raw reply, options
-);
-CREATE TABLE feature_vectors (
-    sae_id INTEGER, feature INTEGER,
-    source VARCHAR,     -- 'examples' (its top contexts) or 'explanation'
-    scale FLOAT, vector TINYINT[]  -- unit sentence embedding ≈ scale × vector (int8)
-);
-"""
-"""Written by `explain` and `embed`; empty in a fresh precompute. Several explainers may explain one feature;
-the newest row is marked `current`."""
+
+def create_tables(tables: tuple[str, ...] | list[str]) -> str:
+    """The CREATE TABLE statements of `tables`."""
+    return "\n".join(f"CREATE TABLE {t} ({', '.join(f'{c} {kind}' for c, kind in COLUMNS[t].items())});" for t in tables)
+
+
+TABLES = create_tables([t for t in COLUMNS if t not in UNDERSTANDING])
+UNDERSTANDING_TABLES = create_tables(UNDERSTANDING)
+
+
+def check_columns(table: str, names: list[str] | tuple[str, ...] | set[str]) -> None:
+    """Raise a ValueError naming the columns missing or unknown when rows for `table` do not give exactly its columns."""
+    if table not in COLUMNS:
+        raise ValueError(f"a feature file has no table {table!r}")
+    missing, extra = [c for c in COLUMNS[table] if c not in names], sorted(set(names) - set(COLUMNS[table]))
+    if missing or extra:
+        raise ValueError(f"rows for {table}: " + "; ".join(
+            part for part in (f"missing {', '.join(missing)}" if missing else "",
+                              f"unknown {', '.join(extra)}" if extra else "") if part))
+
+
+def sae_identity(sae_id: int, hook_name: str, short_name: str, layer: int, site: str) -> dict[str, list[Any]]:
+    """The `SAE_IDENTITY` columns of one SAE's row in `saes` or `site_summary`."""
+    return {"sae_id": [sae_id], "hook_name": [hook_name], "short_name": [short_name], "layer": [layer], "site": [site]}
+
 
 INDEXES = """
 CREATE UNIQUE INDEX saes_id ON saes (sae_id);

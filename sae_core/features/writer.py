@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..io import atomic_path
 from .indexes import refresh_indexes
-from .schema import INDEXES, SCHEMA_VERSION, TABLES, UNDERSTANDING_TABLES
+from .schema import INDEXES, SCHEMA_VERSION, TABLES, UNDERSTANDING_TABLES, check_columns
 
 TMP_SUFFIX = ".building"
 
@@ -97,12 +97,15 @@ def write_parts(folder: Path, rows: list[tuple[str, dict[str, Any]]]) -> None:
     """Write one SAE's rows as Parquet files `NNN-<table>.parquet` for `FeatureDBWriter.insert_parts` (a rank's part)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, (table, columns) in enumerate(rows):
+        check_columns(table, list(columns))
         with atomic_path(folder / f"{i:03d}-{table}.parquet") as tmp:
             pq.write_table(pa.table({name: _arrow(value) for name, value in columns.items()}), tmp)
 
 
 def insert_columns(con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, Any]) -> None:
-    """Append rows given as columns (numpy arrays, tensors, lists or pyarrow arrays) to `table` by column name."""
+    """Append rows given as columns (numpy arrays, tensors, lists or pyarrow arrays) to `table` by column name; the
+    columns must be exactly the table's (`schema.COLUMNS`)."""
+    check_columns(table, list(columns))
     con.register("_rows", pa.table({name: _arrow(value) for name, value in columns.items()}))
     try:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")

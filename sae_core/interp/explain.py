@@ -31,6 +31,7 @@ from ..embedder import load_embedder
 from ..features.amend import amend_each, feature_file, set_meta
 from ..features.embed import Embedder, embed_explanations, file_embedder
 from ..features.reader import FeatureStore
+from ..features.schema import check_columns
 from ..models import EMBEDDED_NAME, load_model
 from ..parallel import init_parallel
 from ..run_saes import RunSAEs, open_run_saes
@@ -235,6 +236,9 @@ def _store_results(db: Path, scored: list[dict[str, Any]], store: FeatureStore, 
         "details": json.dumps({**r["details"], "texts": r["texts"], "shuffled_from": r["shuffled_from"], "reply": r["reply"],
                                "options": asdict(cfg), "prompt_version": PROMPT_VERSION}, ensure_ascii=False),
     } for r in scored])
+    if len(rows):
+        check_columns("explanations", list(rows.columns))
+
     def write(con: duckdb.DuckDBPyConnection, sae_ids: list[int]) -> None:
         new = rows[rows.sae_id.isin(sae_ids)]
         if new.empty:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..features.labels import DEAD_LABEL
+from ..features.schema import METRIC_COLUMNS, sae_identity
 from ..features.vector_index import quantize
 from ..features.writer import FeatureDBWriter, list_array
 
@@ -67,19 +68,18 @@ def build_synthetic(
         for sae_id in tqdm(range(n_saes), desc="synthetic SAEs", unit="SAE", file=sys.stderr, dynamic_ncols=True):
             layer, site = sae_id // len(sites) % n_layers, sites[sae_id % len(sites)]
             short = f"L{layer}{site[0].upper() if site != 'resid_post' else 'R'}"
+            identity = sae_identity(sae_id, f"blocks.{layer}.hook_{site}", short, layer, site)
             db.insert("saes", {
-                "sae_id": [sae_id], "hook_name": [f"blocks.{layer}.hook_{site}"], "short_name": [short], "layer": [layer],
-                "site": [site], "architecture": ["topk"], "d_in": [2048], "d_sae": [d_sae], "k": [64], "folder": [None],
+                **identity, "architecture": ["topk"], "d_in": [2048], "d_sae": [d_sae], "k": [64], "folder": [None],
                 "n_tokens": [n_contexts * context_size], "l0_precompute": [64.0], "dead_fraction_precompute": [0.01],
-                "fvu": [float(rng.uniform(0.1, 0.3))], "explained_variance": [None], "l0": [64.0], "dead_fraction": [0.01],
-                "dense_fraction": [0.0], "ce_loss_recovered": [float(rng.uniform(0.85, 0.99))], "kl_div": [None],
-                "delta_lm_loss": [None], "metrics": [None],
+                **{m: [None] for m in METRIC_COLUMNS}, "fvu": [float(rng.uniform(0.1, 0.3))], "l0": [64.0],
+                "dead_fraction": [0.01], "dense_fraction": [0.0], "ce_loss_recovered": [float(rng.uniform(0.85, 0.99))],
+                "metrics": [None],
             })
             dead = _insert_features(db, rng, sae_id, d_sae, vocab, n_contexts, context_size, per_feature, n_top, n_intervals, width, window)
             _insert_understanding(db, rng, sae_id, dead, vocab, topics, explained_fraction)
             db.insert("site_summary", {
-                "sae_id": [sae_id], "hook_name": [f"blocks.{layer}.hook_{site}"], "short_name": [short], "layer": [layer],
-                "site": [site], "d_sae": [d_sae], "n_tokens": [n_contexts * context_size], "alive": [d_sae], "dead_fraction": [0.0],
+                **identity, "d_sae": [d_sae], "n_tokens": [n_contexts * context_size], "alive": [d_sae], "dead_fraction": [0.0],
                 "l0": [64.0], "density_p10": [1e-4], "density_median": [1e-3], "density_p90": [1e-2], "max_act_median": [10.0],
                 "log10_density_edges": [np.linspace(-7, 0, 29).tolist()], "log10_density_counts": [[0] * 28],
             })
