@@ -6,8 +6,8 @@ import time
 
 import torch
 
-from sae_core.models import LoadedModel, load_model
-from sae_core.tokens import TokenBatch, real_token_mask
+from sae_core.model.load import LoadedModel, load_model
+from sae_core.text.tokens import TokenBatch, real_token_mask
 
 
 def tiny_or_embedded(name: str | None) -> LoadedModel:

@@ -17,7 +17,6 @@ import time
 
 import torch
 
-from sae_core.embedder import load_embedder
 from sae_core.features.reader import FeatureStore
 from sae_core.interp.chat_models import LocalChatModel, render
 from sae_core.interp.config import ExplainConfig
@@ -25,7 +24,8 @@ from sae_core.interp.explain import _non_activating_pool, _samples, shuffled_par
 from sae_core.interp.prompts import explainer_messages, parse_explanation
 from sae_core.interp.score_features import ScoringItem, score_batch
 from sae_core.interp.select import select_features
-from sae_core.run_saes import open_run_saes
+from sae_core.model.sentence_embedder import load_embedder
+from sae_core.runs.open_run import open_run_saes
 
 
 class PlainForward(LocalChatModel):

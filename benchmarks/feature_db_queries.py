@@ -36,10 +36,10 @@ import torch
 
 from explorer.explanation_view import score_table, similar_table
 from explorer.feature_view import example_groups, histogram_svg, logit_table, neighbour_table, summary_line
-from sae_core.embedder import load_embedder
 from sae_core.features.ann_index import build_vector_index, vector_index_info, vectors_path
 from sae_core.features.reader import FeatureStore
 from sae_core.features.search_index import build_search_index, index_path
+from sae_core.model.sentence_embedder import load_embedder
 from sae_core.testing.synthetic_features import build_synthetic
 
 PRESETS = {"1m": (64, 16_384), "qwen3-1.7b": (84, 65_536), "paper": (300, 65_536)}

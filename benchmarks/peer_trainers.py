@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sae_core.harvest import SiteStats
+from sae_core.activations.harvest import SiteStats
+from sae_core.model.sites import parse_sites
 from sae_core.saes import SAEConfig, SAETrainingOptions, create_training_sae
 from sae_core.saes.reference import reference_losses
-from sae_core.sites import parse_sites
 from sae_core.training.config import TrainConfig
 from sae_core.training.site_trainer import SiteTrainer
 

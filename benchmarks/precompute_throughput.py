@@ -26,8 +26,8 @@ from sae_core.features.feature_stats import feature_stats, select_examples
 from sae_core.features.logit_effects import logit_effects
 from sae_core.features.neighbours import coactivation_neighbours, decoder_cosine_neighbours
 from sae_core.features.record import RecordWriter, read_site
+from sae_core.model.sites import Site
 from sae_core.saes import SAEConfig, create_sae
-from sae_core.sites import Site
 
 
 def random_topk(site: Site, d_in: int, d_sae: int, k: int, seed: int):

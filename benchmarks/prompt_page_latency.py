@@ -22,15 +22,15 @@ from pathlib import Path
 
 import torch
 
-from sae_core.corpus import iter_documents
-from sae_core.import_saes import import_saes
+from sae_core.interventions.prompt_activations import prompt_activations, tokenize_prompt
 from sae_core.loading import save_sae
-from sae_core.models import load_model
-from sae_core.prompt_features import prompt_activations, tokenize_prompt
-from sae_core.run_saes import open_run_saes
+from sae_core.model.load import load_model
+from sae_core.model.sites import parse_site
+from sae_core.runs.import_saes import import_saes
+from sae_core.runs.open_run import open_run_saes
 from sae_core.saes import SAEConfig, create_sae
 from sae_core.serving import ServeSettings
-from sae_core.sites import parse_site
+from sae_core.text.corpus import iter_documents
 
 PAGE = Path(__file__).resolve().parents[1] / "pages" / "3_Prompt.py"
 

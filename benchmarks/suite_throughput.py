@@ -18,9 +18,9 @@ import torch
 from common import plain_forward, random_batch, timed
 
 from sae_core.io import read_json
-from sae_core.models import load_model
-from sae_core.runs import RunDir
-from sae_core.sites import parse_site
+from sae_core.model.load import load_model
+from sae_core.model.sites import parse_site
+from sae_core.runs.run_folder import RunDir
 
 
 def main() -> None:

@@ -17,13 +17,13 @@ import time
 
 import torch
 
-from sae_core.corpus import iter_documents
-from sae_core.evals import ReconstructionAccumulator
-from sae_core.harvest import SiteStats, harvest_chunks
-from sae_core.models import load_model
+from sae_core.activations.harvest import SiteStats, harvest_chunks
+from sae_core.evaluation.metrics import ReconstructionAccumulator
+from sae_core.model.load import load_model
+from sae_core.model.sites import Site
 from sae_core.saes import SAEConfig, SAETrainingOptions, create_training_sae
-from sae_core.sites import Site
-from sae_core.tokens import token_batches
+from sae_core.text.corpus import iter_documents
+from sae_core.text.tokens import token_batches
 from sae_core.training.config import TrainConfig
 from sae_core.training.site_trainer import SiteTrainer
 

@@ -19,9 +19,9 @@ import statistics
 import torch
 from common import plain_forward, random_batch, timed, tiny_or_embedded
 
-from sae_core.harvest import batch_activations
+from sae_core.activations.harvest import batch_activations
+from sae_core.model.sites import Site, parse_sites
 from sae_core.saes import SAEConfig, SAETrainingOptions, create_training_sae
-from sae_core.sites import Site, parse_sites
 from sae_core.training.site_trainer import make_adam
 
 

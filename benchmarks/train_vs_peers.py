@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from peer_trainers import TRAINERS, Trainer, make_trainer
 
-from sae_core.harvest import SiteStats
+from sae_core.activations.harvest import SiteStats
 
 CACHE = Path(__file__).parent / ".cache"
 
@@ -54,11 +54,11 @@ def synthetic_activations(n: int, d_in: int, seed: int, n_features: int | None =
 
 def real_activations(n_train: int, n_eval: int, model: str | None, layer: int | None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Residual-stream activations of the middle layer (train and held-out splits), from the cache or harvested into it."""
-    from sae_core.activation_cache import load_cached, read_info, write_cache
-    from sae_core.corpus import iter_documents
-    from sae_core.models import load_model
-    from sae_core.sites import parse_sites
-    from sae_core.tokens import token_batches
+    from sae_core.activations.cache import load_cached, read_info, write_cache
+    from sae_core.model.load import load_model
+    from sae_core.model.sites import parse_sites
+    from sae_core.text.corpus import iter_documents
+    from sae_core.text.tokens import token_batches
 
     loaded = None
     out = []

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sae_core.embedder import load_embedder
 from sae_core.features import vector_index
 from sae_core.features.amend import feature_file
 from sae_core.features.ann_index import build_vector_index, vector_index_info
 from sae_core.features.reader import FeatureStore
+from sae_core.model.sentence_embedder import load_embedder
 
 PHRASES = ["legal documents", "cooking recipes", "programming code in Python", "negative sentiment", "dates and years",
            "names of cities", "French words", "medicine and disease", "sports results", "music and songs", "numbers",

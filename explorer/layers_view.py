@@ -12,9 +12,9 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from sae_core.evaluation.layer_report import BY_LAYER, SITE_NAMES
+from sae_core.evaluation.metrics_table import NOTES
 from sae_core.features.labels import display_token
-from sae_core.layer_report import BY_LAYER, SITE_NAMES
-from sae_core.report import NOTES
 
 from .feature_view import feature_link
 from .prompt_view import token_heatmap

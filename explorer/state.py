@@ -16,13 +16,13 @@ from urllib.parse import urlencode
 import streamlit as st
 import torch
 
-from sae_core.embedder import SentenceEmbedder, load_embedder
 from sae_core.errors import UserError
+from sae_core.evaluation.metrics_table import metrics_notes
 from sae_core.features.annotations import Annotations, annotations_dir, read_annotations
 from sae_core.features.reader import FeatureStore
-from sae_core.prompt_features import prompt_activations, tokenize_prompt
-from sae_core.report import metrics_notes
-from sae_core.run_saes import RunSAEs, open_run_saes
+from sae_core.interventions.prompt_activations import prompt_activations, tokenize_prompt
+from sae_core.model.sentence_embedder import SentenceEmbedder, load_embedder
+from sae_core.runs.open_run import RunSAEs, open_run_saes
 from sae_core.serving import (
     AUTH_ENV,
     JobQueue,

@@ -4,7 +4,7 @@ import plotly.express as px
 import streamlit as st
 
 from explorer.layers_view import by_layer_frame, metric_by_layer
-from explorer.runs import metrics_frame, run_summary
+from explorer.runs_view import metrics_frame, run_summary
 from explorer.state import current_run_name, page_header, public, server, show_metric_notes
 from sae_core.errors import UserError
 

@@ -6,7 +6,7 @@ from explorer.feature_view import shade_tokens_html
 from explorer.prompt_view import heatmap_figure, token_feature_table, token_labels
 from explorer.state import live_activations, open_live_run_or_stop, page_header, prompt_chars, public
 from sae_core.errors import UserError
-from sae_core.prompt_features import strongest_features
+from sae_core.interventions.prompt_activations import strongest_features
 
 page_header("Prompt")
 run, opened, store = open_live_run_or_stop()

@@ -13,7 +13,7 @@ from explorer.layers_view import (
     strongest_per_token,
     with_site_names,
 )
-from explorer.runs import metrics_frame
+from explorer.runs_view import metrics_frame
 from explorer.state import (
     live_activations,
     open_feature_store_or_stop,
@@ -24,7 +24,7 @@ from explorer.state import (
     show_metric_notes,
 )
 from sae_core.errors import UserError
-from sae_core.prompt_features import strongest_features
+from sae_core.interventions.prompt_activations import strongest_features
 
 page_header("Layers")
 run, store = open_feature_store_or_stop()

@@ -13,10 +13,10 @@ from explorer.state import (
     prompt_chars,
     public,
 )
-from sae_core.attribution import Target, ablate, attribute, token_id, top_predictions
 from sae_core.errors import UserError
-from sae_core.prompt_features import tokenize_prompt
-from sae_core.sites import parse_site
+from sae_core.interventions.attribution import Target, ablate, attribute, token_id, top_predictions
+from sae_core.interventions.prompt_activations import tokenize_prompt
+from sae_core.model.sites import parse_site
 
 page_header("Attribution")
 run, opened, store = open_live_run_or_stop()

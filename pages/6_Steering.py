@@ -13,8 +13,8 @@ from explorer.state import (
 )
 from sae_core.errors import UserError
 from sae_core.features.annotations import presets as annotated_presets
-from sae_core.sites import parse_site
-from sae_core.steering import FeatureEdit, generate
+from sae_core.interventions.steering import FeatureEdit, generate
+from sae_core.model.sites import parse_site
 
 page_header("Steering")
 run, opened, store = open_live_run_or_stop()

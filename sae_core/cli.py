@@ -42,10 +42,10 @@ server or Ollama for useful ones. The scorer is the explainer unless --scorer / 
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .eval_run import evaluate_run, read_metrics
+    from .evaluation.evaluate_run import evaluate_run, read_metrics
+    from .evaluation.metrics_table import metrics_table
     from .options import config_from_args
     from .parallel import init_parallel
-    from .report import metrics_table
     from .training import TrainConfig, train
 
     cfg: TrainConfig = config_from_args(args, TrainConfig)
@@ -69,10 +69,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .eval_run import EvalOptions, evaluate_run
+    from .evaluation.evaluate_run import EvalOptions, evaluate_run
+    from .evaluation.metrics_table import metrics_table
     from .options import config_from_args
     from .parallel import init_parallel
-    from .report import metrics_table
 
     options: EvalOptions = config_from_args(args, EvalOptions)
     par, device = init_parallel(options.device)  # under torchrun, the ranks share the batches
@@ -94,9 +94,9 @@ def _precompute(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .features.precompute import PrecomputeOptions, precompute_run
-    from .import_saes import ImportOptions, import_saes
-    from .models import load_model
+    from .model.load import load_model
     from .options import config_from_args
+    from .runs.import_saes import ImportOptions, import_saes
 
     options: ImportOptions = config_from_args(args, ImportOptions)
     precompute_options: PrecomputeOptions = config_from_args(args, PrecomputeOptions)  # checked before any work
@@ -104,8 +104,8 @@ def _import(args: argparse.Namespace) -> int:
     run = import_saes(args.sae_folders, options.out, loaded, model=options.model, corpus=precompute_options.corpus,
                       overwrite=options.overwrite, log=lambda m: print(m, file=sys.stderr))
     if options.eval:
-        from .eval_run import evaluate_run
-        from .report import metrics_table
+        from .evaluation.evaluate_run import evaluate_run
+        from .evaluation.metrics_table import metrics_table
 
         print(metrics_table(evaluate_run(str(run.path), corpus=precompute_options.corpus, loaded=loaded)))
     if options.precompute:
@@ -128,8 +128,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _embed(args: argparse.Namespace) -> int:
     from .devices import resolve_device
-    from .embedder import load_embedder
     from .features.embed import EmbedOptions, embed_run
+    from .model.sentence_embedder import load_embedder
     from .options import config_from_args
 
     options: EmbedOptions = config_from_args(args, EmbedOptions)
@@ -212,7 +212,7 @@ def _app(args: argparse.Namespace) -> int:
 
     from .features.parts import store_path, store_stamp
     from .options import config_from_args
-    from .runs import RunDir
+    from .runs.run_folder import RunDir
     from .serving.catalog import RunCatalog
     from .serving.settings import AUTH_ENV, AppOptions, ServeLimits, ServeSettings, is_loopback
 
@@ -279,13 +279,13 @@ def _app(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     import torch
 
-    from .activation_cache import CacheOptions, write_cache
-    from .corpus import describe_source, iter_documents
+    from .activations.cache import CacheOptions, write_cache
     from .devices import resolve_device
-    from .models import load_model
+    from .model.load import load_model
+    from .model.sites import parse_sites
     from .options import config_from_args
-    from .sites import parse_sites
-    from .tokens import check_context_size, token_batches
+    from .text.corpus import describe_source, iter_documents
+    from .text.tokens import check_context_size, token_batches
 
     o: CacheOptions = config_from_args(args, CacheOptions)
     loaded = load_model(o.model, device=resolve_device(o.device))
@@ -301,9 +301,9 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _sites(args: argparse.Namespace) -> int:
-    from .models import load_model
+    from .model.load import load_model
+    from .model.sites import Site
     from .options import ModelOptions, config_from_args
-    from .sites import Site
 
     loaded = load_model(config_from_args(args, ModelOptions).model)
     n = loaded.layout.n_layers
@@ -315,7 +315,7 @@ def _sites(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .layer_report import ReportOptions, write_report
+    from .evaluation.layer_report import ReportOptions, write_report
     from .options import config_from_args
 
     for path in write_report(args.run, config_from_args(args, ReportOptions).out):
@@ -324,11 +324,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .eval_run import read_metrics
+    from .evaluation.evaluate_run import read_metrics
+    from .evaluation.metrics_table import metrics_table
     from .features.parts import store_path, store_stamp
     from .features.reader import FeatureStore
-    from .report import metrics_table
-    from .runs import RunDir
+    from .runs.run_folder import RunDir
 
     run = RunDir(args.run)
     info = run.require()
@@ -338,8 +338,8 @@ def _info(args: argparse.Namespace) -> int:
     print(metrics_table(metrics) if metrics else "  no metrics yet; run `sae-explorer eval` on it")
     db = store_path(run.path)
     if store_stamp(db):
+        from .evaluation.metrics_table import markdown_table
         from .interp.summary import explanation_summary
-        from .report import markdown_table
 
         with FeatureStore(db) as store:
             n = int(store.saes().d_sae.sum())
@@ -365,15 +365,15 @@ def _cell(value: object) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (also used to render --help in docs)."""
-    from .activation_cache import CacheOptions
-    from .eval_run import EvalOptions
+    from .activations.cache import CacheOptions
+    from .evaluation.evaluate_run import EvalOptions
+    from .evaluation.layer_report import ReportOptions
     from .features.embed import EmbedOptions
     from .features.precompute import PrecomputeOptions
-    from .import_saes import ImportOptions
     from .interp.config import ExplainConfig
-    from .layer_report import ReportOptions
     from .options import ModelOptions, add_config_arguments
     from .refusal.cli import add_refusal_parser
+    from .runs.import_saes import ImportOptions
     from .serving.settings import AppOptions, ServeLimits
     from .training import TrainConfig
 

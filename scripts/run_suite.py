@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sae_core.eval_run import METRICS_FILE
+from sae_core.evaluation.evaluate_run import METRICS_FILE
 from sae_core.features.schema import DB_FILE
 from sae_core.options import load_config_file
-from sae_core.runs import RunDir
+from sae_core.runs.run_folder import RunDir
 
 PRECOMPUTE = ["--tokens", "32k", "--saes", "L*/3R,L*/3M,L*/3A"]
 """The browsable sample: every third layer, all three sites, statistics on 32k held-out tokens."""

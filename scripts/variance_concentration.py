@@ -13,11 +13,11 @@ import itertools
 
 import torch
 
-from sae_core.corpus import iter_documents
-from sae_core.hooks import run_to_sites
-from sae_core.models import load_model
-from sae_core.sites import parse_sites
-from sae_core.tokens import token_batches
+from sae_core.model.hooks import run_to_sites
+from sae_core.model.load import load_model
+from sae_core.model.sites import parse_sites
+from sae_core.text.corpus import iter_documents
+from sae_core.text.tokens import token_batches
 
 
 def main() -> None:

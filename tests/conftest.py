@@ -19,9 +19,9 @@ from helpers import (
 
 from sae_core.features.precompute import precompute_run
 from sae_core.features.reader import FeatureStore
-from sae_core.import_saes import import_saes
 from sae_core.loading import save_sae
-from sae_core.models import load_model
+from sae_core.model.load import load_model
+from sae_core.runs.import_saes import import_saes
 from sae_core.testing.tiny_models import tiny_model, tiny_tokenizer
 
 
@@ -97,7 +97,7 @@ def refusal_run(tmp_path_factory, precomputed_run, tiny_loaded) -> Path:
     import shutil
 
     from sae_core.refusal.study import StudyConfig, run_study_opened
-    from sae_core.run_saes import open_run_saes
+    from sae_core.runs.open_run import open_run_saes
 
     run = tmp_path_factory.mktemp("refusal") / "run"
     shutil.copytree(precomputed_run, run)

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from sae_core.features.precompute import PrecomputeOptions
+from sae_core.model.sites import parse_site
 from sae_core.saes import SAEConfig, create_sae
-from sae_core.sites import parse_site
 
 _WORDS = (
     "the a model feature sparse token layer river mountain city music science history ocean "

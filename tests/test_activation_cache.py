@@ -8,14 +8,14 @@ import pytest
 import torch
 from test_training import _cfg, _weights
 
-from sae_core.activation_cache import check_cache, load_cached, read_info, write_cache
+from sae_core.activations.cache import check_cache, load_cached, read_info, write_cache
+from sae_core.activations.harvest import harvest_chunks
 from sae_core.cli import main
-from sae_core.corpus import iter_documents
 from sae_core.errors import UserError
-from sae_core.harvest import harvest_chunks
-from sae_core.models import load_model
-from sae_core.sites import parse_sites
-from sae_core.tokens import token_batches
+from sae_core.model.load import load_model
+from sae_core.model.sites import parse_sites
+from sae_core.text.corpus import iter_documents
+from sae_core.text.tokens import token_batches
 from sae_core.training import train
 
 

@@ -10,10 +10,10 @@ import numpy as np
 from helpers import app_page, heatmap_values, trace_values
 
 from explorer.layers_view import by_layer_frame, metric_by_layer, sparsity_fidelity
-from explorer.runs import metrics_frame
+from explorer.runs_view import metrics_frame
 from sae_core.features.reader import FeatureStore
-from sae_core.prompt_features import prompt_activations, strongest_features, tokenize_prompt
-from sae_core.run_saes import open_run_saes
+from sae_core.interventions.prompt_activations import prompt_activations, strongest_features, tokenize_prompt
+from sae_core.runs.open_run import open_run_saes
 
 TEXT = "the river city music science history ocean language learning light"
 

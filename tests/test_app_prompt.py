@@ -10,9 +10,9 @@ from helpers import app_page, heatmap_values
 from streamlit.testing.v1 import AppTest
 
 from sae_core.errors import UserError
-from sae_core.hooks import run_to_sites
-from sae_core.prompt_features import prompt_activations, strongest_features, tokenize_prompt
-from sae_core.run_saes import open_run_saes
+from sae_core.interventions.prompt_activations import prompt_activations, strongest_features, tokenize_prompt
+from sae_core.model.hooks import run_to_sites
+from sae_core.runs.open_run import open_run_saes
 
 TEXT = "the river city music science history ocean language learning light"
 

@@ -8,7 +8,7 @@ from helpers import app_page
 from explorer.feature_view import escape_markdown
 from sae_core.refusal.presets import refusal_presets
 from sae_core.refusal.results import refusal_features
-from sae_core.run_saes import open_run_saes
+from sae_core.runs.open_run import open_run_saes
 
 
 def test_features_page_marks_refusal_features(monkeypatch, refusal_run):

@@ -1,4 +1,4 @@
-"""The Runs page (Streamlit AppTest) and the explorer.runs helpers it calls."""
+"""The Runs page (Streamlit AppTest) and the explorer.runs_view helpers it calls."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from helpers import serve
 from streamlit.testing.v1 import AppTest
 
-from explorer.runs import metrics_frame, run_summary
+from explorer.runs_view import metrics_frame, run_summary
 from sae_core.serving import RunCatalog
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sae_core.attribution import Target, ablate, attribute
 from sae_core.errors import UserError
-from sae_core.prompt_features import tokenize_prompt
-from sae_core.run_saes import open_run_saes
-from sae_core.sites import parse_site
+from sae_core.interventions.attribution import Target, ablate, attribute
+from sae_core.interventions.prompt_activations import tokenize_prompt
+from sae_core.model.sites import parse_site
+from sae_core.runs.open_run import open_run_saes
 
 TEXT = "the river city music science history ocean language learning light"
 

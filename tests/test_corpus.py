@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sae_core.corpus import Document, describe_source, iter_documents
 from sae_core.errors import CorpusError, UserError
+from sae_core.text.corpus import Document, describe_source, iter_documents
 
 CHAT = [
     {"role": "user", "content": "What is a feature?"},

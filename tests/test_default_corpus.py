@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 
-from sae_core.corpus import default_corpus_dir, describe_source, iter_documents
 from sae_core.testing.tiny_models import tiny_tokenizer
-from sae_core.tokens import render_chat
+from sae_core.text.corpus import default_corpus_dir, describe_source, iter_documents
+from sae_core.text.tokens import render_chat
 
 SOURCES = {"sotu", "moby_dick", "email", "python_docs", "chat_selfgen"}
 

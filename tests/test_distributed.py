@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from sae_core.cli import main
 from sae_core.errors import UserError
-from sae_core.memory import contexts_that_fit
+from sae_core.model.batch_size import contexts_that_fit
 from sae_core.parallel import Parallel, site_owners
 
 SITES = "L0R,L1M,L1A"

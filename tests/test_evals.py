@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sae_core.eval_run import shortfall_note
-from sae_core.evals import (
+from sae_core.evaluation.evaluate_run import shortfall_note
+from sae_core.evaluation.metrics import (
     CE_GAP_MIN,
     CEAccumulator,
     ReconstructionAccumulator,
@@ -17,10 +17,10 @@ from sae_core.evals import (
     kl_sum,
     next_token_loss,
 )
-from sae_core.models import load_model
+from sae_core.model.load import load_model
+from sae_core.model.sites import Site
 from sae_core.saes import SAEConfig, sae_from_state
-from sae_core.sites import Site
-from sae_core.tokens import TokenBatch, real_token_mask
+from sae_core.text.tokens import TokenBatch, real_token_mask
 
 
 def test_reconstruction_metrics_by_hand():

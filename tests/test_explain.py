@@ -17,14 +17,10 @@ from stand_ins import TOKEN, CannedExplainer, KeywordScorer
 from test_openai_client import StubServer, completion
 
 from sae_core.cli import main
-from sae_core.corpus import iter_documents
-from sae_core.embedder import load_embedder
 from sae_core.errors import UserError
 from sae_core.features.precompute import PrecomputeOptions, precompute_run
 from sae_core.features.reader import FeatureStore
 from sae_core.features.schema import DB_FILE
-from sae_core.hooks import run_to_sites
-from sae_core.import_saes import import_saes
 from sae_core.interp import explain as explain_module
 from sae_core.interp.config import ExplainConfig
 from sae_core.interp.explain import explain_run
@@ -32,10 +28,14 @@ from sae_core.interp.journal import WORK_DIR
 from sae_core.interp.openai_client import RemoteModelError
 from sae_core.interp.semantic_search import search_by_meaning
 from sae_core.loading import save_sae
-from sae_core.models import load_model
+from sae_core.model.hooks import run_to_sites
+from sae_core.model.load import load_model
+from sae_core.model.sentence_embedder import load_embedder
+from sae_core.model.sites import parse_site
+from sae_core.runs.import_saes import import_saes
 from sae_core.saes import SAEConfig, create_sae
-from sae_core.sites import parse_site
-from sae_core.tokens import token_batches
+from sae_core.text.corpus import iter_documents
+from sae_core.text.tokens import token_batches
 
 OPTIONS = ExplainConfig(features="0,1,2,3", explain_examples=4, score_examples=4, explain_window=4, score_window=3,
                         batch_size=2, pool_contexts=24, device="cpu")

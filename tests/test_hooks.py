@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from sae_core.hooks import StopForward, capture, replace_output, run_to_sites, site_output, splice, steer
-from sae_core.layout import find_layout
-from sae_core.sites import Site, all_sites
+from sae_core.model.hooks import StopForward, capture, replace_output, run_to_sites, site_output, splice, steer
+from sae_core.model.layout import find_layout
+from sae_core.model.sites import Site, all_sites
 from sae_core.testing.tiny_models import tiny_model, tiny_tokenizer
 
 N_LAYERS = 3

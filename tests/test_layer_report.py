@@ -9,7 +9,7 @@ import pytest
 
 from sae_core.cli import main
 from sae_core.errors import UserError
-from sae_core.layer_report import metrics_frame, write_report
+from sae_core.evaluation.layer_report import metrics_frame, write_report
 
 NA_NOTE = "n/a: zero ablation changes the loss by only 0.004 nats (under 0.05 nats), so the ratio is noise"
 DEAD_NOTE = "counted over only 512 tokens, in which a latent of average density fires 7.1 times (under 30): …"

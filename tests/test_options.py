@@ -27,6 +27,7 @@ def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
 
 
 COMMANDS = list(_commands(build_parser()))
+WITH_OPTIONS = [(words, parser) for words, parser in COMMANDS if _CLASSES in parser._defaults]
 
 
 def _positionals(parser: argparse.ArgumentParser) -> list[str]:
@@ -54,15 +55,13 @@ def test_every_command_with_options_takes_a_config_file():
     without = [" ".join(words) for words, p in COMMANDS
                if any(a.option_strings and a.dest != "help" for a in p._actions) and _CLASSES not in p._defaults]
     assert not without, f"commands whose flags are written by hand instead of from option dataclasses: {without}"
-    with_options = {" ".join(words) for words, p in COMMANDS if _CLASSES in p._defaults}
+    with_options = {" ".join(words) for words, _ in WITH_OPTIONS}
     assert {"train", "eval", "precompute", "import", "cache", "explain", "embed", "app", "sites", "report",
             "refusal study", "refusal find", "refusal steer"} <= with_options
 
 
-@pytest.mark.parametrize("words, parser", COMMANDS, ids=[" ".join(w) for w, _ in COMMANDS])
+@pytest.mark.parametrize("words, parser", WITH_OPTIONS, ids=[" ".join(w) for w, _ in WITH_OPTIONS])
 def test_a_config_file_sets_every_option_and_flags_win(words, parser, tmp_path):
-    if _CLASSES not in parser._defaults:
-        pytest.skip(f"{' '.join(words)} takes no options")
     classes, skip = parser._defaults[_CLASSES]
     options = [f for cls in classes for f in dataclasses.fields(cls) if f.name not in skip]
     values = {f.name: _other_value(f) for f in options}
@@ -114,7 +113,7 @@ def test_bad_values_name_the_option(tmp_path):
 
 
 def test_required_options_name_their_flag(tmp_path):
-    from sae_core.activation_cache import CacheOptions
+    from sae_core.activations.cache import CacheOptions
 
     with pytest.raises(UserError, match="give --sites, --tokens, --out"):
         _parse(CacheOptions, [])

@@ -14,17 +14,17 @@ import torch
 from helpers import DEAD_FEATURE as DEAD
 from helpers import PRECOMPUTE_OPTIONS, SITES, random_sae
 
-from sae_core.corpus import iter_documents
 from sae_core.errors import SAEFileError, SiteError
 from sae_core.features import precompute as precompute_module
 from sae_core.features.precompute import precompute_run
 from sae_core.features.record import RecordWriter
 from sae_core.features.schema import DB_FILE
-from sae_core.hooks import run_to_sites
-from sae_core.import_saes import import_saes
 from sae_core.loading import save_sae
-from sae_core.sites import parse_site
-from sae_core.tokens import special_token_ids, token_batches
+from sae_core.model.hooks import run_to_sites
+from sae_core.model.sites import parse_site
+from sae_core.runs.import_saes import import_saes
+from sae_core.text.corpus import iter_documents
+from sae_core.text.tokens import special_token_ids, token_batches
 
 OPTIONS = PRECOMPUTE_OPTIONS
 

@@ -11,7 +11,7 @@ import torch
 from helpers import HARMFUL, alternate_refusals, write_prompt_files
 
 from sae_core.cli import main
-from sae_core.hooks import capture, run_to_sites
+from sae_core.model.hooks import capture, run_to_sites
 from sae_core.refusal.find import assistant_start_positions, contrast, prompt_rows, rank_features, read_sites
 from sae_core.refusal.generation import answer_nll, answer_token_ids, generate_answers, row_edits
 from sae_core.refusal.interventions import ablate_direction, ablate_features, add, features_direction
@@ -21,7 +21,7 @@ from sae_core.refusal.prompts import PromptFileError, load_contrast_sets, load_p
 from sae_core.refusal.report import best_steering
 from sae_core.refusal.results import RefusalResults, refusal_dir, refusal_features, refusal_marks
 from sae_core.refusal.study import StudyConfig, find_features
-from sae_core.run_saes import open_run_saes
+from sae_core.runs.open_run import open_run_saes
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_core.hooks import splice
-from sae_core.layout import find_layout
-from sae_core.replay import LayerReplay
-from sae_core.sites import Site
+from sae_core.model.hooks import splice
+from sae_core.model.layout import find_layout
+from sae_core.model.replay import LayerReplay
+from sae_core.model.sites import Site
 from sae_core.testing.tiny_models import tiny_model
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from sae_core.errors import SiteError
-from sae_core.sites import KINDS, Site, all_sites, parse_site, parse_sites
+from sae_core.model.sites import KINDS, Site, all_sites, parse_site, parse_sites
 
 
 def test_site_names():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from sae_core.errors import UserError
-from sae_core.run_saes import open_run_saes
-from sae_core.sites import parse_site
-from sae_core.steering import FeatureEdit, generate
+from sae_core.interventions.steering import FeatureEdit, generate
+from sae_core.model.sites import parse_site
+from sae_core.runs.open_run import open_run_saes
 
 
 @pytest.fixture(scope="module")

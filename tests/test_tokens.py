@@ -9,10 +9,10 @@ import torch
 from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
-from sae_core.corpus import Document
 from sae_core.errors import CorpusError, UserError
 from sae_core.testing.tiny_models import tiny_tokenizer
-from sae_core.tokens import (
+from sae_core.text.corpus import Document
+from sae_core.text.tokens import (
     TokenBatch,
     check_context_size,
     context_prefix,

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..layout import ModelLayout
+from ..model.layout import ModelLayout
 
 
 class LogitEffects(NamedTuple):

@@ -23,17 +23,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..corpus import describe_source, iter_documents
-from ..embedder import EMBEDDER_INSTALL, embedder_available, load_embedder
 from ..errors import RunError, UserError
 from ..io import read_json
-from ..models import LoadedModel
+from ..model.load import LoadedModel
+from ..model.sentence_embedder import EMBEDDER_INSTALL, embedder_available, load_embedder
+from ..model.sites import Site, parse_sites
 from ..options import corpus_option, device_option, option
 from ..parallel import Parallel, init_parallel
-from ..run_saes import open_run_saes
+from ..runs.open_run import open_run_saes
 from ..saes import SAE
-from ..sites import Site, parse_sites
-from ..tokens import check_context_size, decode_each, token_batches
+from ..text.corpus import describe_source, iter_documents
+from ..text.tokens import check_context_size, decode_each, token_batches
 from .embed import Embedder, embed_features
 from .feature_stats import Examples, FeatureStats, feature_stats, select_examples
 from .indexes import refresh_indexes

@@ -22,14 +22,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..harvest import batch_activations
+from ..activations.harvest import batch_activations
+from ..activations.outliers import non_outliers, outlier_threshold
 from ..io import atomic_path, write_json
-from ..models import LoadedModel
-from ..outliers import non_outliers, outlier_threshold
+from ..model.load import LoadedModel
+from ..model.sites import Site
 from ..parallel import Parallel
 from ..saes import SAE
-from ..sites import Site
-from ..tokens import TokenBatch
+from ..text.tokens import TokenBatch
 
 STATE_FILE = "state.json"
 

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import UserError
-from ..models import LoadedModel
-from ..tokens import render_chat, special_token_ids
+from ..model.load import LoadedModel
+from ..text.tokens import render_chat, special_token_ids
 
 Messages = list[dict[str, str]]
 """One chat: `[{"role": "system" | "user" | "assistant", "content": ...}, …]`."""

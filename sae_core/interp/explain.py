@@ -27,14 +27,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..embedder import load_embedder
 from ..features.amend import amend_each, feature_file, set_meta
 from ..features.embed import Embedder, embed_explanations, file_embedder
 from ..features.reader import FeatureStore
 from ..features.schema import check_columns
-from ..models import EMBEDDED_NAME, load_model
+from ..model.load import EMBEDDED_NAME, load_model
+from ..model.sentence_embedder import load_embedder
 from ..parallel import init_parallel
-from ..run_saes import RunSAEs, open_run_saes
+from ..runs.open_run import RunSAEs, open_run_saes
 from .chat_models import ChatModel, LocalChatModel
 from .config import ExplainConfig
 from .journal import Journal

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..hooks import run_to_sites
-from ..outliers import non_outliers, outlier_threshold
-from ..run_saes import RunSAEs
-from ..tokens import real_token_mask, special_token_ids
+from ..activations.outliers import non_outliers, outlier_threshold
+from ..model.hooks import run_to_sites
+from ..runs.open_run import RunSAEs
+from ..text.tokens import real_token_mask, special_token_ids
 from .samples import NON_ACTIVATING, Context
 
 

@@ -68,7 +68,7 @@ def _d_sae(raw: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) ->
 
 def _provenance(folder: Path) -> dict[str, Any]:
     """hook_name from the folder's name (the sparsify hookpoint), and model / dataset from sparsify's run config."""
-    from ..sites import parse_site
+    from ..model.sites import parse_site
 
     hookpoint = folder.resolve().name
     try:

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor
 
-from ..harvest import Chunk, batch_activations
-from ..models import LoadedModel
-from ..sites import Site
-from ..tokens import TokenBatch
+from ..activations.harvest import Chunk, batch_activations
+from ..model.load import LoadedModel
+from ..model.sites import Site
+from ..text.tokens import TokenBatch
 from .collectives import collect_rows
 from .context import Parallel
 

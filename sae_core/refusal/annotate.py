@@ -8,9 +8,9 @@ from pathlib import Path
 
 from ..features.annotations import Annotations, Note, Preset, PresetEdit, write_annotations
 from ..loading import load_sae
-from ..runs import RunDir
+from ..model.sites import Site, parse_site
+from ..runs.run_folder import RunDir
 from ..saes import SAE
-from ..sites import Site, parse_site
 from .presets import refusal_presets
 from .results import FEATURES_FILE, read_features_file, refusal_dir, refusal_marks
 

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..hooks import run_to_sites
-from ..models import LoadedModel
+from ..model.hooks import run_to_sites
+from ..model.load import LoadedModel
+from ..model.sites import Site
 from ..saes import SAE
-from ..sites import Site
-from ..tokens import render_chat, special_token_ids
+from ..text.tokens import render_chat, special_token_ids
 from .generation import CHAT_HINT, answer_token_ids, chat_text, pad_id
 
 ANSWER_TOKENS = 16

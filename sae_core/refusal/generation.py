@@ -17,10 +17,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..devices import module_device
-from ..hooks import splice
-from ..models import LoadedModel
-from ..sites import Site
-from ..tokens import user_turn
+from ..model.hooks import splice
+from ..model.load import LoadedModel
+from ..model.sites import Site
+from ..text.tokens import user_turn
 
 RowEdit = Callable[[Tensor], Tensor]
 """Maps one row's site activation `(..., T, d)` to its edited value."""

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
+from ..interventions.steering import FeatureEdit
+from ..model.sites import Site
 from ..saes import SAE
-from ..sites import Site
-from ..steering import FeatureEdit
 from .results import FEATURES_FILE, best_conditions, read_features_file, refusal_dir
 
 DEFAULT_ALPHA = 0.2

@@ -11,8 +11,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from ..evaluation.metrics_table import markdown_table
 from ..io import atomic_path
-from ..report import markdown_table
 from .judge import OPENING_CHARS, is_repetitive
 from .results import REPORT_HTML, REPORT_MD, RefusalResults, best_conditions
 

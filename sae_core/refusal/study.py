@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..model.sites import Site
 from ..options import option
-from ..run_saes import RunSAEs, open_run_saes
-from ..sites import Site
+from ..runs.open_run import RunSAEs, open_run_saes
 from .annotate import write_refusal_annotations
 from .find import answer_rows, contrast, prompt_rows, read_sites
 from .generation import RowEdit, answer_nll, generate_answers

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runs import RUN_FILE
+from ..runs.run_folder import RUN_FILE
 
 
 class RunCatalog:

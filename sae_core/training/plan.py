@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..memory import dtype_named
-from ..models import load_model
+from ..model.batch_size import dtype_named
+from ..model.load import load_model
+from ..model.sites import Site
 from ..parallel import Parallel
-from ..sites import Site
 from .config import TrainConfig
 from .trainer import check_job
 

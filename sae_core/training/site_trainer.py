@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..activations.harvest import SiteStats
 from ..devices import module_device
-from ..harvest import SiteStats
+from ..model.sites import Site
 from ..parallel.collectives import collect_rows
 from ..parallel.row_exchange import carry_sizes, exchange_rows
 from ..saes import SAE, TrainOutput
-from ..sites import Site
 from .checkpoint import load_optimizer_tensors, optimizer_tensors
 from .config import TrainConfig
 from .schedule import lr_factor

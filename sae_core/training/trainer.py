@@ -24,22 +24,22 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..activation_cache import cached_chunks, check_cache
-from ..corpus import describe_source, iter_documents
+from ..activations.cache import cached_chunks, check_cache
+from ..activations.harvest import Chunk, SiteStats, harvest_chunks
+from ..activations.outliers import METADATA_KEY as OUTLIER_KEY
 from ..errors import UserError
-from ..harvest import Chunk, SiteStats, harvest_chunks
 from ..io import read_json, write_json
 from ..loading import save_sae
-from ..memory import dtype_named, resolve_lm_batch_size
-from ..models import LoadedModel, load_model
-from ..outliers import METADATA_KEY as OUTLIER_KEY
+from ..model.batch_size import dtype_named, resolve_lm_batch_size
+from ..model.load import LoadedModel, load_model
+from ..model.sites import Site, parse_sites
 from ..parallel import Parallel, RankBatch, all_reduce_, broadcast_params, init_parallel, site_owners
 from ..parallel.sharded_harvest import gather_chunk, sharded_chunks
-from ..runs import RunDir
+from ..runs.run_folder import RunDir
 from ..saes import ARCHITECTURES, SAEConfig, SAETrainingOptions, create_training_sae
 from ..saes.base import LOCAL_BATCH
-from ..sites import Site, parse_sites
-from ..tokens import TokenBatch, check_context_size, token_batches
+from ..text.corpus import describe_source, iter_documents
+from ..text.tokens import TokenBatch, check_context_size, token_batches
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .site_trainer import SiteTrainer, site_seed

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from sae_core.devices import module_device
 from sae_core.errors import ModelLoadError
-from sae_core.layout import ModelLayout, find_layout
+from sae_core.model.layout import ModelLayout, find_layout
 
 EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_ALIASES = ("default", "embedded", "smollm2")

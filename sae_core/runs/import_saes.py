@@ -13,14 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .corpus import describe_source
-from .errors import RunError, SAEFileError
-from .loading import check_sae_fits, load_sae, save_sae
-from .models import LoadedModel
-from .options import model_option, option
-from .runs import RunDir
-from .sites import parse_site
+from .. import __version__
+from ..errors import RunError, SAEFileError
+from ..loading import check_sae_fits, load_sae, save_sae
+from ..model.load import LoadedModel
+from ..model.sites import parse_site
+from ..options import model_option, option
+from ..text.corpus import describe_source
+from .run_folder import RunDir
 
 
 @dataclass(frozen=True)

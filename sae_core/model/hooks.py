@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sae_core.layout import ModelLayout, find_layout
-from sae_core.sites import Site, parse_site
+from sae_core.model.layout import ModelLayout, find_layout
+from sae_core.model.sites import Site, parse_site
 
 
 class StopForward(Exception):

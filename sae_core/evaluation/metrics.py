@@ -37,16 +37,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .devices import module_device
-from .harvest import batch_activations
-from .hooks import splice
-from .models import LoadedModel
-from .outliers import non_outliers, outlier_threshold
-from .parallel import Parallel, all_reduce_
-from .replay import LayerReplay
-from .saes import SAE
-from .sites import Site
-from .tokens import TokenBatch
+from ..activations.harvest import batch_activations
+from ..activations.outliers import non_outliers, outlier_threshold
+from ..devices import module_device
+from ..model.hooks import splice
+from ..model.load import LoadedModel
+from ..model.replay import LayerReplay
+from ..model.sites import Site
+from ..parallel import Parallel, all_reduce_
+from ..saes import SAE
+from ..text.tokens import TokenBatch
 
 DENSE_THRESHOLD = 0.1
 CE_GAP_MIN = 0.05

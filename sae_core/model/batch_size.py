@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 from .hooks import run_to_sites
-from .models import LoadedModel
+from .load import LoadedModel
 from .sites import Site
 
 LM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -14,13 +14,13 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import UserError
-from .eval_run import read_metrics
-from .io import atomic_path
-from .options import option
-from .report import NOTES, metrics_markdown
-from .runs import RunDir
-from .sites import parse_site
+from ..errors import UserError
+from ..io import atomic_path
+from ..model.sites import parse_site
+from ..options import option
+from ..runs.run_folder import RunDir
+from .evaluate_run import read_metrics
+from .metrics_table import NOTES, metrics_markdown
 
 SITE_NAMES = {"resid_post": "residual stream", "mlp_out": "MLP output", "attn_out": "attention output"}
 BY_LAYER = {

@@ -11,15 +11,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .corpus import describe_source, iter_documents
-from .evals import evaluate_saes
-from .io import read_json, write_json
-from .models import LoadedModel
-from .options import corpus_option, device_option, option
-from .parallel import Parallel
-from .run_saes import open_run_saes
-from .runs import RunDir
-from .tokens import token_batches
+from ..io import read_json, write_json
+from ..model.load import LoadedModel
+from ..options import corpus_option, device_option, option
+from ..parallel import Parallel
+from ..runs.open_run import open_run_saes
+from ..runs.run_folder import RunDir
+from ..text.corpus import describe_source, iter_documents
+from ..text.tokens import token_batches
+from .metrics import evaluate_saes
 
 METRICS_FILE = "metrics.json"
 

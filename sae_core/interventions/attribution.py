@@ -14,13 +14,13 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .errors import UserError
-from .hooks import splice
-from .models import LoadedModel
-from .prompt_features import PromptTokens
-from .saes import SAE
-from .sites import Site
-from .tokens import decode_each
+from ..errors import UserError
+from ..model.hooks import splice
+from ..model.load import LoadedModel
+from ..model.sites import Site
+from ..saes import SAE
+from ..text.tokens import decode_each
+from .prompt_activations import PromptTokens
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from sae_core.corpus import Document
 from sae_core.errors import CorpusError, UserError
+from sae_core.text.corpus import Document
 
 TOKENIZE_BATCH = 64
 """Documents tokenized per call: the fast tokenizer encodes a batch in parallel."""

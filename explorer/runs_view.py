@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sae_core.layer_report import metrics_frame as layer_metrics_frame
-from sae_core.runs import RunDir
+from sae_core.evaluation.layer_report import metrics_frame as layer_metrics_frame
+from sae_core.runs.run_folder import RunDir
 
 METRIC_COLUMNS = [
     "site", "hook_name", "layer", "kind", "site name", "architecture", "d_sae", "k", "l0", "fvu", "explained_variance",

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import RunError
-from .io import read_json, write_json
+from ..errors import RunError
+from ..io import read_json, write_json
 
 RUN_FILE = "run.json"
 _RUN_ENTRIES = (RUN_FILE, "saes", "checkpoints", "train_log.jsonl", "features.duckdb", "features", "features.search.sqlite",

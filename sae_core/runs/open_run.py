@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from .devices import resolve_device
-from .errors import RunError
-from .loading import check_sae_fits, load_sae
-from .memory import dtype_named
-from .models import LoadedModel, load_model
-from .runs import RunDir
-from .saes import SAE
-from .sites import Site, parse_site
+from ..devices import resolve_device
+from ..errors import RunError
+from ..loading import check_sae_fits, load_sae
+from ..model.batch_size import dtype_named
+from ..model.load import LoadedModel, load_model
+from ..model.sites import Site, parse_site
+from ..saes import SAE
+from .run_folder import RunDir
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .hooks import run_to_sites
-from .models import LoadedModel
+from ..model.hooks import run_to_sites
+from ..model.load import LoadedModel
+from ..model.sites import Site
+from ..text.tokens import TokenBatch
 from .outliers import non_outliers, threshold_from_norms, within
-from .sites import Site
-from .tokens import TokenBatch
 
 
 class Chunk(NamedTuple):

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import UserError
-from .hooks import run_to_sites
-from .models import LoadedModel
-from .saes import SAE
-from .sites import Site
-from .tokens import decode_each, real_token_mask, render_chat, special_token_ids
+from ..errors import UserError
+from ..model.hooks import run_to_sites
+from ..model.load import LoadedModel
+from ..model.sites import Site
+from ..saes import SAE
+from ..text.tokens import decode_each, real_token_mask, render_chat, special_token_ids
 
 DEFAULT_MAX_TOKENS = 512
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from sae_core.errors import ModelLoadError, SiteError
-from sae_core.sites import Site
+from sae_core.model.sites import Site
 
 PRE_NORM_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
 """Families whose `self_attn` / `mlp` outputs are added to the residual stream as they are."""

@@ -20,12 +20,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .errors import UserError
+from ..errors import UserError
+from ..model.load import LoadedModel
+from ..model.sites import Site
+from ..options import corpus_option, device_option, model_option, option
+from ..text.tokens import TokenBatch
 from .harvest import Chunk, harvest_chunks
-from .models import LoadedModel
-from .options import corpus_option, device_option, model_option, option
-from .sites import Site
-from .tokens import TokenBatch
 
 INFO_FILE = "cache.json"
 

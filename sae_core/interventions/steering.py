@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import UserError
-from .hooks import splice, steer
-from .models import LoadedModel
-from .saes import SAE
-from .sites import Site
-from .tokens import user_turn
+from ..errors import UserError
+from ..model.hooks import splice, steer
+from ..model.load import LoadedModel
+from ..model.sites import Site
+from ..saes import SAE
+from ..text.tokens import user_turn
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from .errors import UserError
-from .models import wheel_cache_path
+from ..errors import UserError
+from .load import wheel_cache_path
 
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDER_PACKAGE = "all_minilm_l6_v2"

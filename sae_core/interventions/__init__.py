@@ -1,0 +1,1 @@
+"""Live work on one prompt: SAE activations, attribution of a logit to features, steering."""
