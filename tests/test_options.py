@@ -14,6 +14,7 @@ from sae_core.errors import UserError
 from sae_core.features.precompute import PrecomputeOptions
 from sae_core.options import _CLASSES, _default, add_config_arguments, config_from_args
 from sae_core.refusal.study import StudyConfig
+from sae_core.training import TrainConfig
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
@@ -120,3 +121,32 @@ def test_required_options_name_their_flag(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("sites: L0R\ntokens: 2k\n")
     assert _parse(CacheOptions, ["--config", str(path), "--out", "x"]).tokens == 2_000
+
+
+def test_flags_override_config_file_which_overrides_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sites: L3R,L3M\ntokens: 1M\nk: 64\nnormalize: false\n")
+    cfg = _parse(TrainConfig, ["--config", str(path), "--k", "16", "--out", "runs/x"])
+    assert cfg.sites == "L3R,L3M" and cfg.tokens == 1_000_000
+    assert cfg.k == 16 and cfg.out == "runs/x"
+    assert cfg.normalize is False
+    assert cfg.arch == TrainConfig().arch
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        _parse(TrainConfig, ["--config", str(tmp_path / "missing.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sitez: L1R\n")
+    with pytest.raises(UserError, match="unknown options: sitez"):
+        _parse(TrainConfig, ["--config", str(bad)])
+    bad.write_text("k: many\n")
+    with pytest.raises(UserError, match="option k"):
+        _parse(TrainConfig, ["--config", str(bad)])
+
+
+def test_json_config_and_dash_keys(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"batch-size": 1024, "lr": 0.001}')
+    cfg = _parse(TrainConfig, ["--config", str(path)])
+    assert cfg.batch_size == 1024 and cfg.lr == 0.001
