@@ -102,7 +102,8 @@ def _import(args: argparse.Namespace) -> int:
     precompute_options: PrecomputeOptions = config_from_args(args, PrecomputeOptions)  # checked before any work
     loaded = load_model(options.model, device=resolve_device(precompute_options.device))
     run = import_saes(args.sae_folders, options.out, loaded, model=options.model, corpus=precompute_options.corpus,
-                      overwrite=options.overwrite, log=lambda m: print(m, file=sys.stderr))
+                      overwrite=options.overwrite, outlier_factor=options.outlier_factor,
+                      log=lambda m: print(m, file=sys.stderr))
     if options.eval:
         from .evaluation.evaluate_run import evaluate_run
         from .evaluation.metrics_table import metrics_table
@@ -371,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .features.embed import EmbedOptions
     from .features.precompute import PrecomputeOptions
     from .interp.config import ExplainConfig
+    from .loading import FORMATS
     from .options import ModelOptions, add_config_arguments
     from .refusal.cli import add_refusal_parser
     from .runs.import_saes import ImportOptions
@@ -424,14 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "import",
-        help="make a run from SAELens or sparsify SAE folders (then precompute it)",
-        description="Check SAELens / sparsify SAE folders against their model (d_in, site), save them as a run "
-        "folder and precompute its features.duckdb, so any published SAE becomes browsable.",
-        epilog="example:\n  sae-explorer import ~/saes/blocks.6.hook_resid_post ~/sparsify-run/layers.8 "
-        "--model Qwen/Qwen3-1.7B --out runs/qwen-imported",
+        help="make a run from published SAEs: SAELens, sparsify, dictionary_learning, Gemma Scope, Qwen Scope (then precompute it)",
+        description="Read SAEs written by other libraries, convert each to the encoding its library uses, check it against "
+        "the model (d_in at its site; one SAE per site), save them as a run folder in SAELens format and precompute its "
+        "features.duckdb, so any published SAE becomes browsable. Formats: " + "; ".join(FORMATS) + ". Loading never "
+        "unpickles: .pt files are read as plain tensors only, .npz without pickles.",
+        epilog="examples:\n  sae-explorer import ~/saes/blocks.6.hook_resid_post ~/sparsify-run/layers.8 "
+        "--model Qwen/Qwen3-1.7B --out runs/qwen-imported\n"
+        "  sae-explorer import ~/dl/resid_post_layer_14/trainer_0 --model Qwen/Qwen3-1.7B --out runs/qwen-dl\n"
+        "  sae-explorer import ~/gemma-scope/params.npz=L12R --model google/gemma-2-2b --out runs/gemma-scope\n\n"
+        "A path may end in =SITE (e.g. =L12R) to say which site an SAE reads when its files do not.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("sae_folders", nargs="+", metavar="SAE_FOLDER", help="SAELens or sparsify SAE folders (one per site)")
+    p.add_argument("sae_folders", nargs="+", metavar="SAE", help="SAE folders or files, one per site, each optionally "
+                   "PATH=SITE")
     add_config_arguments(p, ImportOptions, PrecomputeOptions, skip=("saes",))
     p.set_defaults(func=_import)
 

@@ -219,17 +219,18 @@ def test_unsupported_or_bad_saelens_configs(changes: dict[str, Any], message: st
 
 
 def test_missing_folder_or_files(tmp_path: Path) -> None:
-    with pytest.raises(SAEFileError, match="does not exist; pass the folder that holds cfg.json"):
+    with pytest.raises(SAEFileError, match="does not exist; pass a folder or file of one of: SAELens folder"):
         load_sae(tmp_path / "nope")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SAEFileError, match="is a file, not a folder"):
+    with pytest.raises(SAEFileError, match="is a file of no SAE format read here; pass one of: SAELens folder"):
         load_sae(tmp_path / "file")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SAEFileError, match=r"holds no SAE: found nothing, expected cfg.json \+ sae_weights.safetensors \(SAELens\)"):
+    with pytest.raises(SAEFileError, match=r"holds no SAE: found nothing, expected one of: SAELens folder \(cfg.json \+ "
+                       r"sae_weights.safetensors\)"):
         load_sae(tmp_path / "empty")
     save_sae(make_sae("topk"), tmp_path / "cfg-only")
     (tmp_path / "cfg-only" / "sae_weights.safetensors").unlink()
-    with pytest.raises(SAEFileError, match=r"found cfg.json, expected .*sae.safetensors \(sparsify\)"):
+    with pytest.raises(SAEFileError, match=r"found cfg.json, expected .*sparsify folder \(cfg.json \+ sae.safetensors\)"):
         load_sae(tmp_path / "cfg-only")
 
 

@@ -1,46 +1,64 @@
-"""SAE files: write SAELens folders, read SAELens and sparsify folders, check an SAE fits a model.
+"""SAE files: write SAELens folders; read SAELens, sparsify, dictionary_learning, Gemma Scope and Qwen Scope SAEs;
+check an SAE fits a model.
 
-Loading never unpickles: JSON and safetensors only. Every problem with a folder is an `SAEFileError`
-whose message names the file and the fix.
+Loading never unpickles: JSON, safetensors, `.npz` with `allow_pickle=False` and `.pt` state dicts with
+`torch.load(weights_only=True)`. Every problem with a file is an `SAEFileError` whose message names the file,
+the format it expected and the fix.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..errors import SAEFileError
 from ..saes import SAE
-from . import saelens, sparsify
+from . import dictionary_learning, gemma_scope, qwen_scope, saelens, sparsify
 from .saelens import save_sae
 
-_FORMATS = (
-    ("SAELens", saelens.WEIGHTS_FILE, saelens.load_saelens),
-    ("sparsify", sparsify.WEIGHTS_FILE, sparsify.load_sparsify),
+_FOLDERS: tuple[tuple[str, tuple[str, ...], Callable[[Path], SAE]], ...] = (
+    ("SAELens", (saelens.CFG_FILE, saelens.WEIGHTS_FILE), saelens.load_saelens),
+    ("sparsify", (saelens.CFG_FILE, sparsify.WEIGHTS_FILE), sparsify.load_sparsify),
+    ("dictionary_learning", (dictionary_learning.WEIGHTS_FILE,), dictionary_learning.load_dictionary_learning),
+    ("Gemma Scope", (gemma_scope.WEIGHTS_FILE,), gemma_scope.load_gemma_scope),
 )
+"""Folder formats: name, the files that identify one, reader."""
+FORMATS = ("SAELens folder (cfg.json + sae_weights.safetensors)", "sparsify folder (cfg.json + sae.safetensors)",
+           "dictionary_learning folder (ae.pt + config.json)", "Gemma Scope params.npz (or its folder)",
+           "Qwen Scope layerN.sae.pt")
+"""What `load_sae` reads, as its errors list them."""
 
 
-def load_sae(folder: str | Path, *, device: str | torch.device = "cpu") -> SAE:
-    """The inference SAE in `folder` (SAELens: cfg.json + sae_weights.safetensors; sparsify: cfg.json + sae.safetensors).
+def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
+    """The inference SAE at `path`, a folder or a file of any format in `FORMATS`.
 
-    Weights come back in float32 on `device`, with SAELens run-time options folded in (see `saelens.py`).
+    Weights come back in float32 on `device`, converted to SAELens's parameterisation so that they encode exactly as
+    the library that wrote them (see each reader's module).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        what = "is a file, not a folder" if folder.exists() else "does not exist"
-        raise SAEFileError(f"SAE folder {folder} {what}; pass the folder that holds cfg.json and the weights")
+    path = Path(path)
+    if path.is_file():
+        if path.name == gemma_scope.WEIGHTS_FILE:
+            return gemma_scope.load_gemma_scope(path).to(device)
+        if qwen_scope.FILE_PATTERN.fullmatch(path.name):
+            return qwen_scope.load_qwen_scope(path).to(device)
+        if path.name in (dictionary_learning.WEIGHTS_FILE, saelens.WEIGHTS_FILE, sparsify.WEIGHTS_FILE, saelens.CFG_FILE):
+            return load_sae(path.parent, device=device)
+        raise SAEFileError(f"{path} is a file of no SAE format read here; pass one of: {'; '.join(FORMATS)}")
+    if not path.is_dir():
+        raise SAEFileError(f"SAE path {path} does not exist; pass a folder or file of one of: {'; '.join(FORMATS)}")
     try:
-        names = sorted(p.name for p in folder.iterdir())
+        names = sorted(p.name for p in path.iterdir())
     except OSError as e:
-        raise SAEFileError(f"cannot list SAE folder {folder}: {e}; check its permissions") from e
-    for _, weights_file, load in _FORMATS:
-        if saelens.CFG_FILE in names and weights_file in names:
-            return load(folder).to(device)
-    expected = " or ".join(f"{saelens.CFG_FILE} + {w} ({fmt})" for fmt, w, _ in _FORMATS)
-    nested = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / saelens.CFG_FILE).exists())
+        raise SAEFileError(f"cannot list SAE folder {path}: {e}; check its permissions") from e
+    for _, files, load in _FOLDERS:
+        if all(f in names for f in files):
+            return load(path).to(device)
+    nested = sorted(p.name for p in path.iterdir() if p.is_dir() and any((p / f).exists() for _, fs, _ in _FOLDERS for f in fs))
     hint = f"; it has SAE subfolders ({', '.join(nested[:5])}): pass one of them" if nested else ""
-    raise SAEFileError(f"{folder} holds no SAE: found {', '.join(names[:10]) or 'nothing'}, expected {expected}{hint}")
+    raise SAEFileError(f"{path} holds no SAE: found {', '.join(names[:10]) or 'nothing'}, expected one of: "
+                       f"{'; '.join(FORMATS)}{hint}")
 
 
 def check_sae_fits(sae: SAE, d_model: int) -> None:
@@ -53,4 +71,4 @@ def check_sae_fits(sae: SAE, d_model: int) -> None:
         )
 
 
-__all__ = ["check_sae_fits", "load_sae", "save_sae"]
+__all__ = ["FORMATS", "check_sae_fits", "load_sae", "save_sae"]

@@ -69,3 +69,40 @@ def positive_int(cfg: dict[str, Any], key: str, path: Path) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise SAEFileError(f"{path}: {key} must be a positive integer, found {value!r}; fix the config")
     return value
+
+
+def read_pt(path: Path) -> dict[str, Tensor]:
+    """The tensors of a PyTorch `.pt` state dict, read with `torch.load(weights_only=True)` (never a full unpickle);
+    SAEFileError when the file is damaged or holds anything but a mapping of names to tensors."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for objects weights_only refuses; EOFError / RuntimeError when damaged
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SAEFileError(f"{path} is not a plain state dict of tensors ({reason[:200]}); only tensors are read from "
+                           ".pt files, never other Python objects — re-save it as a dict of tensors or as safetensors") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        found = type(state).__name__ if not isinstance(state, dict) else "a dict with non-tensor values"
+        raise SAEFileError(f"{path} holds {found}, expected a state dict of tensors; re-save the SAE's state_dict()")
+    return state
+
+
+def read_npz(path: Path) -> dict[str, Tensor]:
+    """The arrays of a NumPy `.npz` file as float32 tensors, read with `allow_pickle=False`; SAEFileError when damaged."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: torch.from_numpy(np.asarray(data[name], dtype=np.float32)) for name in data.files}
+    except Exception as e:  # zipfile.BadZipFile, ValueError (object arrays), OSError
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SAEFileError(f"{path} is not a readable .npz of numeric arrays ({reason[:200]}); re-download it") from None
+
+
+def fold_input_bias(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SAE weights for encoders that do not subtract `b_dec` from the input (`pre = x @ W_enc + b_enc`, as Gemma
+    Scope, Qwen Scope and dictionary_learning's JumpReLU) in our convention `pre = (x - b_dec) @ W_enc + b_enc`:
+    `b_enc + b_dec @ W_enc` gives the same pre-activations."""
+    folded = dict(tensors)
+    b_enc = tensors["b_enc"].double() + tensors["b_dec"].double() @ tensors["W_enc"].double()
+    folded["b_enc"] = b_enc.to(tensors["b_enc"].dtype)
+    return folded

@@ -14,12 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..activations.harvest import harvest_chunks
+from ..activations.outliers import METADATA_KEY as OUTLIER_KEY
+from ..activations.outliers import outlier_threshold, threshold_from_norms
 from ..errors import RunError, SAEFileError
-from ..loading import check_sae_fits, load_sae, save_sae
+from ..loading import FORMATS, check_sae_fits, load_sae, save_sae
 from ..model.load import LoadedModel
-from ..model.sites import parse_site
+from ..model.sites import Site, parse_site
 from ..options import model_option, option
-from ..text.corpus import describe_source
+from ..saes import SAE
+from ..text.corpus import describe_source, iter_documents
+from ..text.tokens import token_batches
 from .run_folder import RunDir
 
 
@@ -31,6 +36,10 @@ class ImportOptions:
     model: str | None = model_option()
     overwrite: bool = option(False, "replace what --out holds", switch=True)
     eval: bool = option(False, "also evaluate the SAEs on held-out text (metrics.json)")
+    outlier_factor: float = option(
+        0.0, "for SAEs trained without outlier tokens (e.g. 10 for the Qwen3 SAEs of dictionary_learning): leave out "
+        "tokens whose activation norm exceeds this × the median norm at the site, measured on the corpus at import "
+        "and recorded with each SAE; 0 counts every token. SAEs that carry their own threshold keep it")
     precompute: bool = option(True, "precompute the feature file after importing")
 
 
@@ -43,25 +52,31 @@ def import_saes(
     corpus: str | None = None,
     context_size: int = 128,
     overwrite: bool = False,
+    outlier_factor: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> RunDir:
-    """Check each SAE folder against `loaded` (d_in, site in range, one SAE per site) and write run `out`."""
+    """Check each SAE (a folder or file of any format `load_sae` reads, optionally `PATH=SITE` to name its site) against
+    `loaded` (d_in, site in range, one SAE per site) and write run `out`."""
     if not folders:
-        raise SAEFileError("no SAE folders given; pass one or more SAELens or sparsify folders")
+        raise SAEFileError("no SAEs given; pass one or more SAE folders or files (" + "; ".join(FORMATS) + ")")
     saes = {}
-    for folder in folders:
+    for given in folders:
+        folder, site_name = split_site(given)
         sae = load_sae(folder)
-        if not sae.cfg.hook_name:
+        if site_name is None and not sae.cfg.hook_name:
             raise SAEFileError(
-                f"{folder}: cannot tell which site this SAE reads (no hook name in cfg.json and the folder name is not a "
-                "site); rename the folder to its hook, e.g. blocks.6.hook_resid_post or layers.6"
+                f"{folder}: cannot tell which site this SAE reads (its files do not name one); say it after the path, "
+                f"e.g. {folder}=L6R (or blocks.6.hook_resid_post)"
             )
-        site = parse_site(sae.cfg.hook_name, loaded.layout.n_layers)
+        site = parse_site(site_name or sae.cfg.hook_name, loaded.layout.n_layers)
         check_sae_fits(sae, loaded.layout.d_model)
         if site in saes:
             raise SAEFileError(f"{folder} and {saes[site][0]} are both SAEs of {site.hook_name}; import one SAE per site")
         saes[site] = (Path(folder), sae)
 
+    if outlier_factor > 0:
+        _record_outlier_thresholds({site: sae for site, (_, sae) in saes.items()}, loaded, corpus, context_size,
+                                   outlier_factor, log)
     run = RunDir(out)
     if run.path.exists() and any(run.path.iterdir()):
         if not overwrite:
@@ -88,3 +103,36 @@ def import_saes(
     }
     run.write(info)
     return run
+
+
+SAMPLE_TOKENS = 16_384
+"""Real tokens of the corpus's training split whose norms set an imported SAE's outlier threshold."""
+
+
+def _record_outlier_thresholds(saes: dict[Site, SAE], loaded: LoadedModel, corpus: str | None, context_size: int,
+                               factor: float, log: Callable[[str], None]) -> None:
+    """Set `factor` × the median activation norm at each site (on a sample of the corpus) as the outlier threshold
+    of the SAEs that carry none, so that evaluation and statistics leave out what their training left out."""
+    todo = {site: sae for site, sae in saes.items() if outlier_threshold(sae) is None}
+    if not todo:
+        return
+    batches = token_batches(iter_documents(corpus, "train"), loaded.tokenizer, context_size, 8)
+    sample = next(harvest_chunks(loaded, list(todo), batches, SAMPLE_TOKENS), None)
+    if sample is None:
+        raise SAEFileError(f"the corpus {describe_source(corpus)} gave no tokens to measure activation norms on")
+    for site, sae in todo.items():
+        norms = sample.acts[site].norm(dim=-1)
+        threshold = threshold_from_norms(norms, factor)
+        sae.cfg.metadata.update({OUTLIER_KEY: threshold, "outlier_factor": factor, "median_norm": float(norms.median()),
+                                 "outlier_threshold_from": f"{sample.tokens:,} tokens of {describe_source(corpus)} at import"})
+        log(f"{site.short}: outlier threshold {threshold:.4g} ({factor:g} × median norm {float(norms.median()):.4g})")
+
+
+def split_site(given: str | Path) -> tuple[Path, str | None]:
+    """`PATH=SITE` as (path, site); a path that exists as given (even with an `=` in it) names no site."""
+    text = str(given)
+    if "=" in text and not Path(text).exists():
+        path, site = text.rsplit("=", 1)
+        if site:
+            return Path(path), site
+    return Path(text), None
