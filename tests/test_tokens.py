@@ -56,11 +56,16 @@ def test_render_chat_without_template_names_the_problem():
         render_chat(CHAT, variant(eos_token="<|im_end|>"))
 
 
-def test_a_base_model_reads_chat_records_as_plain_text():
+def test_a_base_model_reads_chat_records_as_plain_text(capsys):
     tok = variant(eos_token="<|im_end|>")
     tok.chat_template = None
+    tok.name_or_path = "base-model-under-test"
     ids = document_ids(Document(messages=CHAT), tok)
     assert ids == tok("User: What is the capital of France?\n\nAssistant: Paris.", add_special_tokens=True)["input_ids"]
+    document_ids(Document(messages=CHAT), tok)
+    notices = [line for line in capsys.readouterr().err.splitlines() if "base-model-under-test" in line]
+    assert notices == ["note: base-model-under-test has no chat template, so chat records are read as plain text "
+                       '("User: …" and "Assistant: …" turns separated by blank lines; docs/corpus.md)']
 
 
 def test_document_ids_of_text_and_chat():

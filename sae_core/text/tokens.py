@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import NamedTuple
@@ -48,6 +49,18 @@ def render_chat(messages: Sequence[dict], tokenizer: PreTrainedTokenizerBase, *,
 def user_turn(tokenizer: PreTrainedTokenizerBase, message: str, *, hint: str, error: type[UserError] = UserError) -> str:
     """`message` as a user turn in the chat template, ending where the assistant's answer starts."""
     return render_chat([{"role": "user", "content": message}], tokenizer, add_generation_prompt=True, hint=hint, error=error)
+
+
+_NOTICED: set[str] = set()
+
+
+def _notice_plain_chat(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Say once per tokenizer that chat records are read as plain text (a base model has no chat template)."""
+    name = str(getattr(tokenizer, "name_or_path", "") or "this model")
+    if name not in _NOTICED:
+        _NOTICED.add(name)
+        print(f"note: {name} has no chat template, so chat records are read as plain text (\"User: …\" and "
+              "\"Assistant: …\" turns separated by blank lines; docs/corpus.md)", file=sys.stderr, flush=True)
 
 
 def plain_chat(messages: Sequence[dict]) -> str:
@@ -169,6 +182,8 @@ def _encode(docs: Sequence[Document], tokenizer: PreTrainedTokenizerBase) -> lis
     templated = bool(getattr(tokenizer, "chat_template", None))
     texts = [i for i, d in enumerate(docs) if d.text is not None or not templated]
     chats = [i for i, d in enumerate(docs) if d.messages is not None and templated]
+    if not templated and any(d.messages is not None for d in docs):
+        _notice_plain_chat(tokenizer)
     # verbose=False: a document longer than the model's maximum is fine, since packing cuts it.
     if texts:
         plain = [docs[i].text if docs[i].text is not None else plain_chat(docs[i].messages or ()) for i in texts]
