@@ -67,5 +67,6 @@ def test_every_package_ships_in_the_wheel():
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in CORE.rglob("__init__.py")}
     assert found - declared == set(), f"add these packages to pyproject.toml: {sorted(found - declared)}"
     top_level = sorted(p.name for p in CORE.glob("*.py"))
-    assert top_level == ["__init__.py", "cli.py", "data_files.py", "devices.py", "errors.py", "io.py", "options.py"], (
+    assert top_level == ["__init__.py", "cli.py", "data_files.py", "devices.py", "errors.py", "hub.py", "io.py",
+                         "options.py"], (
         "a module at the top of sae_core: put it in the subpackage of its step (docs/modules.md)")

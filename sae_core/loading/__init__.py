@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SAEFileError
+from ..hub import fetch, is_hub
 from ..saes import SAE
 from . import dictionary_learning, gemma_scope, qwen_scope, saelens, sparsify
 from .saelens import save_sae
@@ -32,12 +33,13 @@ FORMATS = ("SAELens folder (cfg.json + sae_weights.safetensors)", "sparsify fold
 
 
 def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
-    """The inference SAE at `path`, a folder or a file of any format in `FORMATS`.
+    """The inference SAE at `path`, a folder or a file of any format in `FORMATS`, local or on the Hugging Face Hub
+    (`hf:ORG/REPO/PATH[@REV]`, fetched into its cache; see `sae_core.hub`).
 
     Weights come back in float32 on `device`, converted to SAELens's parameterisation so that they encode exactly as
     the library that wrote them (see each reader's module).
     """
-    path = Path(path)
+    path = fetch(str(path)) if is_hub(path) else Path(path)
     if path.is_file():
         if path.name == gemma_scope.WEIGHTS_FILE:
             return gemma_scope.load_gemma_scope(path).to(device)

@@ -11,20 +11,19 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlparse
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sae_core.devices import module_device
 from sae_core.errors import ModelLoadError
+from sae_core.hub import fetch, is_hub, parse_hub, unreachable_reason
 from sae_core.model.layout import ModelLayout, find_layout
 
 EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -122,6 +121,14 @@ def _load_named(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
         return _from_pretrained(str(path), name, dtype)
     if path.exists():
         raise ModelLoadError(f"model path {name} is neither a folder nor a .gguf file: check the path")
+    if is_hub(name):
+        hub = parse_hub(name)
+        if hub.path.lower().endswith(".gguf"):
+            local = fetch(hub)
+            return _load_gguf(local.parent, local.name, dtype)
+        if hub.path:
+            return _from_pretrained(str(fetch(hub)), name, dtype)
+        return _load_from_hub(hub.repo_id, dtype, revision=hub.revision)
     if name.startswith((".", "/", "~", "\\")) or name.count("/") > 1:
         raise ModelLoadError(f"model folder {name} does not exist: check the path")
     return _load_from_hub(name, dtype)
@@ -153,15 +160,17 @@ def _from_pretrained(
     return model, tokenizer
 
 
-def _load_from_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_from_hub(name: str, dtype: torch.dtype, revision: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """From the local Hugging Face cache if it is there, else from the Hub (failing fast when offline)."""
     try:
-        return _from_pretrained(name, name, dtype, keep_os_errors=True, local_files_only=True)
+        return _from_pretrained(name, name, dtype, keep_os_errors=True, local_files_only=True, revision=revision)
     except OSError as local_error:
-        reason = _hub_unreachable_reason()
-        if reason is None:
+        reason = unreachable_reason()
+        if reason is not None:
+            reason = f"{reason} and it is not in the local Hugging Face cache"
+        else:
             try:
-                return _from_pretrained(name, name, dtype, keep_os_errors=True)
+                return _from_pretrained(name, name, dtype, keep_os_errors=True, revision=revision)
             except OSError as e:
                 reason = _short(e)
         raise ModelLoadError(
@@ -169,25 +178,6 @@ def _load_from_hub(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreT
             f"Hugging Face Hub ({reason}). Pass a local model directory or .gguf file, or omit --model "
             "to use the embedded SmolLM2-135M-Instruct."
         ) from local_error
-
-
-def _hub_unreachable_reason() -> str | None:
-    """Why the Hub cannot be reached (offline mode, no route), or None if it may be; takes at most ~3 s."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var}={os.environ[var]} and it is not in the local Hugging Face cache"
-    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # a direct connection test says nothing when a proxy carries the traffic
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "offline mode is on and it is not in the local Hugging Face cache"
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
-    except OSError as e:
-        return f"{url.hostname} is unreachable: {e}"
-    return None
 
 
 def _load_embedded(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -18,6 +18,7 @@ from ..activations.harvest import harvest_chunks
 from ..activations.outliers import METADATA_KEY as OUTLIER_KEY
 from ..activations.outliers import outlier_threshold, threshold_from_norms
 from ..errors import RunError, SAEFileError
+from ..hub import is_hub
 from ..loading import FORMATS, check_sae_fits, load_sae, save_sae
 from ..model.load import LoadedModel
 from ..model.sites import Site, parse_site
@@ -86,7 +87,7 @@ def import_saes(
     for site in sites:
         folder, sae = saes[site]
         sae.cfg = sae.cfg.replace(hook_name=site.hook_name)  # canonical name (sparsify and older SAELens use others)
-        save_sae(sae, run.sae_dir(site.hook_name), extra_metadata={"imported_from": str(Path(folder).resolve())})
+        save_sae(sae, run.sae_dir(site.hook_name), extra_metadata={"imported_from": _source(folder)})
         log(f"imported {folder} as {site.short} ({sae.cfg.architecture}, d_sae {sae.cfg.d_sae:,})")
     info: dict[str, Any] = {
         "name": run.path.name,
@@ -99,7 +100,7 @@ def import_saes(
         "sites": [s.hook_name for s in sites],
         "corpus": describe_source(corpus),
         "config": {"model": model, "corpus": corpus, "context_size": context_size},
-        "imported_from": {s.hook_name: str(saes[s][0].resolve()) for s in sites},
+        "imported_from": {s.hook_name: _source(saes[s][0]) for s in sites},
     }
     run.write(info)
     return run
@@ -126,6 +127,11 @@ def _record_outlier_thresholds(saes: dict[Site, SAE], loaded: LoadedModel, corpu
         sae.cfg.metadata.update({OUTLIER_KEY: threshold, "outlier_factor": factor, "median_norm": float(norms.median()),
                                  "outlier_threshold_from": f"{sample.tokens:,} tokens of {describe_source(corpus)} at import"})
         log(f"{site.short}: outlier threshold {threshold:.4g} ({factor:g} × median norm {float(norms.median()):.4g})")
+
+
+def _source(path: Path) -> str:
+    """Where an SAE came from, as run.json records it: the Hub path as given, or the absolute local path."""
+    return str(path) if is_hub(path) else str(path.resolve())
 
 
 def split_site(given: str | Path) -> tuple[Path, str | None]:
