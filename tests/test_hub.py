@@ -99,3 +99,57 @@ def test_import_records_the_hub_path_it_was_given(hub_cache, tiny_loaded, tmp_pa
     spec = "hf:someone/saes/resid_post_layer_1/trainer_0"
     run = import_saes([spec], tmp_path / "run", tiny_loaded, model=None, log=lambda m: None)
     assert json.loads((run.path / "run.json").read_text())["imported_from"] == {"blocks.1.hook_resid_post": spec}
+
+
+def test_gemma_scope_2_by_its_saelens_registry_name(hub_cache):
+    """saelens:RELEASE/SAE_ID resolves through SAELens's registry; Gemma Scope 2 (params.safetensors + config.json)
+    encodes `relu(x @ W_enc + b_enc)` above the threshold, no b_dec on the input."""
+    from safetensors.torch import save_file
+
+    folder = _snapshot(hub_cache, "google/gemma-scope-2-270m-it") / "resid_post" / "layer_12_width_16k_l0_big"
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    params = {"w_enc": torch.randn(16, 24, generator=g), "b_enc": torch.randn(24, generator=g) * 0.1,
+              "w_dec": torch.randn(24, 16, generator=g), "b_dec": torch.randn(16, generator=g), "threshold": torch.rand(24, generator=g)}
+    save_file(params, str(folder / "params.safetensors"))
+    (folder / "config.json").write_text('{"architecture": "jump_relu", "model_name": "gemma-v3-270m-it", '
+                                        '"hf_hook_point_in": "model.layers.12.output"}')
+    sae = load_sae("saelens:gemma-scope-2-270m-it-res/layer_12_width_16k_l0_big")
+    x = torch.randn(32, 16, generator=g) * 2
+    pre = x @ params["w_enc"] + params["b_enc"]
+    torch.testing.assert_close(sae.encode(x), torch.relu(pre) * (pre > params["threshold"]), rtol=1e-5, atol=1e-5)
+    assert sae.cfg.hook_name == "blocks.12.hook_resid_post" and sae.cfg.metadata["converted_from"] == "gemma_scope_2"
+    with pytest.raises(UserError, match="SAELens has no release 'gemma-scope-9-nope'"):
+        load_sae("saelens:gemma-scope-9-nope/layer_1")
+    with pytest.raises(UserError, match="release gemma-scope-2-270m-it-res has no SAE 'layer_99'; it has"):
+        load_sae("saelens:gemma-scope-2-270m-it-res/layer_99")
+    with pytest.raises(UserError, match="attention SAEs read hook_z"):
+        folder = _snapshot(hub_cache, "google/gemma-scope-2-270m-it") / "attn_out" / "layer_12_width_16k_l0_big"
+        folder.mkdir(parents=True)
+        save_file(params, str(folder / "params.safetensors"))
+        load_sae("saelens:gemma-scope-2-270m-it-att/layer_12_width_16k_l0_big")
+
+
+def test_other_registry_formats_go_through_saelens_own_converter(monkeypatch):
+    """A release whose converter is not ours (here Llama Scope) is loaded by SAELens and read back from the folder
+    SAELens saves, encoding exactly as SAELens's SAE does."""
+    import sae_lens
+    from sae_lens.saes.sae import SAEMetadata
+
+    theirs = sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(d_in=16, d_sae=24, apply_b_dec_to_input=False,
+                                                             metadata=SAEMetadata(hook_name="blocks.3.hook_resid_post")))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            p.copy_(torch.rand(p.shape, generator=g) * 0.3 if name == "threshold" else torch.randn(p.shape, generator=g) * 0.3)
+    asked = []
+    monkeypatch.setattr(sae_lens.SAE, "from_pretrained", classmethod(lambda cls, r, i, device="cpu": asked.append((r, i)) or theirs))
+    release = "llama_scope_lxr_8x"
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    sae_id = next(iter(get_pretrained_saes_directory()[release].saes_map))
+    ours = load_sae(f"saelens:{release}/{sae_id}")
+    x = torch.randn(20, 16, generator=g)
+    assert asked == [(release, sae_id)]
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), rtol=1e-5, atol=1e-5)

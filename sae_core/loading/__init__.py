@@ -16,7 +16,7 @@ import torch
 from ..errors import SAEFileError
 from ..hub import fetch, is_hub
 from ..saes import SAE
-from . import dictionary_learning, gemma_scope, qwen_scope, saelens, sparsify
+from . import dictionary_learning, gemma_scope, qwen_scope, saelens, saelens_registry, sparsify
 from .saelens import save_sae
 
 _FOLDERS: tuple[tuple[str, tuple[str, ...], Callable[[Path], SAE]], ...] = (
@@ -24,24 +24,30 @@ _FOLDERS: tuple[tuple[str, tuple[str, ...], Callable[[Path], SAE]], ...] = (
     ("sparsify", (saelens.CFG_FILE, sparsify.WEIGHTS_FILE), sparsify.load_sparsify),
     ("dictionary_learning", (dictionary_learning.WEIGHTS_FILE,), dictionary_learning.load_dictionary_learning),
     ("Gemma Scope", (gemma_scope.WEIGHTS_FILE,), gemma_scope.load_gemma_scope),
+    ("Gemma Scope 2", (gemma_scope.WEIGHTS_FILE_2,), gemma_scope.load_gemma_scope),
 )
 """Folder formats: name, the files that identify one, reader."""
 FORMATS = ("SAELens folder (cfg.json + sae_weights.safetensors)", "sparsify folder (cfg.json + sae.safetensors)",
            "dictionary_learning folder (ae.pt + config.json)", "Gemma Scope params.npz (or its folder)",
-           "Qwen Scope layerN.sae.pt")
+           "Gemma Scope 2 params.safetensors + config.json (or their folder)",
+           "Qwen Scope layerN.sae.pt", "any of these on the Hub (hf:ORG/REPO/PATH[@REV])",
+           "SAELens registry names (saelens:RELEASE/SAE_ID)")
 """What `load_sae` reads, as its errors list them."""
 
 
 def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
     """The inference SAE at `path`, a folder or a file of any format in `FORMATS`, local or on the Hugging Face Hub
-    (`hf:ORG/REPO/PATH[@REV]`, fetched into its cache; see `sae_core.hub`).
+    (`hf:ORG/REPO/PATH[@REV]`, fetched into its cache; see `sae_core.hub`), or named in SAELens's registry
+    (`saelens:RELEASE/SAE_ID`, see `saelens_registry`).
 
     Weights come back in float32 on `device`, converted to SAELens's parameterisation so that they encode exactly as
     the library that wrote them (see each reader's module).
     """
+    if saelens_registry.is_registry_name(path):
+        path = saelens_registry.fetch_registry_sae(str(path))
     path = fetch(str(path)) if is_hub(path) else Path(path)
     if path.is_file():
-        if path.name == gemma_scope.WEIGHTS_FILE:
+        if path.name in (gemma_scope.WEIGHTS_FILE, gemma_scope.WEIGHTS_FILE_2):
             return gemma_scope.load_gemma_scope(path).to(device)
         if qwen_scope.FILE_PATTERN.fullmatch(path.name):
             return qwen_scope.load_qwen_scope(path).to(device)

@@ -1,11 +1,14 @@
-"""Gemma Scope SAEs (`params.npz`, google/gemma-scope-*) converted to our JumpReLU SAE.
+"""Gemma Scope SAEs converted to our JumpReLU SAE: Gemma Scope (Gemma 2, `params.npz`) and Gemma Scope 2 (Gemma 3,
+`params.safetensors` + `config.json`).
 
-Each SAE is a folder `layer_L/width_W/average_l0_N/params.npz` of a repository named for its model and site
-(`gemma-scope-2b-pt-res`, `-mlp`, `-att`). The file holds `W_enc (d_in, d_sae)`, `b_enc`, `W_dec (d_sae, d_in)`,
-`b_dec` and a per-latent `threshold`; it encodes `relu(x @ W_enc + b_enc)` above the threshold — no `b_dec` on the
-input, folded into `b_enc` here. Read with `np.load(allow_pickle=False)`. The site comes from the path (the
-repository's `-res` / `-mlp` and `layer_L`); attention SAEs read `hook_z` (the heads before the output projection),
-which is not a site here, and are refused. Give the site yourself (`PATH=L12R`) when the path does not say it.
+Gemma Scope: `layer_L/width_W/average_l0_N/params.npz` in a repository named for model and site
+(`gemma-scope-2b-pt-res`, `-mlp`, `-att`), read with `np.load(allow_pickle=False)`. Gemma Scope 2:
+`SITE/layer_L_width_W_l0_SIZE/params.safetensors` in `gemma-scope-2-MODEL` (`SITE` = `resid_post`, `mlp_out`,
+`attn_out`, `transcoder`, or the same with `_all`). Both hold `W_enc (d_in, d_sae)` (`w_enc` in version 2), `b_enc`,
+`W_dec (d_sae, d_in)`, `b_dec` and a per-latent `threshold`, and encode `relu(x @ W_enc + b_enc)` above the
+threshold — no `b_dec` on the input, folded into `b_enc` here. The site comes from the path; attention SAEs read
+`hook_z` (the heads before the output projection), which is not a site here, and transcoders map MLP input to
+output: both are refused. Give the site yourself (`PATH=L12R`) when the path does not say it.
 """
 
 from __future__ import annotations
@@ -16,39 +19,65 @@ from typing import Any
 
 from ..errors import SAEFileError
 from ..saes import SAE, SAEConfig, create_sae
-from .files import check_tensors, fold_input_bias, read_npz
+from .files import check_tensors, fold_input_bias, read_cfg, read_npz, read_tensors
 
 WEIGHTS_FILE = "params.npz"
+WEIGHTS_FILE_2 = "params.safetensors"
 _REPO = re.compile(r"gemma-scope-([\w.-]+?)-(res|mlp|att|transcoders)(?:$|[-_/])")
+_SITE_2 = re.compile(r"/(resid_post|mlp_out|attn_out|transcoder|clt)(?:_all)?/")
 _LAYER = re.compile(r"layer_(\d+)")
+_REFUSED = {"att": "attention SAEs read hook_z (the heads before the output projection)",
+            "attn_out": "attention SAEs read hook_z (the heads before the output projection)",
+            "transcoders": "transcoders map MLP input to output", "transcoder": "transcoders map MLP input to output",
+            "clt": "cross-layer transcoders map MLP inputs to outputs"}
+_KINDS = {"res": "resid_post", "mlp": "mlp_out", "resid_post": "resid_post", "mlp_out": "mlp_out"}
 
 
 def load_gemma_scope(path: Path) -> SAE:
-    """Our JumpReLU SAE of a Gemma Scope `params.npz` (the file, or the folder that holds it)."""
-    path = path / WEIGHTS_FILE if path.is_dir() else path
-    tensors = {("W_" + name[2:] if name.startswith("w_") else name): t for name, t in read_npz(path).items()}
+    """Our JumpReLU SAE of a Gemma Scope `params.npz` or Gemma Scope 2 `params.safetensors` (the file or its folder)."""
+    if path.is_dir():
+        path = path / (WEIGHTS_FILE if (path / WEIGHTS_FILE).is_file() else WEIGHTS_FILE_2)
+    raw = read_npz(path) if path.suffix == ".npz" else read_tensors(path)
+    tensors = {("W_" + name[2:] if name.startswith("w_") else name): t.float() for name, t in raw.items()}
     if "W_dec" not in tensors or tensors["W_dec"].ndim != 2:
         raise SAEFileError(f"{path} lacks a 2-D W_dec (found: {', '.join(sorted(tensors)) or 'nothing'}); it is not a "
-                           "Gemma Scope SAE — re-download params.npz")
+                           "Gemma Scope SAE — re-download it")
     d_sae, d_in = tensors["W_dec"].shape
     expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,), "threshold": (d_sae,)}
     check_tensors(path, tensors, expected, f"its decoder ({d_sae} latents of width {d_in})")
     scale = tensors.get("scaling_factor")
     if scale is not None and not bool((scale == 1).all()):
         raise SAEFileError(f"{path} holds a fine-tuning scaling factor other than 1, which is not supported")
+    config = _config(path)
     weights = fold_input_bias({name: tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")})
-    cfg = SAEConfig(architecture="jumprelu", d_in=d_in, d_sae=d_sae, **_provenance(path))
+    cfg = SAEConfig(architecture="jumprelu", d_in=d_in, d_sae=d_sae, **_provenance(path, config))
     return create_sae(cfg).load_tensors({**weights, "threshold": tensors["threshold"]})
 
 
-def _provenance(path: Path) -> dict[str, Any]:
-    """The site and model from the path, when it keeps the repository's name and the layer folder."""
-    text = path.resolve().as_posix()
-    repo, layer = _REPO.search(text.replace("--", "/")), _LAYER.search(text)
-    if repo and repo.group(2) in ("att", "transcoders"):
-        what = "attention SAEs read hook_z (the heads before the output projection)" if repo.group(2) == "att" else \
-            "transcoders map MLP input to output"
-        raise SAEFileError(f"{path}: Gemma Scope {what}, which is not a site here; import a -res or -mlp SAE")
-    hook = {"res": "resid_post", "mlp": "mlp_out"}.get(repo.group(2)) if repo else None
-    metadata = {"converted_from": "gemma_scope", **({"gemma_scope_release": repo.group(0).strip("-_/")} if repo else {})}
-    return {"hook_name": f"blocks.{layer.group(1)}.hook_{hook}" if hook and layer else "", "metadata": metadata}
+def _config(path: Path) -> dict[str, Any]:
+    """Gemma Scope 2's config.json beside the weights ({} for Gemma Scope, which has none); a JumpReLU is required."""
+    cfg_path = path.parent / "config.json"
+    if not cfg_path.is_file():
+        return {}
+    config = read_cfg(cfg_path)
+    if config.get("architecture", "jump_relu") != "jump_relu":
+        raise SAEFileError(f"{cfg_path}: architecture {config['architecture']!r} is not a Gemma Scope JumpReLU SAE")
+    return config
+
+
+def _provenance(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The site and model from the path (the repository's name or the site folder, and `layer_L`)."""
+    text = path.resolve().as_posix().replace("--", "/")
+    repo, site_2, layer = _REPO.search(text), _SITE_2.search(text), _LAYER.search(path.resolve().as_posix())
+    kind = site_2.group(1) if site_2 else repo.group(2) if repo else None
+    if kind in _REFUSED:
+        raise SAEFileError(f"{path}: Gemma Scope {_REFUSED[kind]}, which is not a site here; import a residual-stream "
+                           "or MLP-output SAE")
+    hook = _KINDS.get(kind or "")
+    metadata: dict[str, Any] = {"converted_from": "gemma_scope_2" if config or path.suffix != ".npz" else "gemma_scope"}
+    if config.get("hf_hook_point_in"):
+        metadata["hf_hook_point_in"] = config["hf_hook_point_in"]
+    out: dict[str, Any] = {"hook_name": f"blocks.{layer.group(1)}.hook_{hook}" if hook and layer else "", "metadata": metadata}
+    if isinstance(config.get("model_name"), str):
+        out["model_name"] = config["model_name"]
+    return out

@@ -20,6 +20,7 @@ from ..activations.outliers import outlier_threshold, threshold_from_norms
 from ..errors import RunError, SAEFileError
 from ..hub import is_hub
 from ..loading import FORMATS, check_sae_fits, load_sae, save_sae
+from ..loading.saelens_registry import is_registry_name
 from ..model.load import LoadedModel
 from ..model.sites import Site, parse_site
 from ..options import model_option, option
@@ -131,7 +132,7 @@ def _record_outlier_thresholds(saes: dict[Site, SAE], loaded: LoadedModel, corpu
 
 def _source(path: Path) -> str:
     """Where an SAE came from, as run.json records it: the Hub path as given, or the absolute local path."""
-    return str(path) if is_hub(path) else str(path.resolve())
+    return str(path) if is_hub(path) or is_registry_name(path) else str(path.resolve())
 
 
 def split_site(given: str | Path) -> tuple[Path, str | None]:
