@@ -7,9 +7,12 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .options import option
 
 _EPILOG_TRAIN = """\
 examples:
@@ -171,12 +174,29 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class ExportFormat:
+    """Which export `sae-explorer export` writes."""
+
+    format: str = option("parquet", "parquet: every table, for other engines; neuronpedia: the dashboards Neuronpedia "
+                         "imports (the options below)", choices=("parquet", "neuronpedia"))
+
+
 def _export(args: argparse.Namespace) -> int:
     from .features.amend import feature_file
+    from .features.export_neuronpedia import NeuronpediaOptions, export_neuronpedia
     from .features.export_parquet import export_parquet
+    from .options import config_from_args
 
+    db = feature_file(args.run)
     try:
-        rows = export_parquet(feature_file(args.run), args.out)
+        if config_from_args(args, ExportFormat).format == "neuronpedia":
+            name = Path(args.run).resolve().name if Path(args.run).is_dir() else db.resolve().parent.name
+            counts = export_neuronpedia(db, args.out, config_from_args(args, NeuronpediaOptions), name)
+            print(f"{args.out}: Neuronpedia export of {counts['sources']} source(s): {counts['features']:,} features, "
+                  f"{counts['activations']:,} activations, {counts['explanations']:,} explanations")
+            return 0
+        rows = export_parquet(db, args.out)
     except FileExistsError as e:
         raise UserError(str(e)) from None
     print(f"{args.out}: " + ", ".join(f"{n:,} {table}" for table, n in rows.items() if n) + "; columns in schema.json")
@@ -370,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.evaluate_run import EvalOptions
     from .evaluation.layer_report import ReportOptions
     from .features.embed import EmbedOptions
+    from .features.export_neuronpedia import NeuronpediaOptions
     from .features.precompute import PrecomputeOptions
     from .interp.config import ExplainConfig
     from .loading import FORMATS
@@ -518,12 +539,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _features_command(
         sub, "export", _export,
-        help="write every table of a run's features.duckdb as Parquet (partitioned by SAE)",
-        description="Write the tables of RUN/features.duckdb under OUT as Parquet for other engines (DuckDB, Spark, "
-        "BigQuery, pandas): features, examples, neighbours, explanations and feature_vectors one folder per SAE, hive "
-        "style (OUT/features/sae_id=3/data_0.parquet), the others one file each, and OUT/schema.json with every "
-        "table's columns and the file's meta. OUT is replaced as a whole, only when the export succeeds.",
+        help="write a run's features as Parquet (every table, partitioned by SAE) or as a Neuronpedia export",
+        description="--format parquet (default): write the tables of RUN/features.duckdb under OUT as Parquet for other "
+        "engines (DuckDB, Spark, BigQuery, pandas): features, examples, neighbours, explanations and feature_vectors one "
+        "folder per SAE, hive style (OUT/features/sae_id=3/data_0.parquet), the others one file each, and OUT/schema.json "
+        "with every table's columns and the file's meta. --format neuronpedia: the folder Neuronpedia imports as "
+        "dashboards (OUT/MODEL/SOURCE/{features,activations,explanations}/batch-N.jsonl.gz and the release, model, "
+        "source-set and source rows; docs/importing.md). OUT is replaced as a whole, only when the export succeeds.",
     )
+    add_config_arguments(p, ExportFormat, NeuronpediaOptions)
     p.add_argument("out", help="folder to write (new, or an earlier export to replace)")
 
     _features_command(
