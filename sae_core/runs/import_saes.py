@@ -1,4 +1,5 @@
-"""Bring your own SAEs: turn SAELens / sparsify folders into a run folder, checked against their model.
+"""Bring published SAEs: turn SAEs of any format `load_sae` reads (local, `hf:` or `saelens:`) into a run folder,
+checked against their model.
 
 The SAEs are re-saved in this project's canonical SAELens form under `RUN/saes/<hook>/`, and a
 run.json records where they came from, so `precompute`, `eval` and the app treat the run like a
