@@ -191,8 +191,8 @@ def _export(args: argparse.Namespace) -> int:
     db = feature_file(args.run)
     try:
         if config_from_args(args, ExportFormat).format == "neuronpedia":
-            name = Path(args.run).resolve().name if Path(args.run).is_dir() else db.resolve().parent.name
-            counts = export_neuronpedia(db, args.out, config_from_args(args, NeuronpediaOptions), name)
+            run_name = db.resolve().parent.name  # RUN/features.duckdb or RUN/features/
+            counts = export_neuronpedia(db, args.out, config_from_args(args, NeuronpediaOptions), run_name)
             print(f"{args.out}: Neuronpedia export of {counts['sources']} source(s): {counts['features']:,} features, "
                   f"{counts['activations']:,} activations, {counts['explanations']:,} explanations")
             return 0
@@ -229,7 +229,6 @@ def _app(args: argparse.Namespace) -> int:
     import signal
     import subprocess
     from dataclasses import asdict
-    from pathlib import Path
 
     from .features.parts import store_path, store_stamp
     from .options import config_from_args
