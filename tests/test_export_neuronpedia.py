@@ -43,12 +43,12 @@ def test_neuronpedia_export_matches_the_feature_file(explained_run, tmp_path, ca
                  "--release-id", "tiny", "--batch-features", "10"]) == 0
     assert "Neuronpedia export of" in capsys.readouterr().out
     con = duckdb.connect(str(explained_run / "features.duckdb"), read_only=True)
-    saes = con.execute("SELECT sae_id, layer, site, d_sae, short_name FROM saes ORDER BY sae_id").fetchall()
+    saes = con.execute("SELECT sae_id, layer, site, d_sae FROM saes ORDER BY sae_id").fetchall()
     vocab = [t for (t,) in con.execute("SELECT token FROM vocab ORDER BY token_id").fetchall()]
     sources = sorted(p.name for p in (out / "tiny-qwen3").iterdir())
     assert len(sources) == len(saes) and json.loads((out / "export.json").read_text())["format"] == "neuronpedia"
     total_explanations = 0
-    for sae_id, layer, site, d_sae, short in saes:
+    for sae_id, layer, site, d_sae in saes:
         kind = {"resid_post": "res", "mlp_out": "mlp", "attn_out": "att"}[site]
         folder = out / "tiny-qwen3" / f"{layer}-tiny-{kind}-{d_sae}"
         source = json.loads((folder / "source.jsonl").read_text())
@@ -90,3 +90,5 @@ def test_an_export_replaces_only_an_earlier_export(explained_run, tmp_path):
     out.rmdir()
     assert main(["export", str(explained_run), str(out), "--format", "neuronpedia"]) == 0
     assert main(["export", str(explained_run), str(out), "--format", "neuronpedia"]) == 0  # an earlier export: replaced
+    assert main(["export", str(explained_run), str(tmp_path / "np2"), "--format", "neuronpedia", "--release-id", "my_saes"]) == 2
+    assert json.loads((out / "export.json").read_text())["release"] == "run"  # the run folder's name

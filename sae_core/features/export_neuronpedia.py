@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import sys
 import uuid
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..io import atomic_folder
 from ..options import option
 from .parts import open_store
@@ -43,7 +45,8 @@ class NeuronpediaOptions:
 
     model_id: str | None = option(None, "Neuronpedia's id of the model, e.g. gemma-2-2b (default: the run's model name, "
                                   "lower case, without its organisation)")
-    release_id: str | None = option(None, "the release's id, letters, digits and dashes (default: the run's folder name)")
+    release_id: str | None = option(None, "the release's id, letters, digits and dashes (default: the run's folder name, "
+                                    "lower case, other characters as dashes)")
     release_title: str | None = option(None, "the release's title (default: the release id)")
     creator_name: str = option("sae-explorer", "who made the SAEs, as Neuronpedia shows it")
     creator_id: str = option("sae-explorer", "the creator id written in every row (Neuronpedia assigns its own on import)")
@@ -84,7 +87,9 @@ def export_neuronpedia(db_path: str | Path, out: str | Path, options: Neuronpedi
     with con, atomic_folder(out) as tmp:
         meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
         model_id = options.model_id or default_model_id(str(meta.get("model", run_name)))
-        release = options.release_id or run_name
+        release = options.release_id or re.sub(r"[^a-z0-9-]+", "-", run_name.lower()).strip("-") or "release"
+        if not re.fullmatch(r"[A-Za-z0-9-]+", release):
+            raise UserError(f"--release-id {release!r}: Neuronpedia takes letters, digits and dashes only")
         vocab = [t for (t,) in con.execute("SELECT token FROM vocab ORDER BY token_id").fetchall()]
         saes = con.execute("SELECT sae_id, layer, site, d_sae FROM saes ORDER BY sae_id").fetchall()
         for sae_id, layer, site, d_sae in tqdm(saes, desc="neuronpedia", unit="SAE", file=sys.stderr, leave=False):
