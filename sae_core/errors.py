@@ -25,6 +25,13 @@ class RunError(UserError):
     """A run folder is in a state that the command cannot use (e.g. holds a different run)."""
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut to `limit` characters: the
+    reason a one-line error quotes from a library's longer one."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return reason if limit is None else reason[:limit]
+
+
 def disk_full(exc: BaseException) -> bool:
     """Whether `exc` says the disk is full: an OSError with ENOSPC, or DuckDB's own I/O error saying so."""
     import errno

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 PREFIX = "hf:"
 FILE_SUFFIXES = (".npz", ".pt", ".pth", ".safetensors", ".json", ".gguf", ".bin", ".parquet")
@@ -87,8 +87,7 @@ def fetch(spec: str | HubPath) -> Path:
         raise HubError(f"{hub} is not in the local Hugging Face cache and the Hub cannot be reached ({offline or 'offline'}); "
                        "download it where the Hub is reachable (the cache is $HF_HOME/hub), or pass a local path") from None
     except (HfHubHTTPError, OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise HubError(f"could not fetch {hub}: {reason[:300]}; check the repository, path and revision") from None
+        raise HubError(f"could not fetch {hub}: {first_line(e, 300)}; check the repository, path and revision") from None
     local = Path(folder) / hub.path
     if not local.exists():
         raise HubError(f"{hub}: the repository has no {hub.path!r} at this revision; check the path")

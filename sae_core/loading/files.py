@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from ..errors import SAEFileError
+from ..errors import SAEFileError, first_line
 
 
 def read_cfg(path: Path) -> dict[str, Any]:
@@ -34,8 +34,7 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
     except Exception as e:  # safetensors raises SafetensorError, OSError or ValueError on a damaged file
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SAEFileError(f"{path} is corrupt or truncated ({reason}); re-save or re-download the SAE") from e
+        raise SAEFileError(f"{path} is corrupt or truncated ({first_line(e)}); re-save or re-download the SAE") from e
 
 
 def check_tensors(path: Path, tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], what: str) -> None:
@@ -77,8 +76,7 @@ def read_pt(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for objects weights_only refuses; EOFError / RuntimeError when damaged
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SAEFileError(f"{path} is not a plain state dict of tensors ({reason[:200]}); only tensors are read from "
+        raise SAEFileError(f"{path} is not a plain state dict of tensors ({first_line(e, 200)}); only tensors are read from "
                            ".pt files, never other Python objects — re-save it as a dict of tensors or as safetensors") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         found = type(state).__name__ if not isinstance(state, dict) else "a dict with non-tensor values"
@@ -94,8 +92,7 @@ def read_npz(path: Path) -> dict[str, Tensor]:
         with np.load(path, allow_pickle=False) as data:
             return {name: torch.from_numpy(np.asarray(data[name], dtype=np.float32)) for name in data.files}
     except Exception as e:  # zipfile.BadZipFile, ValueError (object arrays), OSError
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SAEFileError(f"{path} is not a readable .npz of numeric arrays ({reason[:200]}); re-download it") from None
+        raise SAEFileError(f"{path} is not a readable .npz of numeric arrays ({first_line(e, 200)}); re-download it") from None
 
 
 def fold_input_bias(tensors: dict[str, Tensor]) -> dict[str, Tensor]:

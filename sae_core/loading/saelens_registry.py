@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import SAEFileError
+from ..errors import SAEFileError, first_line
 from ..hub import HubPath
 
 PREFIX = "saelens:"
@@ -65,8 +65,7 @@ def load_with_saelens(release: str, sae_id: str, folder: Path) -> Path:
     try:
         sae = SAE.from_pretrained(release, sae_id, device="cpu")
     except Exception as e:  # network, missing files, unsupported architectures: SAELens raises many kinds
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SAEFileError(f"SAELens could not load {release}/{sae_id}: {reason[:300]}") from None
+        raise SAEFileError(f"SAELens could not load {release}/{sae_id}: {first_line(e, 300)}") from None
     out = folder / "sae"
     sae.save_model(out)
     return out

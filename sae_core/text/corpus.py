@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from sae_core.data_files import ENV as DATA_ENV
 from sae_core.data_files import data_root
-from sae_core.errors import CorpusError
+from sae_core.errors import CorpusError, first_line
 
 Split = Literal["train", "eval", "all"]
 
@@ -338,9 +338,8 @@ def _read_hf(name: str, config: str | None, hf_split: str, text_field: str | Non
     try:
         dataset = datasets.load_dataset(name, config, split=hf_split, streaming=True)
     except Exception as e:  # datasets raises many types; all mean "cannot open this dataset"
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CorpusError(
-            f"cannot load Hugging Face dataset {name!r} (config {config}, split {hf_split}): {reason}; "
+            f"cannot load Hugging Face dataset {name!r} (config {config}, split {hf_split}): {first_line(e)}; "
             "check the name, config and split, and that the Hub or a local cache is reachable"
         ) from None
     for i, record in enumerate(dataset):
