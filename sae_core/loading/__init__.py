@@ -47,11 +47,9 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
         path = saelens_registry.fetch_registry_sae(str(path))
     path = fetch(str(path)) if is_hub(path) else Path(path)
     if path.is_file():
-        if path.name in (gemma_scope.WEIGHTS_FILE, gemma_scope.WEIGHTS_FILE_2):
-            return gemma_scope.load_gemma_scope(path).to(device)
         if qwen_scope.FILE_PATTERN.fullmatch(path.name):
             return qwen_scope.load_qwen_scope(path).to(device)
-        if path.name in (dictionary_learning.WEIGHTS_FILE, saelens.WEIGHTS_FILE, sparsify.WEIGHTS_FILE, saelens.CFG_FILE):
+        if any(path.name in files for _, files, _ in _FOLDERS):  # a file that marks a folder format: read its folder
             return load_sae(path.parent, device=device)
         raise SAEFileError(f"{path} is a file of no SAE format read here; pass one of: {'; '.join(FORMATS)}")
     if not path.is_dir():

@@ -19,6 +19,7 @@ BatchTopK SAE that never set one (-1) keeps every positive latent, as the librar
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from ..errors import SAEFileError
 from ..saes import SAE, SAEConfig, create_sae
-from .files import check_tensors, fold_input_bias, read_cfg, read_pt
+from .files import check_tensors, fold_input_bias, read_cfg, read_pt, require_tensors
 
 WEIGHTS_FILE = "ae.pt"
 CFG_FILE = "config.json"
@@ -111,15 +112,12 @@ def _batchtopk(tensors: dict[str, Tensor], path: Path) -> tuple[str, dict[str, T
     return "jumprelu", {**weights, "threshold": _threshold(tensors, weights["W_enc"].shape[1])}, None
 
 
-def _matryoshka(tensors: dict[str, Tensor], path: Path) -> tuple[str, dict[str, Tensor], int | None]:
+def _w_params(tensors: dict[str, Tensor], path: Path, *, fold: bool) -> tuple[str, dict[str, Tensor], int | None]:
+    """The classes that hold `W_enc`, `W_dec` as parameters: Matryoshka subtracts `b_dec` from the input as we do,
+    JumpReluAutoEncoder does not (`fold`)."""
     _require(tensors, ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), path)
     weights = {name: tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    return "jumprelu", {**weights, "threshold": _threshold(tensors, weights["W_enc"].shape[1])}, None
-
-
-def _jumprelu(tensors: dict[str, Tensor], path: Path) -> tuple[str, dict[str, Tensor], int | None]:
-    _require(tensors, ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"), path)
-    weights = fold_input_bias({name: tensors[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec")})
+    weights = fold_input_bias(weights) if fold else weights
     return "jumprelu", {**weights, "threshold": _threshold(tensors, weights["W_enc"].shape[1])}, None
 
 
@@ -127,16 +125,13 @@ _CLASSES = {
     "AutoEncoder": _standard,
     "AutoEncoderTopK": _topk,
     "BatchTopKSAE": _batchtopk,
-    "MatryoshkaBatchTopKSAE": _matryoshka,
-    "JumpReluAutoEncoder": _jumprelu,
+    "MatryoshkaBatchTopKSAE": partial(_w_params, fold=False),
+    "JumpReluAutoEncoder": partial(_w_params, fold=True),
 }
 
 
 def _require(tensors: dict[str, Tensor], names: tuple[str, ...], path: Path) -> None:
-    missing = [n for n in names if n not in tensors]
-    if missing:
-        raise SAEFileError(f"{path} lacks tensor(s) {', '.join(missing)} (found: {', '.join(sorted(tensors))}); the "
-                           "file is incomplete or of another dictionary_learning class than its config.json says")
+    require_tensors(path, tensors, names, "another dictionary_learning class than its config.json says")
 
 
 def _provenance(trainer: dict[str, Any], dict_class: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +38,20 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
         raise SAEFileError(f"{path} is corrupt or truncated ({first_line(e)}); re-save or re-download the SAE") from e
 
 
+def require_tensors(path: Path, tensors: dict[str, Tensor], names: Iterable[str], other: str) -> None:
+    """SAEFileError naming the tensors of `names` that `tensors` lacks (`other`: what else the file may be)."""
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise SAEFileError(f"{path} lacks tensor(s) {', '.join(missing)} (found: {', '.join(sorted(tensors)) or 'none'}); "
+                           f"the file is incomplete or of {other}")
+
+
 def check_tensors(path: Path, tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], what: str) -> None:
     """SAEFileError unless `tensors` holds every expected name with the expected shape, as finite floats.
 
     `what` says where the expected shapes come from, e.g. "cfg.json (d_in=64, d_sae=256)".
     """
-    missing = [name for name in expected if name not in tensors]
-    if missing:
-        raise SAEFileError(
-            f"{path} lacks tensor(s) {', '.join(missing)} (found: {', '.join(sorted(tensors)) or 'none'}); "
-            "the file is incomplete or of another architecture — re-save the SAE"
-        )
+    require_tensors(path, tensors, expected, "another architecture — re-save the SAE")
     for name, shape in expected.items():
         t = tensors[name]
         if tuple(t.shape) != shape:
