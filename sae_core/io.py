@@ -48,6 +48,12 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def check_replaceable(path: Path, marker: str, what: str) -> None:
+    """FileExistsError unless `path` is new or an earlier `what` (it holds `marker`): an export replaces only its own."""
+    if path.exists() and not (path / marker).is_file():
+        raise FileExistsError(f"{path} exists and is not an earlier {what}; choose a new folder")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

@@ -29,7 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..io import atomic_folder
+from ..io import atomic_folder, check_replaceable
 from ..options import option
 from .parts import open_store
 
@@ -79,8 +79,7 @@ def export_neuronpedia(db_path: str | Path, out: str | Path, options: Neuronpedi
     """Write the Neuronpedia export of a feature file (or split store) under `out`, replaced as a whole only on
     success; counts of features, activations and explanations written."""
     out = Path(out)
-    if out.exists() and not (out / MARKER).is_file():
-        raise FileExistsError(f"{out} exists and is not an earlier Neuronpedia export; choose a new folder")
+    check_replaceable(out, MARKER, "Neuronpedia export")
     con, _ = open_store(Path(db_path))
     counts = {"sources": 0, "features": 0, "activations": 0, "explanations": 0}
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")

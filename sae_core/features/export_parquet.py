@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..io import atomic_folder
+from ..io import atomic_folder, check_replaceable
 from .parts import open_store, quoted
 
 PARTITIONED = ("features", "examples", "neighbours", "explanations", "feature_vectors")
@@ -26,8 +26,7 @@ ORDER = {"features": "sae_id, feature", "examples": "sae_id, feature, kind, rank
 def export_parquet(db_path: str | Path, out: str | Path) -> dict[str, int]:
     """Write the tables of a feature file under the folder `out` (replaced as a whole, only on success); rows per table."""
     out = Path(out)
-    if out.exists() and not (out / "schema.json").is_file():
-        raise FileExistsError(f"{out} exists and is not an earlier Parquet export; choose a new folder")
+    check_replaceable(out, "schema.json", "Parquet export")
     con, _ = open_store(Path(db_path))
     with con, atomic_folder(out) as tmp:
         schema: dict[str, object] = {"meta": {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()},
