@@ -18,11 +18,10 @@ def token_labels(tokens: list[str]) -> list[str]:
 
 def token_heatmap(z, columns: list[str], tokens: list[str], title: str, **trace: object) -> go.Figure:
     """A tokens (rows, in order) × `columns` heatmap with the column names on top, under the title."""
-    fig = go.Figure(go.Heatmap(z=z, x=columns, y=token_labels(tokens), **trace))
-    fig.update_layout(title=dict(text=title, y=0.995, yanchor="top", yref="container"),
-                      height=max(300, 18 * len(tokens) + 150), margin=dict(l=10, r=10, t=100, b=10),
-                      yaxis=dict(autorange="reversed", type="category"), xaxis=dict(side="top", type="category"))
-    return fig
+    layout = dict(title=dict(text=title, y=0.995, yanchor="top", yref="container"), height=max(300, 18 * len(tokens) + 150),
+                  margin=dict(l=10, r=10, t=100, b=10), yaxis=dict(autorange="reversed", type="category"),
+                  xaxis=dict(side="top", type="category"))
+    return go.Figure(go.Heatmap(z=z, x=columns, y=token_labels(tokens), **trace), layout=layout)  # not update_layout: half the time
 
 
 def heatmap_figure(acts: Tensor, tokens: list[str], features: list[int], labels: dict[int, str], title: str) -> go.Figure:

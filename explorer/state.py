@@ -14,15 +14,12 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import streamlit as st
-import torch
 
 from sae_core.errors import UserError
 from sae_core.evaluation.metrics_table import metrics_notes
 from sae_core.features.annotations import Annotations, annotations_dir, read_annotations
 from sae_core.features.reader import FeatureStore
-from sae_core.interventions.prompt_activations import prompt_activations, tokenize_prompt
 from sae_core.model.sentence_embedder import SentenceEmbedder, load_embedder
-from sae_core.runs.open_run import RunSAEs, open_run_saes
 from sae_core.serving import (
     AUTH_ENV,
     JobQueue,
@@ -33,6 +30,8 @@ from sae_core.serving import (
     StoreShelf,
     TokenCheck,
 )
+from sae_core.serving.live_model import LiveModel
+from sae_core.serving.model_worker import ModelWorker, RemoteModel
 
 from .feature_view import LINK_PARAMS, escape_markdown
 
@@ -50,13 +49,17 @@ class Server:
         self.settings = settings
         self.catalog = RunCatalog(settings.runs, settings.runs_dir)
         self.access = TokenCheck(token)
-        self.models: LRUCache[RunSAEs] = LRUCache(settings.max_live_runs)
+        self.worker = _model_worker(settings.max_live_runs, settings.model_threads, settings.max_live_jobs)
         self.stores = StoreShelf()
         self.jobs = JobQueue(settings.max_live_jobs, settings.max_waiting_jobs)
         self.results: LRUCache[Any] = LRUCache(RESULTS_KEPT)
         self.lookups: LRUCache[Any] = LRUCache(LOOKUPS_KEPT)
-        if settings.model_threads:
-            torch.set_num_threads(settings.model_threads)
+
+
+@st.cache_resource(show_spinner=False)
+def _model_worker(max_live_runs: int, threads: int | None, slots: int) -> ModelWorker:
+    """The process that runs the models, one per set of limits (servers in one process with the same limits share it)."""
+    return ModelWorker(max_live_runs, threads, slots)
 
 
 @st.cache_resource(show_spinner=False)
@@ -211,21 +214,21 @@ def cached_job(key: Hashable, compute: Callable[[], T], what: str) -> T:
     return found
 
 
-def run_saes(run: Path) -> RunSAEs:
-    """The run's model and SAEs, kept for every session while among the `--max-live-runs` most recently used."""
-    srv = server()
-    opened = srv.models.peek(str(run))
-    if opened is None:
-        with live_job("loading the model and SAEs", counted=False):  # once per run, bounded by the LRU
-            opened = srv.models.get(str(run), lambda: open_run_saes(run, log=lambda message: None))
-    return opened
+def live_model(run: Path) -> LiveModel:
+    """The run's model and SAEs, run by the model worker process (loaded there first, as a queued job, when it does
+    not hold them: it keeps the `--max-live-runs` most recently used). Its methods are `LiveModel`'s."""
+    worker = server().worker
+    if not worker.is_open(str(run)):
+        with live_job("loading the model and SAEs", counted=False):  # once per run, bounded by the worker's LRU
+            worker.call(str(run), "sites")
+    return RemoteModel(worker, str(run))  # type: ignore[return-value]  # answers LiveModel's methods
 
 
-def open_live_run_or_stop() -> tuple[Path, RunSAEs, FeatureStore | None]:
-    """The current run, its model and SAEs (or a message and a stopped page), and its feature store if built."""
+def open_live_run_or_stop() -> tuple[Path, LiveModel, FeatureStore | None]:
+    """The current run, its live model (or a message and a stopped page), and its feature store if built."""
     run = current_run()
     try:
-        opened = run_saes(run)
+        live = live_model(run)
     except UserError as exc:
         st.error(public(exc, run))
         st.stop()
@@ -234,7 +237,7 @@ def open_live_run_or_stop() -> tuple[Path, RunSAEs, FeatureStore | None]:
         store = feature_store(run)
     except UserError:
         store = None
-    return run, opened, store
+    return run, live, store
 
 
 def prompt_chars() -> int:
@@ -253,13 +256,11 @@ def max_new_tokens() -> int:
 def live_activations(run: str, text: str, chat: bool, shorts: tuple[str, ...]):
     """`(tokens, truncated_from, {short: (T, d_sae) activations})` of the run's SAEs `shorts` on a prompt, shared by
     every session; raises `UserError` for an empty prompt, a busy server or a session over its rate."""
-    opened = run_saes(Path(run))
-    sites = {site.short: site for site in opened.saes}
-    prompt = tokenize_prompt(opened.loaded, text, chat=chat, max_tokens=max_prompt_tokens())
+    live = live_model(Path(run))
+    prompt = live.tokenize(text, chat, max_prompt_tokens())
 
     def compute():
-        acts = prompt_activations(opened.loaded, {sites[s]: opened.saes[sites[s]] for s in shorts}, prompt)
-        return prompt.tokens, prompt.truncated_from, {site.short: a for site, a in acts.items()}
+        return prompt.tokens, prompt.truncated_from, live.activations(prompt, shorts)
 
     return cached_job(("activations", run, tuple(prompt.ids.tolist()), shorts), compute, "running the model")
 

@@ -9,14 +9,13 @@ from sae_core.errors import UserError
 from sae_core.interventions.prompt_activations import strongest_features
 
 page_header("Prompt")
-run, opened, store = open_live_run_or_stop()
+run, live, store = open_live_run_or_stop()
 if store is None:
     st.caption(f"No feature file for `{run.name}`: features show without labels (`sae-explorer precompute {run.name}` adds them).")
 
-sites = {site.short: site for site in opened.saes}
-names = list(sites)
+names = [site.short for site in live.sites()]
 # ?sae=L14R&feature=123 (from a feature page): show that site, and that feature first
-focus_sae = st.query_params.get("sae") if st.query_params.get("sae") in sites else None
+focus_sae = st.query_params.get("sae") if st.query_params.get("sae") in names else None
 focus_feature = int(st.query_params["feature"]) if focus_sae and st.query_params.get("feature", "").isdigit() else None
 with st.form("prompt"):
     text = st.text_area("prompt", value="The Department of Agriculture reported record harvests this year.", height=110,

@@ -16,11 +16,11 @@ from explorer.layers_view import (
 from explorer.runs_view import metrics_frame
 from explorer.state import (
     live_activations,
+    live_model,
     open_feature_store_or_stop,
     page_header,
     prompt_chars,
     public,
-    run_saes,
     show_metric_notes,
 )
 from sae_core.errors import UserError
@@ -74,8 +74,7 @@ if not chosen:
     st.warning("Pick at least one SAE.")
     st.stop()
 try:
-    opened = run_saes(run)
-    missing = set(chosen) - {site.short for site in opened.saes}
+    missing = set(chosen) - {site.short for site in live_model(run).sites()}
     if missing:
         raise UserError(f"the run's SAE folders have no SAE for {', '.join(sorted(missing))}; "
                         f"the feature file and the run disagree: precompute again with `sae-explorer precompute {run.name}`")

@@ -14,20 +14,17 @@ from explorer.state import (
     public,
 )
 from sae_core.errors import UserError
-from sae_core.interventions.attribution import Target, ablate, attribute, token_id, top_predictions
-from sae_core.interventions.prompt_activations import tokenize_prompt
-from sae_core.model.sites import parse_site
+from sae_core.interventions.attribution import Target
 
 page_header("Attribution")
-run, opened, store = open_live_run_or_stop()
-names = [site.short for site in opened.saes]
-loaded = opened.loaded
+run, live, store = open_live_run_or_stop()
+names = [site.short for site in live.sites()]
 
 text = st.text_area("prompt", value="The capital of France is", height=90, max_chars=prompt_chars())
 chat = st.checkbox("render as a user message in the model's chat template")
 chosen = st.multiselect("sites", names, default=names[:3])
 try:
-    prompt = tokenize_prompt(loaded, text, chat=chat, max_tokens=max_prompt_tokens())
+    prompt = live.tokenize(text, chat, max_prompt_tokens())
 except UserError as exc:
     st.error(public(exc, run))
     st.stop()
@@ -41,29 +38,28 @@ labels = token_labels(prompt.tokens)
 position = labels.index(st.selectbox("predict the token after", labels, index=len(labels) - 1))
 ids = tuple(prompt.ids.tolist())  # what the model sees: the key of results every session shares
 try:
-    predictions = cached_job(("predictions", str(run), ids, position), lambda: top_predictions(loaded, prompt, position),
+    predictions = cached_job(("predictions", str(run), ids, position), lambda: live.predictions(prompt, position),
                              "running the model")
 except UserError as exc:
     st.error(public(exc, run))
     st.stop()
-st.caption("model's top predictions: " + ", ".join(f"{loaded.tokenizer.decode([i])!r} {p:.1%}" for i, p in predictions))
+shown = live.decode([i for i, _ in predictions])
+st.caption("model's top predictions: " + ", ".join(f"{token!r} {p:.1%}" for token, (_, p) in zip(shown, predictions)))
 left, right = st.columns(2)
 target_text = left.text_input("target token (text with its leading space, or #id)", value=f"#{predictions[0][0]}")
 minus_text = right.text_input("minus the logit of (optional)", value="")
 rows = st.slider("rows", 10, 100, 25)
 try:
-    target = Target(position, token_id(loaded.tokenizer, target_text),
-                    token_id(loaded.tokenizer, minus_text) if minus_text.strip() else None)
-    saes = {parse_site(s): opened.saes[parse_site(s)] for s in chosen}
+    target = Target(position, live.token_id(target_text), live.token_id(minus_text) if minus_text.strip() else None)
     value, table = cached_job(("attribution", str(run), ids, target, tuple(chosen), rows),
-                              lambda: attribute(loaded, saes, prompt, target, top=rows), "computing gradients")
+                              lambda: live.attribute(prompt, target, tuple(chosen), rows), "computing gradients")
     table = table.copy()  # shared with other sessions: this page adds columns to its own copy
 except UserError as exc:
     st.error(public(exc, run))
     st.stop()
 
-what = repr(loaded.tokenizer.decode([target.token])) + (
-    f" − {loaded.tokenizer.decode([target.minus_token])!r}" if target.minus_token is not None else "")
+named = live.decode([target.token] + ([target.minus_token] if target.minus_token is not None else []))
+what = " − ".join(repr(token) for token in named)
 st.metric(f"target: logit of {what} after token {position}", f"{value:.3f}")
 if table.empty:
     st.info("No feature at these sites contributes to the target.")
@@ -86,7 +82,7 @@ if st.button("ablate"):
     top = int(n_ablate)
     try:
         with live_job("ablating"):
-            before, after = ablate(loaded, saes, prompt, target, [(parse_site(s), int(p), int(f)) for s, p, f in features[:top]])
+            before, after = live.ablate(prompt, target, tuple(chosen), [(s, int(p), int(f)) for s, p, f in features[:top]])
     except UserError as exc:
         st.error(public(exc, run))
         st.stop()

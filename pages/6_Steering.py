@@ -13,16 +13,15 @@ from explorer.state import (
 )
 from sae_core.errors import UserError
 from sae_core.features.annotations import presets as annotated_presets
-from sae_core.interventions.steering import FeatureEdit, generate
-from sae_core.model.sites import parse_site
+from sae_core.interventions.steering import FeatureEdit
 
 page_header("Steering")
-run, opened, store = open_live_run_or_stop()
-names = [site.short for site in opened.saes]
+run, live, store = open_live_run_or_stop()
+sites = {site.short: site for site in live.sites()}
+names = list(sites)
 focus_sae = st.query_params.get("sae") if st.query_params.get("sae") in names else names[0]
 focus_feature = int(st.query_params["feature"]) if st.query_params.get("feature", "").isdigit() else 0
 
-sites = {site.short: site for site in opened.saes}
 presets = {name: [FeatureEdit(sites[e.sae], e.feature, e.strength, e.mode) for e in preset.edits]
            for name, preset in annotated_presets(run_annotations(run)[0]).items() if all(e.sae in sites for e in preset.edits)}
 
@@ -60,7 +59,7 @@ for i in range(int(n_edits)):
     mode = c.selectbox("mode", ["add", "clamp"], key=f"mode-{i}",
                        help="add: strength × the feature's decoder direction at every position; clamp: set its activation")
     strength = d.number_input("strength", step=1.0, key=f"strength-{i}")
-    edits.append(FeatureEdit(parse_site(site), int(feature), float(strength), mode))
+    edits.append(FeatureEdit(sites[site], int(feature), float(strength), mode))
     if store is not None:
         st.caption(f"{site} #{int(feature)}: {store.describe(site, [int(feature)]).get(int(feature), '')}")
 longest = max_new_tokens()
@@ -69,7 +68,7 @@ MAX_SWEEP = 8
 
 
 def answer(with_edits: list[FeatureEdit]) -> str:
-    return generate(opened.loaded, opened.saes, message, with_edits, max_new_tokens=max_new, chat=chat)
+    return live.generate(message, with_edits, max_new, chat)
 
 
 if st.button("generate"):

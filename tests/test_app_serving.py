@@ -152,6 +152,6 @@ def test_the_models_in_memory_are_bounded(monkeypatch, precomputed_run, tmp_path
     shutil.copytree(precomputed_run, second)
     serve(monkeypatch, runs={"demo": str(precomputed_run), "second": str(second)}, max_live_runs=1)
     assert not _at("3_Prompt.py", run="demo").exception
-    assert server().models.keys() == [str(precomputed_run.resolve())]
+    assert server().worker.loaded_runs() == [str(precomputed_run.resolve())]
     assert not _at("3_Prompt.py", run="second").exception
-    assert server().models.keys() == [str(second.resolve())]  # the first run's model was dropped
+    assert server().worker.loaded_runs() == [str(second.resolve())]  # the first run's model was dropped

