@@ -155,3 +155,25 @@ def test_the_models_in_memory_are_bounded(monkeypatch, precomputed_run, tmp_path
     assert server().worker.loaded_runs() == [str(precomputed_run.resolve())]
     assert not _at("3_Prompt.py", run="second").exception
     assert server().worker.loaded_runs() == [str(second.resolve())]  # the first run's model was dropped
+
+
+def test_a_killed_model_process_is_started_again_by_the_next_prompt(monkeypatch, precomputed_run):
+    import os
+    import signal
+    import time
+
+    from explorer.state import server
+
+    serve(monkeypatch, runs={"demo": str(precomputed_run)}, jobs_per_minute=100)
+    at = _at("3_Prompt.py")
+    worker = server().worker
+    first = worker.pid
+    assert not at.exception and first is not None and first != os.getpid()  # the model runs beside the app
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while worker.pid is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _at("2_Features.py", sae="L1M", feature="1").exception  # browsing never needed it
+    at.text_area[0].set_value("A prompt after the crash.")
+    at.button[0].click().run()
+    assert not at.exception and at.get("plotly_chart") and worker.pid not in (None, first)
