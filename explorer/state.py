@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import streamlit as st
+import torch
 
 from sae_core.errors import UserError
 from sae_core.evaluation.metrics_table import metrics_notes
@@ -54,6 +55,8 @@ class Server:
         self.jobs = JobQueue(settings.max_live_jobs, settings.max_waiting_jobs)
         self.results: LRUCache[Any] = LRUCache(RESULTS_KEPT)
         self.lookups: LRUCache[Any] = LRUCache(LOOKUPS_KEPT)
+        if settings.model_threads:  # the app's own torch work (similar features, query embeddings) gets the other cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) - settings.model_threads))
 
 
 @st.cache_resource(show_spinner=False)
