@@ -1,5 +1,6 @@
 """Attribution: which features at which tokens drive a prediction (activation × gradient), checked by ablation."""
 
+import pandas as pd
 import streamlit as st
 
 from explorer.feature_view import feature_link, shade_tokens_html
@@ -53,7 +54,7 @@ try:
     target = Target(position, live.token_id(target_text), live.token_id(minus_text) if minus_text.strip() else None)
     value, table = cached_job(("attribution", str(run), ids, target, tuple(chosen), rows),
                               lambda: live.attribute(prompt, target, tuple(chosen), rows), "computing gradients")
-    table = table.copy()  # shared with other sessions: this page adds columns to its own copy
+    table = pd.DataFrame(table)  # its own frame: the columns are shared with other sessions, this page adds to it
 except UserError as exc:
     st.error(public(exc, run))
     st.stop()

@@ -5,20 +5,24 @@ with a message and the next call starts a new one."""
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import signal
 import threading
 import time
 
+import pandas as pd
 import pytest
 import torch
 
 from sae_core.errors import UserError
 from sae_core.interventions.attribution import Target
+from sae_core.interventions.prompt_activations import PromptTokens
 from sae_core.interventions.steering import FeatureEdit
+from sae_core.model.sites import Site
 from sae_core.runs.open_run import open_run_saes
 from sae_core.serving.live_model import CALLS, LiveModel
-from sae_core.serving.model_worker import ModelWorker, RemoteModel, WorkerStopped
+from sae_core.serving.model_worker import ModelWorker, RemoteModel, WorkerStopped, read_message
 
 TEXT = "the river city music science history ocean language learning light"
 
@@ -67,6 +71,23 @@ def test_a_user_error_crosses_with_its_message_and_a_bad_call_is_refused(worker,
     with pytest.raises(AttributeError):
         RemoteModel(worker, str(precomputed_run)).opened  # noqa: B018  # the model itself never crosses
     assert "open" not in CALLS and "generate" in CALLS
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo should never run",))
+
+
+def test_a_message_is_read_without_running_what_it_names():
+    prompt = PromptTokens(torch.tensor([1, 2, 3]), ["a", "b", "c"], torch.tensor([False, True, True]), None)
+    message = (7, True, (prompt, Target(2, 5), [FeatureEdit(Site(1, "mlp_out"), 3, 2.0)], UserError("no"), {"x": [1.5]}))
+    key, ok, (read, target, edits, error, columns) = read_message(pickle.dumps(message))
+    assert torch.equal(read.ids, prompt.ids) and torch.equal(read.real, prompt.real) and read.tokens == prompt.tokens
+    assert (target, edits, columns) == (Target(2, 5), [FeatureEdit(Site(1, "mlp_out"), 3, 2.0)], {"x": [1.5]})
+    assert type(error) is UserError and str(error) == "no"
+    for foreign in (_Payload(), pd.DataFrame({"a": [1]}), ValueError("not ours")):
+        with pytest.raises(pickle.UnpicklingError, match="may not hold"):
+            read_message(pickle.dumps(foreign))
 
 
 def test_the_worker_keeps_at_most_its_bound_of_models(worker, precomputed_run, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 from torch import Tensor
 
 from ..interventions.attribution import Target, ablate, attribute, token_id, top_predictions
@@ -56,9 +55,11 @@ class LiveModel:
         """The model's most likely next tokens after `position`, with probabilities."""
         return top_predictions(self.opened.loaded, prompt, position)
 
-    def attribute(self, prompt: PromptTokens, target: Target, shorts: tuple[str, ...], top: int) -> tuple[float, pd.DataFrame]:
-        """The target's value and the `top` features at `shorts` by activation × gradient (see `attribution.attribute`)."""
-        return attribute(self.opened.loaded, self._saes(shorts), prompt, target, top=top)
+    def attribute(self, prompt: PromptTokens, target: Target, shorts: tuple[str, ...], top: int) -> tuple[float, dict[str, list]]:
+        """The target's value and the `top` features at `shorts` by activation × gradient, as the columns of
+        `attribution.attribute`'s table (a DataFrame would not cross: see `model_worker.read_message`)."""
+        value, table = attribute(self.opened.loaded, self._saes(shorts), prompt, target, top=top)
+        return value, table.to_dict("list")
 
     def ablate(self, prompt: PromptTokens, target: Target, shorts: tuple[str, ...],
                features: list[tuple[str, int, int]]) -> tuple[float, float]:

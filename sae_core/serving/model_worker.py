@@ -4,11 +4,14 @@ crashes or runs out of memory takes down the worker, not the app.
 
 The worker is a plain child process (`python -m sae_core.serving.model_worker`) on one end of a socket pair: not a
 `multiprocessing` spawn, which re-imports the parent's `__main__`, and under Streamlit that is a page script.
-Messages are pickled, as `multiprocessing` does: they pass only between the app and the child it started, never
-from a file or a visitor (visitors' text arrives as strings inside them)."""
+Messages are pickled, and read back by `read_message`, which rebuilds only what the calls exchange (containers,
+tensors, the call's own dataclasses, our errors) and refuses every other class, so neither end runs code a message
+names even though they pass only between the app and the child it started."""
 
 from __future__ import annotations
 
+import importlib
+import io
 import itertools
 import os
 import pickle
@@ -21,9 +24,38 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
+import torch
+
 from ..errors import UserError
 from .limits import LRUCache
 from .live_model import CALLS, LiveModel
+
+_ALLOWED = {
+    ("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("builtins", "RuntimeError"),
+    ("sae_core.interventions.prompt_activations", "PromptTokens"), ("sae_core.interventions.attribution", "Target"),
+    ("sae_core.interventions.steering", "FeatureEdit"), ("sae_core.model.sites", "Site"),
+}
+
+
+class _MessageReader(pickle.Unpickler):
+    """Unpickles the classes on `_ALLOWED` and `UserError`s of `sae_core`; a tensor's storage through
+    `torch.load(weights_only=True)`; anything else is an error."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch.storage", "_load_from_bytes"):  # pickle's own would torch.load unrestricted
+            return lambda data: torch.load(io.BytesIO(data), weights_only=True)
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        if module.split(".")[0] == "sae_core":
+            found = getattr(importlib.import_module(module), name, None)
+            if isinstance(found, type) and issubclass(found, UserError):
+                return found
+        raise pickle.UnpicklingError(f"a model worker message may not hold {module}.{name}")
+
+
+def read_message(data: bytes) -> Any:
+    """A message between the app and its model worker (see `_MessageReader` for what it may hold)."""
+    return _MessageReader(io.BytesIO(data)).load()
 
 
 class WorkerStopped(UserError):
@@ -87,8 +119,8 @@ class ModelWorker:
         """Hand each answer to its caller; when the worker ends, fail every call still waiting."""
         while True:
             try:
-                key, ok, payload = pickle.loads(conn.recv_bytes())
-            except Exception:  # the worker ended (EOF) or its stream broke: either way no answer will come
+                key, ok, payload = read_message(conn.recv_bytes())
+            except Exception:  # the worker ended (EOF), its stream broke or sent what may not be read: no answer will come
                 break
             with self._lock:
                 answer = self._pending.pop(key, None)
@@ -152,7 +184,7 @@ def _serve(conn: Connection, max_live_runs: int, threads: int | None, slots: int
 
     while True:
         try:
-            key, run, method, args = pickle.loads(conn.recv_bytes())
+            key, run, method, args = read_message(conn.recv_bytes())
         except (EOFError, OSError):
             break
         pool.submit(answer, key, run, method, args)
