@@ -256,16 +256,16 @@ def max_new_tokens() -> int:
     return server().settings.max_new_tokens
 
 
-def live_activations(run: str, text: str, chat: bool, shorts: tuple[str, ...]):
-    """`(tokens, truncated_from, {short: (T, d_sae) activations})` of the run's SAEs `shorts` on a prompt, shared by
-    every session; raises `UserError` for an empty prompt, a busy server or a session over its rate."""
-    live = live_model(Path(run))
+def live_activations(run: Path, live: LiveModel, text: str, chat: bool, shorts: tuple[str, ...]):
+    """`(tokens, truncated_from, {short: (T, d_sae) activations})` of the run's SAEs `shorts` on a prompt (`live`: the
+    run's `live_model`), shared by every session; raises `UserError` for an empty prompt, a busy server or a session
+    over its rate."""
     prompt = live.tokenize(text, chat, max_prompt_tokens())
 
     def compute():
         return prompt.tokens, prompt.truncated_from, live.activations(prompt, shorts)
 
-    return cached_job(("activations", run, tuple(prompt.ids.tolist()), shorts), compute, "running the model")
+    return cached_job(("activations", str(run), tuple(prompt.ids.tolist()), shorts), compute, "running the model")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -30,7 +30,7 @@ if not chosen:
     st.warning("Pick at least one site.")
     st.stop()
 try:
-    tokens, truncated_from, acts = live_activations(str(run), text, chat, tuple(chosen))
+    tokens, truncated_from, acts = live_activations(run, live, text, chat, tuple(chosen))
 except UserError as exc:
     st.error(public(exc, run))
     st.stop()

@@ -74,11 +74,12 @@ if not chosen:
     st.warning("Pick at least one SAE.")
     st.stop()
 try:
-    missing = set(chosen) - {site.short for site in live_model(run).sites()}
+    live = live_model(run)
+    missing = set(chosen) - {site.short for site in live.sites()}
     if missing:
         raise UserError(f"the run's SAE folders have no SAE for {', '.join(sorted(missing))}; "
                         f"the feature file and the run disagree: precompute again with `sae-explorer precompute {run.name}`")
-    tokens, truncated_from, acts = live_activations(str(run), text, chat, chosen)
+    tokens, truncated_from, acts = live_activations(run, live, text, chat, chosen)
 except UserError as exc:
     st.error(public(exc, run))
     st.stop()
