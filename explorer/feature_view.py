@@ -150,3 +150,24 @@ def summary_line(page: FeaturePage) -> str:
         return f"never fired on the {int(page.sae['n_tokens']):,} precompute tokens"
     return (f"density {f['density']:.3%} ({int(f['fires']):,} of {int(page.sae['n_tokens']):,} tokens) · "
             f"max activation {f['max_act']:.2f} · mean when firing {f['mean_act']:.2f}")
+
+
+RELEASE_STATS = ("fires", "density", "max_act", "mean_act")
+
+
+def release_comparison(page: FeaturePage) -> pd.DataFrame:
+    """This run's numbers for the feature beside each release's own (`import-stats`), one row per source; a release's
+    missing number stays empty, never filled from ours."""
+    f = page.feature
+    rows = [{"source": f"this run ({int(page.sae['n_tokens']):,} precompute tokens)",
+             **{k: f[k] for k in RELEASE_STATS}}]
+    rows += [{"source": f"release: {r['origin']}", **{k: r[k] for k in RELEASE_STATS}}
+             for r in page.release.features.to_dict("records")]
+    return pd.DataFrame(rows)
+
+
+def release_prompts(page: FeaturePage, origin: str) -> pd.DataFrame:
+    """A release's top prompts of the feature, as it gives them (its text, not our tokenisation)."""
+    ex = page.release.examples
+    ex = ex[ex["origin"] == origin]
+    return pd.DataFrame({"rank": ex["rank"] + 1, "activation": ex["activation"], "token": ex["token"], "text": ex["text"]})

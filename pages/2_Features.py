@@ -18,6 +18,8 @@ from explorer.feature_view import (
     histogram_svg,
     logit_html,
     neighbour_table,
+    release_comparison,
+    release_prompts,
     summary_line,
 )
 from explorer.state import (
@@ -97,6 +99,28 @@ def show_annotations(sae: str, feature: int) -> None:
                     st.rerun()
 
 
+def show_release(page) -> None:
+    """What a published release says of this feature (`sae-explorer import-stats`), beside this run's numbers."""
+    release = page.release
+    if release.empty:
+        return
+    st.caption("this run's statistics beside the release's own (over the release's corpus; empty where it gives none)")
+    st.dataframe(release_comparison(page), hide_index=True, column_config={
+        "density": st.column_config.NumberColumn(format="%.6f"), "fires": st.column_config.NumberColumn(format="%d")})
+    origins = sorted(set(release.examples["origin"]) | set(release.features["origin"]))
+    summaries = {row["origin"]: row["summary"] for row in release.features.to_dict("records")}
+    for origin in origins:
+        prompts = release_prompts(page, origin)
+        with st.expander(f"release's top prompts ({len(prompts)}) · {origin}", expanded=False):
+            if prompts.empty:
+                st.caption("the release lists no prompts for this feature")
+            else:
+                st.dataframe(prompts, hide_index=True, column_config={"text": st.column_config.TextColumn(width="large")})
+            if summaries.get(origin):
+                st.caption("the release's summary")
+                st.json(summaries[origin], expanded=False)
+
+
 def open_feature(sae: str, feature: int) -> None:
     """Move to another feature inside this session (a rerun, not a page load); the URL follows."""
     st.query_params.update({"sae": sae, "feature": str(int(feature))})
@@ -140,6 +164,7 @@ def show_feature(sae: str, feature: int) -> None:
     show_annotations(short, feature)
     if page.feature["dead"]:
         st.warning("This feature never fired on the precompute tokens: it has no examples.")
+    show_release(page)
     left, right = st.columns([3, 2])
     left.markdown(histogram_svg(page), unsafe_allow_html=True)
     with right:

@@ -117,6 +117,20 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_stats(args: argparse.Namespace) -> int:
+    from .features.release_stats import ReleaseStatsOptions, import_release_stats, parse_columns, release_files
+    from .options import config_from_args
+
+    options: ReleaseStatsOptions = config_from_args(args, ReleaseStatsOptions)
+    files = release_files(args.source, options.metrics, options.prompts)
+    columns = parse_columns(options.columns)
+    done = import_release_stats(args.run, options.sae, files, options.origin or args.source, columns=columns,
+                                log=lambda m: print(m, file=sys.stderr))
+    print(f"{args.run}: {done.sae} now holds {done.features:,} feature rows and {done.examples:,} top prompts from "
+          f"{done.origin} (shown on each feature's page beside this run's own statistics)")
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     from .interp.config import ExplainConfig
     from .interp.explain import explain_run
@@ -391,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .features.embed import EmbedOptions
     from .features.export_neuronpedia import NeuronpediaOptions
     from .features.precompute import PrecomputeOptions
+    from .features.release_stats import ReleaseStatsOptions
     from .interp.config import ExplainConfig
     from .loading import FORMATS
     from .options import ModelOptions, add_config_arguments
@@ -462,6 +477,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "PATH=SITE")
     add_config_arguments(p, ImportOptions, PrecomputeOptions, skip=("saes",))
     p.set_defaults(func=_import)
+
+    p = sub.add_parser(
+        "import-stats",
+        help="bring a published release's own feature statistics (metrics, top prompts in Parquet) into a run",
+        description="Read a release's per-feature metrics and top prompts (a \"reverse index\" of Parquet files, local "
+        "or hf:ORG/REPO/PATH) and store them in the run's feature file for one SAE, marked with their origin: the "
+        "Features page shows them beside the run's own statistics. Columns are recognised by name (see "
+        "docs/files.md#release-statistics); --columns names the others. Columns not recognised are kept as they are. "
+        "Importing from the same origin again replaces what it wrote.",
+        epilog="examples:\n  sae-explorer import-stats runs/qwen8b hf:sammyliu/qwen3-8b-sae-l36-topk64/reverse-index/"
+        "l36-complete-merged --sae L35R\n  sae-explorer import-stats runs/demo ~/release-stats --sae L14R "
+        "--columns density=act_rate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder whose feature file receives the statistics (precompute it first)")
+    p.add_argument("source", help="folder holding the release's statistics (feature_metrics.parquet, "
+                   "feature_prompts.parquet, summary.json), local or hf:ORG/REPO/PATH")
+    add_config_arguments(p, ReleaseStatsOptions)
+    p.set_defaults(func=_import_stats)
 
     p = sub.add_parser(
         "app",

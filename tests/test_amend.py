@@ -11,7 +11,7 @@ import pytest
 from sae_core.cli import main
 from sae_core.features.amend import amend, upgrade
 from sae_core.features.reader import FeatureStore
-from sae_core.features.schema import DB_FILE, SCHEMA_VERSION, FeatureDBError
+from sae_core.features.schema import DB_FILE, RELEASE, SCHEMA_VERSION, FeatureDBError
 
 
 def _digest(path):
@@ -25,6 +25,8 @@ def _version_1(precomputed_run, tmp_path):
     with duckdb.connect(str(run / DB_FILE)) as con:
         con.execute("DROP TABLE explanations")
         con.execute("DROP TABLE feature_vectors")
+        for table in RELEASE:
+            con.execute(f"DROP TABLE {table}")
         con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
         con.execute("DELETE FROM meta WHERE key = 'embedder'")
     return run
@@ -37,12 +39,28 @@ def test_a_version_1_file_is_refused_with_the_upgrade_command_then_upgraded(prec
     with duckdb.connect(str(run / DB_FILE), read_only=True) as con:
         before = con.execute("SELECT * FROM features ORDER BY sae_id, feature").df()
     assert main(["upgrade", str(run)]) == 0
-    assert "schema version 1 → 2" in capsys.readouterr().out
+    assert f"schema version 1 → {SCHEMA_VERSION}" in capsys.readouterr().out
     with FeatureStore(run) as store:
         assert store.meta["schema_version"] == SCHEMA_VERSION and store.meta["upgraded_from"] == 1
         assert store._df("SELECT * FROM features ORDER BY sae_id, feature").equals(before)
         assert store.explanations(0, 0).empty and store.embedder_settings is None
     assert upgrade(run) == (SCHEMA_VERSION, SCHEMA_VERSION)  # a second upgrade does nothing
+
+
+def test_a_version_2_file_gets_the_release_tables_and_keeps_its_explanations(explained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(explained_run, run)
+    with duckdb.connect(str(run / DB_FILE)) as con:
+        for table in RELEASE:
+            con.execute(f"DROP TABLE {table}")
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        explanations = con.execute("SELECT count(*) FROM explanations").fetchone()[0]
+    with pytest.raises(FeatureDBError, match="schema version 2, this sae-explorer reads version 3; upgrade it in place"):
+        FeatureStore(run)
+    assert upgrade(run) == (2, SCHEMA_VERSION)
+    with FeatureStore(run) as store:
+        assert len(store._df("SELECT * FROM explanations")) == explanations > 0
+        assert store.release(0, 0).empty and store.release_sources().empty
 
 
 def test_embed_command_adds_vectors_to_an_upgraded_file(precomputed_run, tmp_path):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import duckdb
+import pandas as pd
 import pytest
 
 from sae_core.cli import main
 from sae_core.features.export_parquet import ORDER, export_parquet
+from sae_core.features.release_stats import find_release_files, import_release_stats
+from sae_core.features.schema import SCHEMA_VERSION
 from sae_core.testing.synthetic_features import build_synthetic
 
 
@@ -17,6 +20,11 @@ def db(tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "features.duckdb"
     build_synthetic(path, n_saes=3, d_sae=300, vocab_size=400, n_contexts=16, context_size=32, explained_fraction=0.3,
                     vector_dim=16)
+    release = path.parent / "release"
+    release.mkdir()
+    pd.DataFrame({"feature": [1, 2], "density": [0.1, 0.2], "note": ["a", "b"]}).to_parquet(release / "feature_metrics.parquet")
+    pd.DataFrame({"feature": [1], "text": ["hello"], "activation": [2.0]}).to_parquet(release / "feature_prompts.parquet")
+    import_release_stats(path, "L0R", find_release_files(release), "a release")  # every table has rows
     return path
 
 
@@ -24,7 +32,7 @@ def test_every_table_comes_back_row_for_row(db, tmp_path):
     out = tmp_path / "parquet"
     rows = export_parquet(db, out)
     schema = json.loads((out / "schema.json").read_text())
-    assert set(schema["tables"]) == set(ORDER) and schema["meta"]["schema_version"] == 2
+    assert set(schema["tables"]) == set(ORDER) and schema["meta"]["schema_version"] == SCHEMA_VERSION
     assert sorted(p.name for p in (out / "features").iterdir()) == ["sae_id=0", "sae_id=1", "sae_id=2"]
     with duckdb.connect(str(db), read_only=True) as con:
         for table, info in schema["tables"].items():

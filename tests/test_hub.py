@@ -153,3 +153,22 @@ def test_other_registry_formats_go_through_saelens_own_converter(monkeypatch):
     assert asked == [(release, sae_id)]
     with torch.no_grad():
         torch.testing.assert_close(ours.encode(x), theirs.encode(x), rtol=1e-5, atol=1e-5)
+
+
+def test_release_statistics_import_from_the_cache_offline(hub_cache, tmp_path):
+    import pandas as pd
+
+    from sae_core.cli import main
+    from sae_core.features.reader import FeatureStore
+    from sae_core.testing.synthetic_features import build_synthetic
+
+    run = tmp_path / "run"
+    run.mkdir()
+    build_synthetic(run / "features.duckdb", n_saes=1, d_sae=64, n_layers=1, vocab_size=100, n_contexts=4, context_size=16)
+    folder = _snapshot(hub_cache, "org/sae-release") / "reverse-index" / "l0"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"feature_id": [5], "max_activation": [3.5]}).to_parquet(folder / "feature_metrics.parquet")
+    assert main(["import-stats", str(run), "hf:org/sae-release/reverse-index/l0", "--sae", "L0R"]) == 0
+    with FeatureStore(run) as store:
+        release = store.feature("L0R", 5).release.features
+    assert list(release.origin) == ["hf:org/sae-release/reverse-index/l0"] and release.max_act.iloc[0] == 3.5

@@ -22,7 +22,7 @@ import duckdb
 from ..errors import UserError
 from .indexes import refresh_indexes
 from .parts import part_files, store_of, store_path
-from .schema import SCHEMA_VERSION, UNDERSTANDING_TABLES, UPGRADABLE, FeatureDBError, open_read_only
+from .schema import ADDED, SCHEMA_VERSION, UPGRADABLE, FeatureDBError, open_read_only
 
 AMEND_SUFFIX = ".amending"
 
@@ -36,11 +36,14 @@ def feature_file(path: str | Path) -> Path:
 
 
 def amend_each(path: str | Path, write: Callable[[duckdb.DuckDBPyConnection, list[int]], None], *,
-               check_version: bool = True) -> None:
+               check_version: bool = True, sae_id: int | None = None) -> None:
     """`write(connection, its SAE ids)` into every file of a run's features (one, or each part of a split store) with
-    `amend`, then rebuild the indexes once."""
+    `amend`, then rebuild the indexes once; with `sae_id`, only into the file that holds that SAE (a split store's
+    other parts are not copied)."""
     store = feature_file(path)
     for file in part_files(store) if store.is_dir() else [store]:
+        if sae_id is not None and store.is_dir() and sae_id not in _sae_ids(file):
+            continue
         with amend(file, check_version=check_version, refresh=False) as con:
             write(con, [int(i) for (i,) in con.execute("SELECT sae_id FROM saes").fetchall()])
     refresh_indexes(store)
@@ -92,7 +95,7 @@ def set_meta(con: duckdb.DuckDBPyConnection, items: dict[str, Any]) -> None:
 def upgrade(path: str | Path) -> tuple[int, int]:
     """Bring a feature file of an older schema version to this one in place; returns `(old, new)` version.
 
-    Version 1 → 2 adds the (empty) explanation and vector tables: nothing is recomputed.
+    Each version adds empty tables (2: explanations and vectors; 3: a release's statistics): nothing is recomputed.
     """
     store = feature_file(path)
     versions = [_upgrade_file(file) for file in (part_files(store) if store.is_dir() else [store])]
@@ -112,10 +115,15 @@ def _upgrade_file(path: Path) -> tuple[int, int]:
             "`sae-explorer precompute` (or use the matching sae-explorer)"
         )
     with amend(path, check_version=False, refresh=False) as con:
-        con.execute(UNDERSTANDING_TABLES)
-        con.execute("CREATE INDEX explanations_feature ON explanations (sae_id, feature)")
+        for added in range(version + 1, SCHEMA_VERSION + 1):
+            con.execute("".join(ADDED[added]))
         set_meta(con, {"schema_version": SCHEMA_VERSION, "upgraded_from": version})
     return version, SCHEMA_VERSION
+
+
+def _sae_ids(path: Path) -> set[int]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return {int(i) for (i,) in con.execute("SELECT sae_id FROM saes").fetchall()}
 
 
 def _version(path: Path) -> int | None:

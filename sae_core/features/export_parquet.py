@@ -14,12 +14,12 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_folder, check_replaceable
 from .parts import open_store, quoted
+from .schema import ROW_ORDER
 
-PARTITIONED = ("features", "examples", "neighbours", "explanations", "feature_vectors")
+PARTITIONED = ("features", "examples", "neighbours", "explanations", "feature_vectors", "release_features",
+               "release_examples")
 """Tables with one row per feature (or several): written one folder per SAE."""
-ORDER = {"features": "sae_id, feature", "examples": "sae_id, feature, kind, rank", "neighbours": "sae_id, feature, kind",
-         "explanations": "sae_id, feature, created", "feature_vectors": "sae_id, feature, source",
-         "saes": "sae_id", "site_summary": "sae_id", "vocab": "token_id", "contexts": "context_id", "meta": "key"}
+ORDER = ROW_ORDER
 """Every table and its row order in the export."""
 
 

@@ -20,7 +20,8 @@ from .schema import DB_FILE, FILE_CATALOG, FeatureDBError, check_schema_version,
 
 PARTS_DIR = "features"
 """The folder of a run that holds its parts (instead of `features.duckdb`)."""
-UNION_TABLES = ("saes", "features", "examples", "neighbours", "site_summary", "explanations", "feature_vectors")
+UNION_TABLES = ("saes", "features", "examples", "neighbours", "site_summary", "explanations", "feature_vectors",
+                "release_sources", "release_features", "release_examples")
 """Tables whose rows belong to one SAE: each part holds its own, the store's view unions them."""
 
 

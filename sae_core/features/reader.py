@@ -67,6 +67,23 @@ class FeaturePage:
     explanations: pd.DataFrame
     """Every explanation of the feature, newest first: `explanation`, `explainer`, `scorer`, `created`, the scores
     and their baselines (`detection`, `detection_shuffled`, `detection_handle`, …), `details` (parsed JSON)."""
+    release: ReleaseStats
+    """A published release's own statistics of the feature (`import-stats`), beside ours; empty when none."""
+
+
+@dataclass(frozen=True)
+class ReleaseStats:
+    """What releases say of one feature (`sae_core.features.release_stats`): their numbers and top prompts, by origin."""
+
+    features: pd.DataFrame
+    """One row per origin: `origin`, `fires`, `density`, `max_act`, `mean_act` (null where the release gives none),
+    `extra` (its other columns, parsed), `summary` (its summary file, parsed, or None)."""
+    examples: pd.DataFrame
+    """Its top prompts: `origin`, `rank`, `activation`, `text`, `token`, `extra` (parsed)."""
+
+    @property
+    def empty(self) -> bool:
+        return self.features.empty and self.examples.empty
 
 
 class FeatureStore:
@@ -194,6 +211,7 @@ class FeatureStore:
         examples = self._pool.submit(self.examples, sae_id, feature)
         neighbours = self._pool.submit(self.neighbours, sae_id, feature)
         explanations = self._pool.submit(self.explanations, sae_id, feature)
+        release = self._pool.submit(self.release, sae_id, feature)
         row = self._one("SELECT * FROM features WHERE sae_id = ? AND feature = ?", [sae_id, int(feature)], sae=sae_id)
         if row is None:
             raise FeatureNotFound(
@@ -208,6 +226,7 @@ class FeatureStore:
             examples=examples.result(),
             neighbours=neighbours.result(),
             explanations=explanations.result(),
+            release=release.result(),
         )
 
     def examples(self, sae_id: int, feature: int) -> pd.DataFrame:
@@ -258,6 +277,26 @@ class FeatureStore:
                       [int(sae_id), int(feature)], sae=sae_id)
         df["details"] = [json.loads(d) if isinstance(d, str) else {} for d in df["details"]]
         return df
+
+    def release(self, sae_id: int, feature: int) -> ReleaseStats:
+        """A release's own statistics and top prompts of one feature, by origin (empty when none were imported)."""
+        args = [int(sae_id), int(feature)]
+        features = self._df("""SELECT f.origin, f.fires, f.density, f.max_act, f.mean_act, f.extra, s.summary
+                               FROM release_features f LEFT JOIN release_sources s USING (sae_id, origin)
+                               WHERE f.sae_id = ? AND f.feature = ? ORDER BY f.origin""", args, sae=sae_id)
+        examples = self._df("""SELECT origin, rank, activation, text, token, extra FROM release_examples
+                               WHERE sae_id = ? AND feature = ? ORDER BY origin, rank""", args, sae=sae_id)
+        for frame, column in ((features, "extra"), (features, "summary"), (examples, "extra")):
+            frame[column] = [json.loads(v) if isinstance(v, str) else None for v in frame[column]]
+        return ReleaseStats(features, examples)
+
+    def release_sources(self) -> pd.DataFrame:
+        """Every release whose statistics the store holds: `sae`, `origin`, `imported`, `column_map` (file → role →
+        its column) and `summary`, both parsed."""
+        frame = self._df("SELECT sae_id, origin, imported, column_map, summary FROM release_sources ORDER BY sae_id, origin")
+        for column in ("column_map", "summary"):
+            frame[column] = [json.loads(v) if isinstance(v, str) else None for v in frame[column]]
+        return self._with_sae_names(frame, ["sae", "origin", "imported", "column_map", "summary"])
 
     def explained_by(self, explainer: str, scorer: str) -> set[tuple[str, int]]:
         """`(SAE short name, feature)` of every feature with an explanation by this explainer scored by this scorer."""

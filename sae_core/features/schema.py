@@ -14,9 +14,10 @@ import duckdb
 
 from ..errors import UserError
 
-SCHEMA_VERSION = 2
-"""Version 2 added `explanations` and `feature_vectors` (`sae-explorer upgrade RUN` brings a version-1 file up)."""
-UPGRADABLE = {1}
+SCHEMA_VERSION = 3
+"""Version 2 added `explanations` and `feature_vectors`, version 3 the `release_*` tables (`sae-explorer upgrade RUN`
+brings an older file up)."""
+UPGRADABLE = {1, 2}
 """Older versions `upgrade` can bring to this one without recomputing anything."""
 DB_FILE = "features.duckdb"
 
@@ -81,11 +82,31 @@ COLUMNS: dict[str, dict[str, str]] = {
         "source": "VARCHAR",  # 'examples' (its top contexts) or 'explanation'
         "scale": "FLOAT", "vector": "TINYINT[]",  # unit sentence embedding ≈ scale × vector (int8)
     },
+    # written by `import-stats`: a published release's own statistics, kept beside ours and never mixed with them.
+    # `origin` names where they came from (a Hub path or a folder); one SAE may hold several origins.
+    "release_sources": {
+        "sae_id": "INTEGER", "origin": "VARCHAR", "imported": "VARCHAR",  # ISO time
+        "column_map": "VARCHAR",  # JSON: which of the release's columns each role was read from
+        "summary": "VARCHAR",  # JSON: the release's own summary file, as it was (null without one)
+    },
+    "release_features": {
+        "sae_id": "INTEGER", "feature": "INTEGER", "origin": "VARCHAR",
+        "fires": "BIGINT", "density": "DOUBLE", "max_act": "DOUBLE", "mean_act": "DOUBLE",  # null where not given
+        "extra": "VARCHAR",  # JSON: the row's other columns, unread but kept
+    },
+    "release_examples": {
+        "sae_id": "INTEGER", "feature": "INTEGER", "origin": "VARCHAR",
+        "rank": "INTEGER",  # the release's own rank, else by activation, strongest first
+        "activation": "DOUBLE", "text": "VARCHAR", "token": "VARCHAR",  # text as the release gives it (not our tokens)
+        "extra": "VARCHAR",
+    },
 }
 """Every table of a feature file: column → DuckDB type. The one place a table's columns are written: the DDL
 below is made from it and every insert is checked against it (`check_columns`)."""
 UNDERSTANDING = ("explanations", "feature_vectors")
 """The tables schema version 2 added (`upgrade` creates them in a version-1 file)."""
+RELEASE = ("release_sources", "release_features", "release_examples")
+"""The tables schema version 3 added: a release's own statistics (`sae_core.features.release_stats`)."""
 SAE_IDENTITY = ("sae_id", "hook_name", "short_name", "layer", "site")
 """The columns that name an SAE, first in `saes` and `site_summary`."""
 METRIC_COLUMNS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "ce_loss_recovered", "kl_div",
@@ -93,13 +114,23 @@ METRIC_COLUMNS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fra
 """The held-out metrics `saes` copies from each SAE's metrics.json."""
 
 
+ROW_ORDER = {"features": "sae_id, feature", "examples": "sae_id, feature, kind, rank", "neighbours": "sae_id, feature, kind",
+             "explanations": "sae_id, feature, created", "feature_vectors": "sae_id, feature, source",
+             "release_features": "sae_id, feature, origin", "release_examples": "sae_id, feature, origin, rank",
+             "release_sources": "sae_id, origin", "saes": "sae_id", "site_summary": "sae_id", "vocab": "token_id",
+             "contexts": "context_id", "meta": "key"}
+"""Every table and the order its rows are written in (by a build, a split, an export)."""
+assert set(ROW_ORDER) == set(COLUMNS)
+
+
 def create_tables(tables: tuple[str, ...] | list[str]) -> str:
     """The CREATE TABLE statements of `tables`."""
     return "\n".join(f"CREATE TABLE {t} ({', '.join(f'{c} {kind}' for c, kind in COLUMNS[t].items())});" for t in tables)
 
 
-TABLES = create_tables([t for t in COLUMNS if t not in UNDERSTANDING])
+TABLES = create_tables([t for t in COLUMNS if t not in UNDERSTANDING + RELEASE])
 UNDERSTANDING_TABLES = create_tables(UNDERSTANDING)
+RELEASE_TABLES = create_tables(RELEASE)
 
 
 def check_columns(table: str, names: list[str] | tuple[str, ...] | set[str]) -> None:
@@ -127,6 +158,13 @@ CREATE INDEX examples_feature ON examples (sae_id, feature);
 CREATE INDEX neighbours_feature ON neighbours (sae_id, feature);
 CREATE INDEX explanations_feature ON explanations (sae_id, feature);
 """
+RELEASE_INDEXES = """
+CREATE INDEX release_features_feature ON release_features (sae_id, feature);
+CREATE INDEX release_examples_feature ON release_examples (sae_id, feature);
+"""
+ADDED = {2: (UNDERSTANDING_TABLES, "CREATE INDEX explanations_feature ON explanations (sae_id, feature);"),
+         3: (RELEASE_TABLES, RELEASE_INDEXES)}
+"""What each schema version added to the one before: its tables and their indexes (what `upgrade` runs)."""
 
 
 class FeatureDBError(UserError):

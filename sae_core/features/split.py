@@ -13,11 +13,8 @@ from ..errors import UserError
 from ..io import atomic_folder
 from .indexes import refresh_indexes
 from .parts import PARTS_DIR, UNION_TABLES, quoted
-from .schema import open_read_only
+from .schema import ROW_ORDER, open_read_only
 from .writer import FeatureDBWriter
-
-ROW_ORDER = {"saes": "sae_id", "features": "feature", "examples": "feature, kind, rank", "neighbours": "feature, kind",
-             "site_summary": "sae_id", "explanations": "feature, created", "feature_vectors": "feature, source"}
 
 
 def part_name(short_name: str) -> str:

@@ -21,7 +21,15 @@ from torch import Tensor
 
 from ..io import atomic_path
 from .indexes import refresh_indexes
-from .schema import INDEXES, SCHEMA_VERSION, TABLES, UNDERSTANDING_TABLES, check_columns
+from .schema import (
+    INDEXES,
+    RELEASE_INDEXES,
+    RELEASE_TABLES,
+    SCHEMA_VERSION,
+    TABLES,
+    UNDERSTANDING_TABLES,
+    check_columns,
+)
 
 TMP_SUFFIX = ".building"
 
@@ -54,7 +62,7 @@ class FeatureDBWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._remove_tmp()  # a build that was killed earlier
         self.con = duckdb.connect(str(self.tmp))
-        self.con.execute(TABLES + UNDERSTANDING_TABLES)
+        self.con.execute(TABLES + UNDERSTANDING_TABLES + RELEASE_TABLES)
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
@@ -89,7 +97,7 @@ class FeatureDBWriter:
         assert self.con is not None
         items = {"schema_version": SCHEMA_VERSION, **meta, "content_id": uuid.uuid4().hex}
         self.insert("meta", {"key": list(items), "value": [json.dumps(v) for v in items.values()]})
-        self.con.execute(INDEXES)
+        self.con.execute(INDEXES + RELEASE_INDEXES)
         self.con.execute("CHECKPOINT")
 
 
