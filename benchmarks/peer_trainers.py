@@ -7,6 +7,8 @@ Each adapter does what its library's own trainer does per optimiser step, minus 
   saelens         SAELens's TopKTrainingSAE, default settings (its SAETrainer._train_step)
   saelens-sparse  the same with use_sparse_activations=True (and rescale_acts_by_decoder_norm off, which
                   that path needs: with it on, backward fails on torch 2.13)
+  matmul          not a trainer: the encoder matmul alone (four addmm blocks of 1,024 × d_in × d_sae), the one
+                  piece of work no TopK trainer can skip; ours ÷ it is how close our step comes to that bound
 All see the same normalised activations, batch, k, width, learning rate (constant) and seed, and
 track dead latents (tokens since last fired) the way their trainer does, feeding AuxK when any die.
 """
@@ -23,7 +25,7 @@ from sae_core.saes.reference import reference_losses
 from sae_core.training.config import TrainConfig
 from sae_core.training.site_trainer import SiteTrainer
 
-TRAINERS = ("ours", "plain", "sparsify", "saelens", "saelens-sparse")
+TRAINERS = ("ours", "plain", "sparsify", "saelens", "saelens-sparse", "matmul")
 DEAD_TOKENS = 10_000_000  # sparsify's default dead_feature_threshold; never reached in a benchmark-length run
 
 
@@ -162,9 +164,32 @@ class SAELens(Trainer):
         return self.sae(x)
 
 
+class MatmulAlone(Trainer):
+    """The encoder's pre-activations of a batch and nothing else: `addmm(b_enc, x, W_enc)` a block of rows at a time
+    into one reused buffer, with the weights laid out as ours (`W_enc` a view of the per-latent `(d_sae, d_in)`)."""
+
+    name = "matmul"
+    ROWS = 1024
+
+    def __init__(self, d_in: int, d_sae: int, k: int, lr: float, init: Tensor, steps: int):
+        g = torch.Generator().manual_seed(0)
+        self.W_enc = (torch.randn(d_sae, d_in, generator=g) / d_in**0.5).to(init.device).T
+        self.b_enc = torch.zeros(d_sae, device=init.device)
+        self.buffer = torch.empty(min(self.ROWS, init.shape[0]), d_sae, device=init.device)
+
+    def step(self, x: Tensor) -> None:
+        for start in range(0, x.shape[0], self.ROWS):
+            rows = x[start : start + self.ROWS]
+            torch.addmm(self.b_enc, rows, self.W_enc, out=self.buffer[: rows.shape[0]])
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        raise NotImplementedError("the matmul alone reconstructs nothing")
+
+
 def make_trainer(name: str, d_in: int, d_sae: int, k: int, lr: float, init: Tensor, steps: int) -> Trainer:
     """The adapter for `name` (one of TRAINERS); `init` is the first training batch (bias initialisation)."""
     if name == "saelens-sparse":
         return SAELens(d_in, d_sae, k, lr, init, steps, sparse=True)
-    cls = {"ours": Ours, "plain": Plain, "sparsify": Sparsify, "saelens": SAELens}[name]
+    cls = {"ours": Ours, "plain": Plain, "sparsify": Sparsify, "saelens": SAELens, "matmul": MatmulAlone}[name]
     return cls(d_in, d_sae, k, lr, init, steps)

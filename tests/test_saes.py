@@ -20,7 +20,8 @@ from sae_core.saes.batchtopk import batch_topk
 from sae_core.saes.init import geometric_median
 from sae_core.saes.jumprelu import JumpReLUFunction, StepFunction
 from sae_core.saes.reference import reference_losses
-from sae_core.saes.sparse_ops import per_token, scatter_rows, sparse_decode
+from sae_core.saes import sparse_ops
+from sae_core.saes.sparse_ops import per_token, scatter_rows, sparse_decode, topk_rows
 from sae_core.saes.topk import FusedTopKEncoder, auxk_loss, fit_encoder_scale
 
 D_IN, D_SAE, K = 16, 64, 4
@@ -215,6 +216,26 @@ def test_fused_topk_encoder_matches_dense_reference(dtype: torch.dtype) -> None:
         torch.testing.assert_close(mine.grad, ref.grad, **tol)
 
 
+@pytest.mark.parametrize("shape, k, values", [
+    ((64, 8192), 32, "normal"), ((3, 5, 4608), 20, "normal"),  # 4608 = 16 · 288: groups of 16
+    ((16, 4104), 32, "normal"),  # 4104 = 8 · 513: groups of 8
+    ((32, 8192), 32, "ties"), ((8, 4096), 16, "constant"), ((8, 4096), 16, "negative"),
+])
+def test_grouped_topk_selects_the_same_values_as_topk(shape, k, values) -> None:
+    g = torch.Generator().manual_seed(0)
+    pre = {"normal": lambda: torch.randn(shape, generator=g),
+           "ties": lambda: torch.randint(-3, 4, shape, generator=g).float(),  # thousands of ties at the k-th value
+           "constant": lambda: torch.full(shape, 0.5),
+           "negative": lambda: -torch.rand(shape, generator=g) - 1}[values]()
+    top, indices = topk_rows(pre, k)
+    expected = pre.topk(k, dim=-1, sorted=False).values
+    assert top.shape == indices.shape == (*shape[:-1], k)
+    torch.testing.assert_close(top.sort(-1).values, expected.sort(-1).values, rtol=0, atol=0)
+    torch.testing.assert_close(pre.gather(-1, indices), top, rtol=0, atol=0)  # each value sits at its index
+    flat = indices.reshape(-1, k)
+    assert all(len(set(row.tolist())) == k for row in flat)  # k distinct columns a row
+
+
 def test_sparse_decode_equals_dense_decode() -> None:
     g = torch.Generator().manual_seed(0)
     values = torch.rand(20, K, generator=g)
@@ -285,8 +306,13 @@ def test_auxk_scale_and_weight() -> None:
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("with_dead", [False, True])
-def test_fast_training_losses_and_gradients_equal_the_dense_reference(arch: str, dtype: torch.dtype, with_dead: bool) -> None:
-    """The whole training forward + backward (fused blocked encoder, sparse decoder, sparse AuxK) vs plain autograd."""
+@pytest.mark.parametrize("grouped", [False, True])
+def test_fast_training_losses_and_gradients_equal_the_dense_reference(arch: str, dtype: torch.dtype, with_dead: bool,
+                                                                      grouped: bool, monkeypatch) -> None:
+    """The whole training forward + backward (fused blocked encoder, sparse decoder, sparse AuxK) vs plain autograd;
+    `grouped`: with the grouped top-k that wide SAEs use (`topk_rows`) at this small width too."""
+    if grouped:
+        monkeypatch.setattr(sparse_ops, "MIN_GROUPED_WIDTH", 0)
     opts = SAETrainingOptions(auxk_alpha=0.25, auxk_k=6)
     cfg = make_cfg(arch, d_in=24, d_sae=160, k=5)
     sae = create_training_sae(cfg, opts, torch.Generator().manual_seed(3)).to(dtype)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .base import SAE, SAEConfig, SAETrainingOptions, TrainingSAE, TrainOutput
 from .jumprelu import JumpReLUSAE
-from .sparse_ops import SparseActs, exact_pre_acts, gather_pre_acts, per_token
+from .sparse_ops import SparseActs, exact_pre_acts, gather_pre_acts, per_token, topk_rows
 from .topk import dead_latents, fit_encoder_scale, sparse_losses
 
 
@@ -25,7 +25,7 @@ def batch_topk(pre: Tensor, total: int, candidates_per_row: int | None = None) -
     n, d_sae = pre.shape
     m = min(d_sae, candidates_per_row or 4 * -(-total // n))
     if m < d_sae:
-        values, indices = pre.topk(m, dim=-1, sorted=False)
+        values, indices = topk_rows(pre, m)
         top, j = values.flatten().topk(total, sorted=False)
         rows = torch.div(j, m, rounding_mode="floor")
         if int(torch.bincount(rows, minlength=n).max()) < m:

@@ -36,6 +36,35 @@ def per_token(values: Tensor, indices: Tensor) -> SparseActs:
     return SparseActs(values.flatten(), indices.flatten(), tokens, torch.arange(0, n * k, k, device=indices.device))
 
 
+GROUP_SIZES = (16, 8, 4)
+"""Columns per group `topk_rows` tries, largest first: the first that divides the width and leaves at least 4k groups."""
+MIN_GROUPED_WIDTH = 4096
+"""Below this many columns `topk_rows` is plain `torch.topk` (the grouped pass saves nothing on narrow rows)."""
+
+
+def topk_rows(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """`pre.topk(k, dim=-1, sorted=False)` of a `(..., d)` tensor, the same values at ~2× the speed on wide rows (CPU).
+
+    The columns are split into groups of g (column c is in group c mod d/g); the k largest values of a row lie
+    in the k groups with the largest maxima (an element outside them is beaten by k group maxima, each a
+    distinct element), so top-k runs over the d/g group maxima and then over those k groups' k·g members.
+    The maxima are one vectorised pass; `torch.topk` costs ~1.6 ns per element here, and now sees d/g + k·g
+    elements a row instead of d. With ties at the k-th value the indices may differ from `torch.topk`'s (which
+    breaks ties arbitrarily too); the values are the same.
+    """
+    d = pre.shape[-1]
+    g = next((g for g in GROUP_SIZES if d % g == 0 and d // g >= 4 * k), None)
+    if d < MIN_GROUPED_WIDTH or g is None or not pre.is_contiguous() or pre.device.type != "cpu":
+        return pre.topk(k, dim=-1, sorted=False)
+    lead = pre.shape[:-1]
+    rows = pre.reshape(-1, d)
+    width = d // g
+    _, groups = rows.view(-1, g, width).amax(1).topk(k, dim=1, sorted=False)  # group j = columns j, j + width, …
+    columns = (groups.unsqueeze(-1) + torch.arange(0, d, width, device=pre.device)).view(rows.shape[0], k * g)
+    values, j = rows.gather(1, columns).topk(k, dim=1, sorted=False)
+    return values.view(*lead, k), columns.gather(1, j).view(*lead, k)
+
+
 def exact_pre_acts(sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, acts: SparseActs) -> Tensor:
     """`(nnz,)` float32 pre-activations `sae_in[t] · W_enc[:, l] + b_enc[l]` of the selected entries only.
 

@@ -22,6 +22,7 @@ from .sparse_ops import (
     per_token,
     selected_linear_grads,
     sparse_decode,
+    topk_rows,
 )
 
 CPU_BLOCK_ROWS = 1024
@@ -36,12 +37,12 @@ class TopKSAE(SAE):
     architecture = "topk"
 
     def activation(self, pre: Tensor) -> Tensor:
-        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)  # type: ignore[arg-type]
+        values, indices = topk_rows(pre.contiguous(), self.cfg.k)  # type: ignore[arg-type]
         return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
 
     def encode_topk(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """`(..., d_in) -> (values, indices)`, each `(..., k)`: the sparse form of `encode` (values may be 0)."""
-        values, indices = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)  # type: ignore[arg-type]
+        values, indices = topk_rows(self.pre_acts(x).contiguous(), self.cfg.k)  # type: ignore[arg-type]
         return values.relu(), indices
 
 
@@ -84,7 +85,7 @@ class FusedTopKEncoder(torch.autograd.Function):
             pre = torch.addmm(b_enc, sae_in[start:end], W_enc, out=buffer[: end - start])
             # top-k before the ReLU: the same values once ReLU'd (a row with fewer than k positive
             # pre-activations selects zeros either way, which carry no value and no gradient)
-            torch.topk(pre, k, dim=1, sorted=False, out=(values[start:end], indices[start:end]))
+            values[start:end], indices[start:end] = topk_rows(pre, k)
             if dead is not None:
                 top, j = pre.index_select(1, dead).topk(k_aux, dim=1, sorted=False)
                 aux_values[start:end], aux_indices[start:end] = top.relu_(), dead[j]

@@ -139,10 +139,12 @@ class SiteTrainer:
         # Kept as tensors on the SAE's device until `pop_log`: no host-device sync per logged value.
         # Each is this rank's share of the whole batch's value (all of it in one process): pop_log sums them.
         scope = self.sae.batch
-        e = (x - out.x_hat).pow(2).sum()
-        var = scope.sum((x - scope.mean_rows(x)).pow(2).sum())
+        if "fvu" in out.losses:  # TopK and BatchTopK train on exactly this rank's share of the batch's FVU
+            fvu = out.losses["fvu"].detach()
+        else:
+            fvu = (x - out.x_hat).pow(2).sum() / scope.sum((x - scope.mean_rows(x)).pow(2).sum())
         share = x.shape[0] / scope.rows(x.shape[0])
-        values = {"fvu": e / var, "l0": out.l0 * share, **{f"loss_{k}": v.detach() for k, v in out.losses.items()}}
+        values = {"fvu": fvu, "l0": out.l0 * share, **{f"loss_{k}": v.detach() for k, v in out.losses.items()}}
         for k, v in values.items():
             self._log[k] = self._log.get(k, 0.0) + v
         self._log["lr"] = self._log.get("lr", 0.0) + lr
