@@ -15,12 +15,12 @@ from sae_core.saes import (
     TopKSAE,
     create_training_sae,
     sae_from_state,
+    sparse_ops,
 )
 from sae_core.saes.batchtopk import batch_topk
 from sae_core.saes.init import geometric_median
 from sae_core.saes.jumprelu import JumpReLUFunction, StepFunction
 from sae_core.saes.reference import reference_losses
-from sae_core.saes import sparse_ops
 from sae_core.saes.sparse_ops import per_token, scatter_rows, sparse_decode, topk_rows
 from sae_core.saes.topk import FusedTopKEncoder, auxk_loss, fit_encoder_scale
 
