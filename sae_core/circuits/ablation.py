@@ -1,0 +1,105 @@
+"""Is a circuit the model's answer? The metric with only the circuit's nodes left (faithfulness) and with only them
+removed (completeness), as Marks et al. 2024 measure it.
+
+Nodes outside what is kept are ablated (to zero, or to their means); kept features and error terms are computed
+live, from whatever the ablated upstream sites now send them. Keeping every node leaves the model exactly as it
+was (each site's output is `decode(f) + e = x`), so the whole graph's faithfulness is 1 by construction, and
+removing every node gives the baseline `m(∅)`:
+
+    faithfulness(C) = (m(C) − m(∅)) / (m(M) − m(∅))        completeness(C) = faithfulness(M \\ C)
+
+A complete circuit leaves nothing behind: its complement's faithfulness is near 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ..interventions.attribution import Target
+from ..interventions.prompt_activations import PromptTokens
+from ..model.load import LoadedModel
+from ..model.sites import Site
+from ..saes import SAE
+from .nodes import NodeEffects, SiteMeans, _logits, check_request, split_site
+
+Keep = dict[Site, tuple[Tensor, Tensor]]
+"""Per site: which features `(T, d_sae)` and which error terms `(T,)` are kept (bool); a missing site keeps none."""
+
+
+@torch.no_grad()
+def circuit_metric(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTokens, target: Target, keep: Keep,
+                   means: dict[Site, SiteMeans] | None = None) -> float:
+    """The metric with every node outside `keep` ablated (to zero, or to `means`) and the kept ones computed live."""
+    check_request(loaded, saes, prompt, target)
+    real = prompt.real.to(loaded.device)
+
+    def fn_for(site: Site, sae: SAE) -> Callable[[Tensor], Tensor]:
+        def fn(x: Tensor) -> Tensor:
+            f, e = split_site(sae, x[0], real)
+            kept_f, kept_e = keep.get(site, (torch.zeros_like(f, dtype=torch.bool), torch.zeros(len(f), dtype=torch.bool)))
+            site_means = (means or {}).get(site)
+            pf = site_means.features.to(f) if site_means is not None else torch.zeros_like(f)
+            pe = site_means.error.to(e) if site_means is not None else torch.zeros_like(e)
+            f = torch.where(kept_f.to(f.device), f, pf)
+            e = torch.where(kept_e.to(e.device)[:, None], e, pe)
+            return (sae.decode(f) + e)[None]
+        return fn
+
+    return float(target.value(_logits(loaded, prompt, {site: fn_for(site, sae) for site, sae in saes.items()})))
+
+
+def ranked_nodes(effects: NodeEffects) -> pd.DataFrame:
+    """Every node with its effect, largest |effect| first: `site`, `position`, `feature` (-1: the error term), `effect`."""
+    frames = []
+    for site, nodes in effects.sites.items():
+        t, d = nodes.feature_effects.shape
+        positions = torch.arange(t).repeat_interleave(d + 1)
+        features = torch.arange(-1, d).repeat(t)
+        values = torch.cat([nodes.error_effects[:, None], nodes.feature_effects], dim=1).flatten()
+        frames.append(pd.DataFrame({"site": site.short, "position": positions.numpy(), "feature": features.numpy(),
+                                    "effect": values.numpy()}))
+    table = pd.concat(frames, ignore_index=True)
+    order = table["effect"].abs().sort_values(ascending=False, kind="stable").index
+    return table.loc[order].reset_index(drop=True)
+
+
+def keep_nodes(effects: NodeEffects, nodes: pd.DataFrame) -> Keep:
+    """The `Keep` masks of the nodes listed (rows of `ranked_nodes`)."""
+    keep: Keep = {}
+    by_short = {site.short: site for site in effects.sites}
+    for short, rows in nodes.groupby("site"):
+        site = by_short[str(short)]
+        shape = effects.sites[site].feature_effects.shape
+        kept_f, kept_e = torch.zeros(shape, dtype=torch.bool), torch.zeros(shape[0], dtype=torch.bool)
+        errors = rows[rows["feature"] < 0]
+        features = rows[rows["feature"] >= 0]
+        kept_e[torch.tensor(errors["position"].tolist(), dtype=torch.long)] = True
+        kept_f[torch.tensor(features["position"].tolist(), dtype=torch.long),
+               torch.tensor(features["feature"].tolist(), dtype=torch.long)] = True
+        keep[site] = (kept_f, kept_e)
+    return keep
+
+
+def faithfulness_curve(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTokens, target: Target,
+                       effects: NodeEffects, sizes: Sequence[int], means: dict[Site, SiteMeans] | None = None) -> pd.DataFrame:
+    """Faithfulness and completeness of the circuits made of the n nodes of largest |effect|, for each n in `sizes`:
+    columns `nodes`, `metric_circuit`, `faithfulness`, `metric_without`, `completeness` (NaN when m(M) = m(∅))."""
+    ranked = ranked_nodes(effects)
+    every = keep_nodes(effects, ranked)
+    empty = circuit_metric(loaded, saes, prompt, target, {}, means)
+    span = effects.value - empty
+    rows = []
+    for n in sizes:
+        chosen = keep_nodes(effects, ranked.head(n))
+        complement = {site: (every[site][0] & ~chosen[site][0], every[site][1] & ~chosen[site][1]) if site in chosen
+                      else every[site] for site in every}
+        with_circuit = circuit_metric(loaded, saes, prompt, target, chosen, means)
+        without = circuit_metric(loaded, saes, prompt, target, complement, means)
+        rows.append({"nodes": int(min(n, len(ranked))), "metric_circuit": with_circuit,
+                     "faithfulness": (with_circuit - empty) / span if span else float("nan"),
+                     "metric_without": without, "completeness": (without - empty) / span if span else float("nan")})
+    return pd.DataFrame(rows)
