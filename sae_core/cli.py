@@ -131,6 +131,60 @@ def _import_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _circuit(args: argparse.Namespace) -> int:
+    import time
+
+    from .circuits.graph import CircuitOptions, CircuitRequest, find_circuit
+    from .circuits.means import site_means
+    from .devices import resolve_device
+    from .features.parts import store_path, store_stamp
+    from .features.reader import FeatureStore
+    from .interventions.attribution import Target, token_id, top_predictions
+    from .interventions.prompt_activations import tokenize_prompt
+    from .io import write_json
+    from .options import config_from_args
+    from .runs.open_run import open_run_saes
+    from .text.corpus import iter_documents
+    from .text.tokens import token_batches
+
+    options: CircuitOptions = config_from_args(args, CircuitOptions)
+    request: CircuitRequest = config_from_args(args, CircuitRequest)
+    opened = open_run_saes(args.run, device=resolve_device(request.device))
+    loaded = opened.loaded
+    prompt = tokenize_prompt(loaded, request.prompt, chat=request.chat)
+    position = request.position if request.position >= 0 else len(prompt.ids) + request.position
+    if not 0 <= position < len(prompt.ids):
+        raise UserError(f"--position {request.position} is outside the prompt's {len(prompt.ids)} tokens")
+    token = token_id(loaded.tokenizer, request.target) if request.target else top_predictions(loaded, prompt, position, 1)[0][0]
+    target = Target(position, token, token_id(loaded.tokenizer, request.minus) if request.minus else None)
+    means = None
+    if options.ablate_to == "mean":
+        docs = iter_documents(opened.config.get("corpus"), "eval")
+        batches = token_batches(docs, loaded.tokenizer, int(opened.config.get("context_size", 128)), 8)
+        means = site_means(loaded, opened.saes, batches, options.mean_tokens)
+    store = FeatureStore(args.run) if store_stamp(store_path(args.run)) else None
+    try:
+        graph = find_circuit(loaded, opened.saes, prompt, target, options, means=means,
+                             labels=store.describe if store is not None else None)
+    finally:
+        if store is not None:
+            store.close()
+    out = Path(request.out) if request.out else opened.run.path / "circuits" / f"circuit-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, graph)
+    shown = prompt.tokens[position]
+    metric = f"logit({loaded.tokenizer.decode([token])!r})" + (f" − logit({request.minus!r})" if request.minus else "")
+    print(f"{metric} after {shown!r} (position {position}) = {graph['metric']:.4f}; {len(graph['nodes'])} nodes, "
+          f"{len(graph['edges'])} edges → {out}")
+    print(f"{'nodes':>6}  {'faithfulness':>12}  {'completeness':>12}")
+    for point in graph["curve"]:
+        print(f"{point['nodes']:>6}  {point['faithfulness']:>12.3f}  {point['completeness']:>12.3f}")
+    for node in graph["nodes"][:10]:
+        what = "error" if node["error"] else f"#{node['feature']} {node['label'] or ''}"
+        print(f"  {node['effect']:+.4f}  {node['site']:<5} {node['token']!r:<12} {what}")
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     from .interp.config import ExplainConfig
     from .interp.explain import explain_run
@@ -400,6 +454,7 @@ def _cell(value: object) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (also used to render --help in docs)."""
     from .activations.cache import CacheOptions
+    from .circuits.graph import CircuitOptions, CircuitRequest
     from .evaluation.evaluate_run import EvalOptions
     from .evaluation.layer_report import ReportOptions
     from .features.embed import EmbedOptions
@@ -477,6 +532,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "PATH=SITE")
     add_config_arguments(p, ImportOptions, PrecomputeOptions, skip=("saes",))
     p.set_defaults(func=_import)
+
+    p = sub.add_parser(
+        "circuit",
+        help="the sparse feature circuit behind one prediction: nodes, edges, faithfulness (JSON)",
+        description="Find the features (and SAE error terms) at every SAE site of RUN that drive one next-token "
+        "prediction, and the edges between them (Marks et al. 2024: attribution patching or integrated gradients, "
+        "edges by attribution patching through the model with the SAEs spliced in). Writes the graph as JSON and "
+        "prints the metric and the circuit's faithfulness (the metric with everything else ablated, relative to the "
+        "whole model) and completeness (with the circuit ablated) over circuit sizes. See docs/circuits.md.",
+        epilog="examples:\n  sae-explorer circuit runs/demo --prompt \"The capital of France is\" --target \" Paris\"\n"
+        "  sae-explorer circuit runs/demo --prompt \"The keys to the cabinet\" --target \" are\" --minus \" is\" "
+        "--method ig --ig-steps 16",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder with SAEs (its feature file, when there is one, labels the nodes)")
+    add_config_arguments(p, CircuitRequest, CircuitOptions)
+    p.set_defaults(func=_circuit)
 
     p = sub.add_parser(
         "import-stats",

@@ -3,10 +3,12 @@ gradients' completeness, the whole graph's faithfulness, error nodes to first or
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
 from sae_core.circuits import (
+    EDGE_COLUMNS,
     CircuitError,
     SiteMeans,
     circuit_metric,
@@ -160,3 +162,124 @@ def test_bad_requests_are_clear_errors(setup):
         node_effects(loaded, saes, prompt, target, method="exact")
     with pytest.raises(CircuitError, match="at least 1"):
         node_effects(loaded, saes, prompt, target, method="ig", steps=0)
+
+
+def _downstream_nodes(loaded, saes, prompt, site, held):
+    """`(f, e)` of `site` with every earlier site's output made of the nodes `held[s] = (f, e)`."""
+    from contextlib import ExitStack
+
+    from sae_core.model.hooks import splice
+
+    real = prompt.real.to(loaded.device)
+    out = {}
+
+    def hold(s):
+        return lambda x: (saes[s].decode(held[s][0]) + held[s][1])[None]
+
+    def read(x):
+        out["nodes"] = split_site(saes[site], x[0], real)
+        return x
+
+    with torch.no_grad(), ExitStack() as stack:
+        for s in held:
+            stack.enter_context(splice(loaded.model, s, hold(s), layout=loaded.layout))
+        stack.enter_context(splice(loaded.model, site, read, layout=loaded.layout))
+        loaded.model(input_ids=prompt.ids[None])
+    return out["nodes"]
+
+
+def test_edge_weights_equal_brute_force_finite_differences(setup):
+    """Shrink an upstream node by ε with every earlier site held at its clean nodes, read the downstream node:
+    g_d · Δd = −ε · weight, to first order (the 8 heaviest edges into the last site's 4 strongest nodes, one of
+    them its strongest error node; tolerance 3% + 1e-6)."""
+    from sae_core.circuits import edge_weights
+
+    loaded, saes, prompt, target = setup
+    effects = node_effects(loaded, saes, prompt, target)
+    ranked = ranked_nodes(effects)
+    last = max(saes, key=lambda s: s.order_key)
+    at_last = ranked[ranked.site == last.short]
+    downstream = pd.concat([at_last[at_last.feature >= 0].head(3), at_last[at_last.feature < 0].head(1)])
+    edges = edge_weights(loaded, saes, prompt, effects, downstream, chunk=3)
+    assert set(edges.columns) == set(EDGE_COLUMNS) and len(edges) > 0
+    assert set(edges.up_site) == {s.short for s in saes if s.order_key < last.order_key}
+    earlier = [s for s in saes if s.order_key < last.order_key]
+    clean = {s: (effects.sites[s].activations, effects.sites[s].errors) for s in earlier}
+    base_f, base_e = _downstream_nodes(loaded, saes, prompt, last, clean)
+    eps = 1e-3
+    by_short = {s.short: s for s in saes}
+    heaviest = edges.reindex(edges.weight.abs().sort_values(ascending=False).index).head(8)
+    for edge in heaviest.itertuples():
+        up = by_short[edge.up_site]
+        f, e = (t.clone() for t in clean[up])
+        if edge.up_feature >= 0:
+            f[edge.up_position, edge.up_feature] *= 1 - eps
+        else:
+            e[edge.up_position] *= 1 - eps
+        new_f, new_e = _downstream_nodes(loaded, saes, prompt, last, {**clean, up: (f, e)})
+        nodes = effects.sites[last]
+        if edge.down_feature >= 0:
+            moved = float((new_f - base_f)[edge.down_position, edge.down_feature]
+                          * nodes.feature_grads[edge.down_position, edge.down_feature])
+        else:
+            moved = float(((new_e - base_e)[edge.down_position] * nodes.error_grads[edge.down_position]).sum())
+        assert moved == pytest.approx(-eps * edge.weight, rel=0.03, abs=1e-6), edge
+
+
+def test_edges_in_chunks_equal_edges_one_at_a_time(setup):
+    from sae_core.circuits import edge_weights
+
+    loaded, saes, prompt, target = setup
+    effects = node_effects(loaded, saes, prompt, target)
+    ranked = ranked_nodes(effects)
+    downstream = ranked[ranked.site != min(saes, key=lambda s: s.order_key).short].head(5)
+    one = edge_weights(loaded, saes, prompt, effects, downstream, chunk=1)
+    five = edge_weights(loaded, saes, prompt, effects, downstream, chunk=5)
+    pd.testing.assert_frame_equal(one, five, rtol=1e-4, atol=1e-7)
+
+
+def test_thresholds_prune_monotonically(setup):
+    from sae_core.circuits.graph import CircuitOptions, pruned_edges, pruned_nodes
+
+    loaded, saes, prompt, target = setup
+    effects = node_effects(loaded, saes, prompt, target)
+    ranked = ranked_nodes(effects)
+    previous = None
+    for threshold in (0.0, 1e-4, 1e-3, 1e-2, 1e-1):
+        kept = pruned_nodes(ranked, CircuitOptions(max_nodes=10**6, node_threshold=threshold))
+        ids = set(zip(kept.site, kept.position, kept.feature))
+        assert previous is None or ids <= previous
+        assert (kept.effect.abs() >= threshold).all()
+        previous = ids
+    from sae_core.circuits import edge_weights
+
+    edges = edge_weights(loaded, saes, prompt, effects, ranked.head(12))
+    previous = None
+    for threshold in (0.0, 1e-4, 1e-3, 1e-2):
+        kept = pruned_edges(edges, CircuitOptions(max_edges=10**6, edge_threshold=threshold))
+        ids = set(zip(kept.up_site, kept.up_position, kept.up_feature, kept.down_site, kept.down_position, kept.down_feature))
+        assert previous is None or ids <= previous
+        previous = ids
+
+
+def test_the_circuit_command_writes_a_graph_that_holds_together(precomputed_run, tmp_path, capsys):
+    import json
+
+    from sae_core.cli import main
+
+    out = tmp_path / "graph.json"
+    assert main(["circuit", str(precomputed_run), "--prompt", TEXT, "--target", "#5", "--minus", "#7", "--max-nodes", "12",
+                 "--mean-tokens", "512", "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "faithfulness" in printed and str(out) in printed
+    graph = json.loads(out.read_text())
+    assert graph["target"] == {"position": len(graph["tokens"]) - 1, "token": 5, "minus_token": 7}
+    assert 0 < len(graph["nodes"]) <= 12 and graph["settings"]["ablate_to"] == "mean"
+    ids = {n["id"] for n in graph["nodes"]}
+    assert all(e["source"] in ids and e["target"] in ids for e in graph["edges"]) and graph["edges"]
+    effects = [abs(n["effect"]) for n in graph["nodes"]]
+    assert effects == sorted(effects, reverse=True)
+    assert any(n["label"] for n in graph["nodes"] if not n["error"])  # labels from the run's feature file
+    assert [p["nodes"] for p in graph["curve"]][-1] == len(graph["nodes"])
+    assert main(["circuit", str(precomputed_run), "--prompt", TEXT, "--target", "not one token at all"]) == 2
+    assert "give exactly one token" in capsys.readouterr().err

@@ -2,9 +2,10 @@
 gradients, with every site's error term as a node, and faithfulness / completeness of the circuits they rank."""
 
 from .ablation import circuit_metric, faithfulness_curve, keep_nodes, ranked_nodes
+from .edges import EDGE_COLUMNS, edge_weights
 from .nodes import METHODS, CircuitError, NodeEffects, SiteMeans, SiteNodes, node_effects
 
 __all__ = [
-    "METHODS", "CircuitError", "NodeEffects", "SiteMeans", "SiteNodes", "circuit_metric", "faithfulness_curve",
+    "EDGE_COLUMNS", "METHODS", "CircuitError", "edge_weights", "NodeEffects", "SiteMeans", "SiteNodes", "circuit_metric", "faithfulness_curve",
     "keep_nodes", "node_effects", "ranked_nodes",
 ]

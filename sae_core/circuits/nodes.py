@@ -60,6 +60,10 @@ class SiteNodes:
     """(T, d_sae) what each feature at each position adds to the metric."""
     error_effects: Tensor
     """(T,) what the error term at each position adds to the metric."""
+    feature_grads: Tensor
+    """(T, d_sae) `∂m/∂f` (averaged along the path for integrated gradients): what edges into these nodes weigh by."""
+    error_grads: Tensor
+    """(T, d_in) `∂m/∂e`, likewise."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,8 @@ def node_effects(
     sites = {}
     for site, sae in saes.items():
         (f, e), (pf, pe), g = clean[site], patches[site], mean_grads[site]
-        sites[site] = SiteNodes(f, e, (f - pf) * decoder_vjp(sae, f, g), ((e - pe) * g).sum(-1))
+        feature_grads = decoder_vjp(sae, f, g)
+        sites[site] = SiteNodes(f, e, (f - pf) * feature_grads, ((e - pe) * g).sum(-1), feature_grads, g)
     return NodeEffects(value, sites, method, steps if method == "ig" else 1)
 
 

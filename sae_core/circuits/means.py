@@ -1,0 +1,39 @@
+"""What circuit nodes are mean-ablated to: each feature's mean activation and each site's mean error term over
+reference text (the run's held-out split by default), averaged over real tokens only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from ..model.hooks import run_to_sites
+from ..model.load import LoadedModel
+from ..model.sites import Site
+from ..saes import SAE
+from ..text.tokens import TokenBatch
+from .nodes import SiteMeans, split_site
+
+
+@torch.no_grad()
+def site_means(loaded: LoadedModel, saes: dict[Site, SAE], batches: Iterable[TokenBatch], max_tokens: int) -> dict[Site, SiteMeans]:
+    """Mean features `(d_sae,)` and mean error `(d_in,)` of every site over the real tokens of `batches`, up to
+    `max_tokens` of them."""
+    sums = {site: (torch.zeros(sae.cfg.d_sae, dtype=torch.float64), torch.zeros(sae.cfg.d_in, dtype=torch.float64))
+            for site, sae in saes.items()}
+    seen = 0
+    for batch in batches:
+        acts = run_to_sites(loaded.model, batch.input_ids.to(loaded.device), batch.attention_mask.to(loaded.device),
+                            list(saes), layout=loaded.layout)
+        real = batch.real.to(loaded.device)
+        for site, sae in saes.items():
+            x = acts[site][real]  # (n, d_in) real tokens only
+            f, e = split_site(sae, x, torch.ones(len(x), dtype=torch.bool, device=x.device))
+            sums[site][0].add_(f.sum(0).double().cpu())
+            sums[site][1].add_(e.sum(0).double().cpu())
+        seen += int(real.sum())
+        if seen >= max_tokens:
+            break
+    if seen == 0:
+        raise ValueError("the reference text gave no real tokens to average over")
+    return {site: SiteMeans((f / seen).float(), (e / seen).float()) for site, (f, e) in sums.items()}
