@@ -44,4 +44,7 @@ PAGES = (
              "which (site, token, feature) triples drive a next-token logit, with an ablation check"),
     PageInfo("6_Steering.py", "Steering", "Steering", ":material/tune:",
              "add or clamp features while the model answers; unsteered and steered side by side, and a sweep"),
+    PageInfo("7_Circuits.py", "Circuits", "Circuits", ":material/hub:",
+             "the circuit behind one prediction: features and error terms at every site, the edges between them, and "
+             "how faithful and complete it is"),
 )

@@ -135,7 +135,7 @@ def _circuit(args: argparse.Namespace) -> int:
     import time
 
     from .circuits.graph import CircuitOptions, CircuitRequest, find_circuit
-    from .circuits.means import site_means
+    from .circuits.means import run_means
     from .devices import resolve_device
     from .features.parts import store_path, store_stamp
     from .features.reader import FeatureStore
@@ -144,8 +144,6 @@ def _circuit(args: argparse.Namespace) -> int:
     from .io import write_json
     from .options import config_from_args
     from .runs.open_run import open_run_saes
-    from .text.corpus import iter_documents
-    from .text.tokens import token_batches
 
     options: CircuitOptions = config_from_args(args, CircuitOptions)
     request: CircuitRequest = config_from_args(args, CircuitRequest)
@@ -157,11 +155,7 @@ def _circuit(args: argparse.Namespace) -> int:
         raise UserError(f"--position {request.position} is outside the prompt's {len(prompt.ids)} tokens")
     token = token_id(loaded.tokenizer, request.target) if request.target else top_predictions(loaded, prompt, position, 1)[0][0]
     target = Target(position, token, token_id(loaded.tokenizer, request.minus) if request.minus else None)
-    means = None
-    if options.ablate_to == "mean":
-        docs = iter_documents(opened.config.get("corpus"), "eval")
-        batches = token_batches(docs, loaded.tokenizer, int(opened.config.get("context_size", 128)), 8)
-        means = site_means(loaded, opened.saes, batches, options.mean_tokens)
+    means = run_means(opened, opened.saes, options.mean_tokens) if options.ablate_to == "mean" else None
     store = FeatureStore(args.run) if store_stamp(store_path(args.run)) else None
     try:
         graph = find_circuit(loaded, opened.saes, prompt, target, options, means=means,

@@ -10,8 +10,10 @@ import torch
 from ..model.hooks import run_to_sites
 from ..model.load import LoadedModel
 from ..model.sites import Site
+from ..runs.open_run import RunSAEs
 from ..saes import SAE
-from ..text.tokens import TokenBatch
+from ..text.corpus import iter_documents
+from ..text.tokens import TokenBatch, token_batches
 from .nodes import SiteMeans, split_site
 
 
@@ -37,3 +39,10 @@ def site_means(loaded: LoadedModel, saes: dict[Site, SAE], batches: Iterable[Tok
     if seen == 0:
         raise ValueError("the reference text gave no real tokens to average over")
     return {site: SiteMeans((f / seen).float(), (e / seen).float()) for site, (f, e) in sums.items()}
+
+
+def run_means(opened: RunSAEs, saes: dict[Site, SAE], max_tokens: int) -> dict[Site, SiteMeans]:
+    """`site_means` over the held-out split of the run's own corpus, in its context size."""
+    docs = iter_documents(opened.config.get("corpus"), "eval")
+    batches = token_batches(docs, opened.loaded.tokenizer, int(opened.config.get("context_size", 128)), 8)
+    return site_means(opened.loaded, saes, batches, max_tokens)

@@ -4,9 +4,14 @@ model worker process serves (every argument and answer crosses the process bound
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import Tensor
 
+from ..circuits import SiteMeans, circuit_metric
+from ..circuits.graph import CircuitOptions, find_circuit
+from ..circuits.means import run_means
 from ..interventions.attribution import Target, ablate, attribute, token_id, top_predictions
 from ..interventions.prompt_activations import PromptTokens, prompt_activations, tokenize_prompt
 from ..interventions.steering import FeatureEdit, generate
@@ -20,6 +25,7 @@ class LiveModel:
 
     def __init__(self, opened: RunSAEs):
         self.opened = opened
+        self._mean_cache: dict[tuple[int, tuple[str, ...]], dict[Site, SiteMeans]] = {}
 
     @classmethod
     def open(cls, run: str | Path) -> LiveModel:
@@ -67,6 +73,43 @@ class LiveModel:
         saes = self._saes(shorts)
         by_short = {site.short: site for site in saes}
         return ablate(self.opened.loaded, saes, prompt, target, [(by_short[s], p, f) for s, p, f in features])
+
+    def circuit(self, prompt: PromptTokens, target: Target, shorts: tuple[str, ...], settings: dict[str, Any]) -> dict[str, Any]:
+        """The sparse feature circuit of `target` over the SAEs `shorts` as a JSON-ready graph (`circuits.graph`);
+        `settings` are `CircuitOptions` fields. Nodes carry no labels: the app adds them from the feature file."""
+        options = CircuitOptions(**settings)
+        saes = self._saes(shorts)
+        return find_circuit(self.opened.loaded, saes, prompt, target, options, means=self._means(shorts, options),
+                            log=lambda message: None)
+
+    def without_nodes(self, prompt: PromptTokens, target: Target, shorts: tuple[str, ...], settings: dict[str, Any],
+                      removed: list[tuple[str, int, int]]) -> tuple[float, float]:
+        """The target with every node, then without the `(short, position, feature)` nodes (feature -1: the error
+        term), ablated as `settings` say."""
+        options = CircuitOptions(**settings)
+        saes = self._saes(shorts)
+        by_short = {site.short: site for site in saes}
+        every = {site: (torch.ones(len(prompt.ids), sae.cfg.d_sae, dtype=torch.bool), torch.ones(len(prompt.ids), dtype=torch.bool))
+                 for site, sae in saes.items()}
+        keep = {site: (f.clone(), e.clone()) for site, (f, e) in every.items()}
+        for short, position, feature in removed:
+            kept_f, kept_e = keep[by_short[short]]
+            if feature < 0:
+                kept_e[position] = False
+            else:
+                kept_f[position, feature] = False
+        means = self._means(shorts, options)
+        before = circuit_metric(self.opened.loaded, saes, prompt, target, every, means)  # = the model's own metric
+        return before, circuit_metric(self.opened.loaded, saes, prompt, target, keep, means)
+
+    def _means(self, shorts: tuple[str, ...], options: CircuitOptions) -> dict[Site, SiteMeans] | None:
+        """Mean ablation values of the SAEs `shorts` over the run's held-out text, kept for the next call."""
+        if options.ablate_to != "mean":
+            return None
+        key = (options.mean_tokens, tuple(sorted(shorts)))
+        if key not in self._mean_cache:
+            self._mean_cache[key] = run_means(self.opened, self._saes(shorts), options.mean_tokens)
+        return self._mean_cache[key]
 
     def generate(self, message: str, edits: list[FeatureEdit], max_new_tokens: int, chat: bool) -> str:
         """A greedy answer with the feature edits applied (see `steering.generate`)."""

@@ -1,0 +1,65 @@
+"""The Circuits page (Streamlit AppTest) on the tiny precomputed run: the graph, thresholds, ablation, a shared graph."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import app_page
+
+from explorer.circuit_view import graph_figure, layout_nodes, read_graph, visible
+from sae_core.errors import UserError
+
+TEXT = "the river city music science history ocean language learning light"
+
+
+@pytest.fixture(scope="module")
+def graph(precomputed_run, tmp_path_factory):
+    from sae_core.cli import main
+
+    out = tmp_path_factory.mktemp("circuit") / "graph.json"
+    assert main(["circuit", str(precomputed_run), "--prompt", TEXT, "--target", "#5", "--max-nodes", "10", "--mean-tokens",
+                 "256", "--out", str(out), "--device", "cpu"]) == 0
+    return json.loads(out.read_text())
+
+
+def test_the_page_draws_the_circuit_and_ablates_a_node(monkeypatch, precomputed_run):
+    at = app_page(monkeypatch, "7_Circuits.py", precomputed_run, timeout=120).run()
+    at.text_area[0].set_value(TEXT).run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) == 2  # the graph and the faithfulness curve
+    table = at.dataframe[0].value
+    assert 0 < len(table) <= 30
+    assert table["effect"].abs().is_monotonic_decreasing
+    before = float(at.metric[0].value)
+    at.multiselect[1].select(at.multiselect[1].options[0]).run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.metric[1].label == "metric with those nodes ablated" and at.metric[1].delta is not None
+    assert float(at.metric[1].value) != before
+    at.slider[-2].set_value(at.slider[-2].max).run()  # the node threshold at its top: one node left
+    assert not at.exception and len(at.dataframe[0].value) == 1
+
+
+def test_bad_input_is_explained(monkeypatch, precomputed_run):
+    at = app_page(monkeypatch, "7_Circuits.py", precomputed_run, timeout=120).run()
+    at.text_area[0].set_value(TEXT).run()
+    at.text_input[0].set_value("river city music").run()
+    assert not at.exception and "give exactly one token" in at.error[0].value
+    at.text_area[0].set_value("").run()
+    assert not at.exception and "the prompt is empty" in at.error[0].value
+
+
+def test_a_shared_graph_reads_back_and_bad_files_are_refused(graph):
+    assert read_graph(json.dumps(graph).encode()) == graph
+    for bad, message in ((b"\xff", "not JSON"), (b"[]", "not a circuit graph"),
+                         (json.dumps({**graph, "edges": [{"source": "x", "target": "y", "weight": 1}]}).encode(), "does not list")):
+        with pytest.raises(UserError, match=message):
+            read_graph(bad)
+    nodes, edges = visible(graph, 0.0, 0.0)
+    where = layout_nodes(nodes, graph["sites"])
+    assert len(where) == len(nodes) and all(y in range(len(graph["sites"])) for _, y in where.values())
+    figure = graph_figure(graph)
+    assert len(figure.data) == len(edges) + len({n["error"] for n in nodes})
+    strongest, _ = visible(graph, max(abs(n["effect"]) for n in graph["nodes"]), 0.0)
+    assert len(strongest) == 1
