@@ -62,6 +62,8 @@ def edge_weights(
             grads = _direct_grads(loaded, saes, prompt, effects, site, earlier, part, clean)
             for c, node in enumerate(part.itertuples()):
                 for up in earlier:
+                    if up not in grads:  # no direct path: every route from it crosses a later held site
+                        continue
                     (f, e), (pf, pe) = clean[up], patches[up]
                     gf, ge = grads[up]
                     weights = torch.cat([((e - pe) * ge[c]).sum(-1, keepdim=True), (f - pf) * gf[c]], dim=1)
@@ -78,8 +80,9 @@ def _direct_grads(
     loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTokens, effects: NodeEffects, site: Site,
     earlier: list[Site], nodes: pd.DataFrame, clean: dict[Site, tuple[Tensor, Tensor]],
 ) -> dict[Site, tuple[Tensor, Tensor]]:
-    """For each downstream node c of `nodes` at `site`: `∂(g_c · value_c)/∂(f, e)` of every earlier site, as `(C, T, d_sae)`
-    and `(C, T, d_in)`, with `g_c` = ∂m/∂(node c) and every earlier site held at its clean nodes."""
+    """For each downstream node c of `nodes` at `site`: `∂(g_c · value_c)/∂(f, e)` of every earlier site with a direct
+    path to it, as `(C, T, d_sae)` and `(C, T, d_in)`, with `g_c` = ∂m/∂(node c) and every earlier site held at its
+    clean nodes (a site whose every route crosses another held site is left out)."""
     n = len(nodes)
     real = prompt.real.to(loaded.device)
     leaves = {up: (clean[up][0].expand(n, -1, -1).clone().requires_grad_(True),
@@ -118,4 +121,5 @@ def _direct_grads(
         except _Reached:
             pass
         scalar[0].backward()
-    return {up: (leaves[up][0].grad, leaves[up][1].grad) for up in earlier}  # type: ignore[misc]
+    return {up: (leaves[up][0].grad, leaves[up][1].grad) for up in earlier  # type: ignore[misc]
+            if leaves[up][0].grad is not None and leaves[up][1].grad is not None}
