@@ -6,19 +6,10 @@ from dataclasses import asdict
 import streamlit as st
 
 from explorer.circuit_view import curve_figure, graph_figure, node_table, read_graph, visible
-from explorer.prompt_view import token_labels
-from explorer.state import (
-    cached_job,
-    live_job,
-    max_prompt_tokens,
-    open_live_run_or_stop,
-    page_header,
-    prompt_chars,
-    public,
-)
+from explorer.state import cached_job, live_job, open_live_run_or_stop, page_header, public
+from explorer.target_picker import choose_target_or_stop, target_label
 from sae_core.circuits.graph import CircuitOptions
 from sae_core.errors import UserError
-from sae_core.interventions.attribution import Target
 
 page_header("Circuits")
 run, live, store = open_live_run_or_stop()
@@ -34,31 +25,8 @@ if shared is not None:
         st.stop()
     st.caption(f"a shared graph: {len(graph['nodes'])} nodes, {len(graph['edges'])} edges over {', '.join(graph['sites'])}")
 else:
-    text = st.text_area("prompt", value="The capital of France is", height=90, max_chars=prompt_chars())
-    chat = st.checkbox("render as a user message in the model's chat template")
-    chosen = st.multiselect("sites", names, default=names)
-    try:
-        prompt = live.tokenize(text, chat, max_prompt_tokens())
-    except UserError as exc:
-        st.error(public(exc, run))
-        st.stop()
-    if not chosen:
-        st.warning("Pick at least one site.")
-        st.stop()
-    labels = token_labels(prompt.tokens)
-    position = labels.index(st.selectbox("predict the token after", labels, index=len(labels) - 1))
-    ids = tuple(prompt.ids.tolist())
-    try:
-        predictions = cached_job(("predictions", str(run), ids, position), lambda: live.predictions(prompt, position),
-                                 "running the model")
-    except UserError as exc:
-        st.error(public(exc, run))
-        st.stop()
-    shown = live.decode([i for i, _ in predictions])
-    st.caption("model's top predictions: " + ", ".join(f"{token!r} {p:.1%}" for token, (_, p) in zip(shown, predictions)))
-    left, right = st.columns(2)
-    target_text = left.text_input("target token (text with its leading space, or #id)", value=f"#{predictions[0][0]}")
-    minus_text = right.text_input("minus the logit of (optional)", value="")
+    choice = choose_target_or_stop(run, live, names)
+    prompt, chosen, ids, target = choice.prompt, choice.sites, choice.ids, choice.target
     with st.expander("how the circuit is found"):
         method = st.radio("node effects", ["atp", "ig"], horizontal=True,
                           format_func={"atp": "attribution patching", "ig": "integrated gradients"}.get)
@@ -68,7 +36,6 @@ else:
         max_nodes = st.slider("nodes kept (largest |effect|)", 5, 100, 30)
     settings = asdict(CircuitOptions(method=method, ig_steps=steps, ablate_to=ablate_to, max_nodes=max_nodes))
     try:
-        target = Target(position, live.token_id(target_text), live.token_id(minus_text) if minus_text.strip() else None)
         graph = cached_job(("circuit", str(run), ids, target, tuple(chosen), tuple(sorted(settings.items()))),
                            lambda: live.circuit(prompt, target, tuple(chosen), settings), "finding the circuit")
     except UserError as exc:
@@ -81,8 +48,7 @@ else:
             for n in graph["nodes"]:
                 if n["site"] == site and not n["error"]:
                     n["label"] = named.get(n["feature"])
-    what = " − ".join(repr(t) for t in live.decode([target.token] + ([target.minus_token] if target.minus_token is not None else [])))
-    st.metric(f"metric: logit of {what} after token {position}", f"{graph['metric']:.3f}")
+    st.metric(f"metric: {target_label(live, target)}", f"{graph['metric']:.3f}")
 
 top_effect = max((abs(n["effect"]) for n in graph["nodes"]), default=0.0)
 top_weight = max((abs(e["weight"]) for e in graph["edges"]), default=0.0)

@@ -19,19 +19,28 @@ sys.path.insert(0, str(BENCHMARKS))
 
 def test_train_vs_peers_runs_every_trainer_on_the_same_data(tmp_path):
     out = tmp_path / "results.json"
-    cmd = [sys.executable, str(BENCHMARKS / "train_vs_peers.py"), "--data", "synthetic", "--steps", "3", "--warmup", "1",
-           "--batch", "256", "--expansions", "2", "--eval-tokens", "512", "--threads", "1", "--json", str(out),
-           "--trainers", "ours,plain,sparsify,saelens,saelens-sparse"]
+    cmd = [sys.executable, str(BENCHMARKS / "train_vs_peers.py"), "--data", "synthetic,lowrank,heavytail", "--steps", "3",
+           "--warmup", "1", "--batch", "256", "--expansions", "2", "--eval-tokens", "512", "--threads", "1", "--json",
+           str(out), "--trainers", "ours,plain,sparsify,saelens,saelens-sparse,matmul"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "ours vs the fastest peer" in done.stdout and "peak step memory" in done.stdout
-    run = json.loads(out.read_text())["runs"][0]
-    assert set(run["results"]) == {"ours", "plain", "sparsify", "saelens", "saelens-sparse"}
-    for name, r in run["results"].items():
-        assert r["tokens_per_s"] > 0 and 0 < r["eval_fvu"] < 2, name
-        assert run["peak_mib"][name] > 0, name
-    # ours and plain share the SAE, its initialisation and the loss: only the speed may differ
-    assert run["results"]["ours"]["eval_fvu"] == pytest.approx(run["results"]["plain"]["eval_fvu"], rel=1e-3)
+    for line in ("ours vs the fastest peer", "ours ÷ the encoder matmul alone", "whole-process peak"):
+        assert done.stdout.count(line) == 3, line  # once per data set
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["data"].split(" (")[0] for r in runs] == [
+        "synthetic sparse superpositions", "synthetic dense low-rank + noise", "synthetic heavy-tailed norms"]
+    for run in runs:
+        assert set(run["results"]) == {"ours", "plain", "sparsify", "saelens", "saelens-sparse", "matmul"}
+        for name, r in run["results"].items():
+            assert r["tokens_per_s"] > 0, name
+            if name == "matmul":
+                assert name not in run["peak_mib"]
+                continue
+            assert 0 < r["eval_fvu"] < 2, name
+            step, whole = run["peak_mib"][name]
+            assert 0 < step < whole, name  # the whole process holds more than one step's share
+        # ours and plain share the SAE, its initialisation and the loss: only the speed may differ
+        assert run["results"]["ours"]["eval_fvu"] == pytest.approx(run["results"]["plain"]["eval_fvu"], rel=1e-3)
 
 
 def test_synthetic_activations_have_sparse_structure():
