@@ -283,3 +283,23 @@ def test_the_circuit_command_writes_a_graph_that_holds_together(precomputed_run,
     assert [p["nodes"] for p in graph["curve"]][-1] == len(graph["nodes"])
     assert main(["circuit", str(precomputed_run), "--prompt", TEXT, "--target", "not one token at all"]) == 2
     assert "give exactly one token" in capsys.readouterr().err
+
+
+def test_a_site_whose_every_route_crosses_a_held_site_has_no_direct_edges(tiny_loaded):
+    """L0M reaches L1A only through the residual stream after layer 0, which L0R holds: no L0M → L1A edge, while
+    L0R → L1A edges exist (and L0M → L0R ones)."""
+    from helpers import random_sae
+
+    from sae_core.circuits import edge_weights
+    from sae_core.model.sites import parse_site
+
+    saes = {parse_site(s): random_sae(s, "standard", d_sae=32, seed=i) for i, s in enumerate(("L0M", "L0R", "L1A"))}
+    prompt = tokenize_prompt(tiny_loaded, TEXT)
+    target = Target(position=len(prompt.ids) - 1, token=5)
+    effects = node_effects(tiny_loaded, saes, prompt, target)
+    ranked = ranked_nodes(effects)
+    downstream = pd.concat([ranked[ranked.site == "L1A"].head(3), ranked[ranked.site == "L0R"].head(3)])
+    edges = edge_weights(tiny_loaded, saes, prompt, effects, downstream)
+    into_attn = edges[edges.down_site == "L1A"]
+    assert set(into_attn.up_site) == {"L0R"} and len(into_attn) > 0
+    assert set(edges[edges.down_site == "L0R"].up_site) == {"L0M"}
