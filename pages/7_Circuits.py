@@ -8,7 +8,7 @@ import streamlit as st
 from explorer.circuit_view import curve_figure, graph_figure, node_table, read_graph, visible
 from explorer.state import cached_job, live_job, open_live_run_or_stop, page_header, public
 from explorer.target_picker import choose_target_or_stop, target_label
-from sae_core.circuits.graph import CircuitOptions
+from sae_core.circuits.graph import CircuitOptions, label_nodes
 from sae_core.errors import UserError
 
 page_header("Circuits")
@@ -43,11 +43,7 @@ else:
         st.stop()
     if store is not None and not any(n.get("label") for n in graph["nodes"]):
         graph = json.loads(json.dumps(graph))  # this session's copy: the cached graph is shared
-        for site in {n["site"] for n in graph["nodes"]}:
-            named = store.describe(site, [n["feature"] for n in graph["nodes"] if n["site"] == site and not n["error"]])
-            for n in graph["nodes"]:
-                if n["site"] == site and not n["error"]:
-                    n["label"] = named.get(n["feature"])
+        label_nodes(graph["nodes"], store.describe)
     st.metric(f"metric: {target_label(live, target)}", f"{graph['metric']:.3f}")
 
 top_effect = max((abs(n["effect"]) for n in graph["nodes"]), default=0.0)

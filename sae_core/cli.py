@@ -164,7 +164,6 @@ def _circuit(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     out = Path(request.out) if request.out else opened.run.path / "circuits" / f"circuit-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, graph)
     shown = prompt.tokens[position]
     metric = f"logit({loaded.tokenizer.decode([token])!r})" + (f" − logit({request.minus!r})" if request.minus else "")

@@ -17,8 +17,8 @@ from sae_core.circuits import (
     node_effects,
     ranked_nodes,
 )
-from sae_core.circuits.nodes import _logits, split_site
-from sae_core.interventions.attribution import Target
+from sae_core.circuits.nodes import split_site
+from sae_core.interventions.attribution import Target, spliced_logits
 from sae_core.interventions.prompt_activations import PromptTokens, tokenize_prompt
 from sae_core.runs.open_run import open_run_saes
 
@@ -45,14 +45,14 @@ def metric_with(loaded, saes, prompt, target, change) -> float:
         return fn
 
     with torch.no_grad():
-        return float(target.value(_logits(loaded, prompt, {s: fn_for(s, sae) for s, sae in saes.items()})))
+        return float(target.value(spliced_logits(loaded, prompt, {s: fn_for(s, sae) for s, sae in saes.items()})))
 
 
 def test_splicing_every_site_with_its_error_term_leaves_the_metric_unchanged(setup):
     loaded, saes, prompt, target = setup
     effects = node_effects(loaded, saes, prompt, target)
     with torch.no_grad():
-        plain = float(target.value(_logits(loaded, prompt, {})))
+        plain = float(target.value(spliced_logits(loaded, prompt, {})))
     assert effects.value == pytest.approx(plain, abs=1e-5)
     assert metric_with(loaded, saes, prompt, target, lambda s, f, e: (f, e)) == pytest.approx(plain, abs=1e-4)
     assert len(saes) >= 2 and set(effects.sites) == set(saes)

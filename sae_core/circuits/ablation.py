@@ -13,18 +13,18 @@ A complete circuit leaves nothing behind: its complement's faithfulness is near 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from ..interventions.attribution import Target
+from ..interventions.attribution import Target, spliced_logits
 from ..interventions.prompt_activations import PromptTokens
 from ..model.load import LoadedModel
 from ..model.sites import Site
 from ..saes import SAE
-from .nodes import NodeEffects, SiteMeans, _logits, check_request, split_site
+from .nodes import NodeEffects, SiteMeans, _patch, check_request, split_site
 
 Keep = dict[Site, tuple[Tensor, Tensor]]
 """Per site: which features `(T, d_sae)` and which error terms `(T,)` are kept (bool); a missing site keeps none."""
@@ -41,15 +41,13 @@ def circuit_metric(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTok
         def fn(x: Tensor) -> Tensor:
             f, e = split_site(sae, x[0], real)
             kept_f, kept_e = keep.get(site, (torch.zeros_like(f, dtype=torch.bool), torch.zeros(len(f), dtype=torch.bool)))
-            site_means = (means or {}).get(site)
-            pf = site_means.features.to(f) if site_means is not None else torch.zeros_like(f)
-            pe = site_means.error.to(e) if site_means is not None else torch.zeros_like(e)
+            pf, pe = _patch((f, e), (means or {}).get(site))
             f = torch.where(kept_f.to(f.device), f, pf)
             e = torch.where(kept_e.to(e.device)[:, None], e, pe)
             return (sae.decode(f) + e)[None]
         return fn
 
-    return float(target.value(_logits(loaded, prompt, {site: fn_for(site, sae) for site, sae in saes.items()})))
+    return float(target.value(spliced_logits(loaded, prompt, {site: fn_for(site, sae) for site, sae in saes.items()})))
 
 
 def ranked_nodes(effects: NodeEffects) -> pd.DataFrame:
@@ -68,19 +66,30 @@ def ranked_nodes(effects: NodeEffects) -> pd.DataFrame:
 
 
 def keep_nodes(effects: NodeEffects, nodes: pd.DataFrame) -> Keep:
-    """The `Keep` masks of the nodes listed (rows of `ranked_nodes`)."""
-    keep: Keep = {}
+    """The `Keep` masks of the nodes listed (rows of `ranked_nodes`), for every site (none kept where none is listed)."""
+    keep = {site: (torch.zeros(n.feature_effects.shape, dtype=torch.bool), torch.zeros(len(n.error_effects), dtype=torch.bool))
+            for site, n in effects.sites.items()}
     by_short = {site.short: site for site in effects.sites}
     for short, rows in nodes.groupby("site"):
-        site = by_short[str(short)]
-        shape = effects.sites[site].feature_effects.shape
-        kept_f, kept_e = torch.zeros(shape, dtype=torch.bool), torch.zeros(shape[0], dtype=torch.bool)
+        kept_f, kept_e = keep[by_short[str(short)]]
         errors = rows[rows["feature"] < 0]
         features = rows[rows["feature"] >= 0]
         kept_e[torch.tensor(errors["position"].tolist(), dtype=torch.long)] = True
         kept_f[torch.tensor(features["position"].tolist(), dtype=torch.long),
                torch.tensor(features["feature"].tolist(), dtype=torch.long)] = True
-        keep[site] = (kept_f, kept_e)
+    return keep
+
+
+def keep_all_but(saes: dict[Site, SAE], n_tokens: int, removed: Iterable[tuple[Site, int, int]]) -> Keep:
+    """Every node of every site kept but the `removed` `(site, position, feature)` ones (feature -1: the error term)."""
+    keep = {site: (torch.ones(n_tokens, sae.cfg.d_sae, dtype=torch.bool), torch.ones(n_tokens, dtype=torch.bool))
+            for site, sae in saes.items()}
+    for site, position, feature in removed:
+        kept_f, kept_e = keep[site]
+        if feature < 0:
+            kept_e[position] = False
+        else:
+            kept_f[position, feature] = False
     return keep
 
 
@@ -89,14 +98,12 @@ def faithfulness_curve(loaded: LoadedModel, saes: dict[Site, SAE], prompt: Promp
     """Faithfulness and completeness of the circuits made of the n nodes of largest |effect|, for each n in `sizes`:
     columns `nodes`, `metric_circuit`, `faithfulness`, `metric_without`, `completeness` (NaN when m(M) = m(∅))."""
     ranked = ranked_nodes(effects)
-    every = keep_nodes(effects, ranked)
     empty = circuit_metric(loaded, saes, prompt, target, {}, means)
     span = effects.value - empty
     rows = []
     for n in sizes:
         chosen = keep_nodes(effects, ranked.head(n))
-        complement = {site: (every[site][0] & ~chosen[site][0], every[site][1] & ~chosen[site][1]) if site in chosen
-                      else every[site] for site in every}
+        complement = {site: (~kept_f, ~kept_e) for site, (kept_f, kept_e) in chosen.items()}
         with_circuit = circuit_metric(loaded, saes, prompt, target, chosen, means)
         without = circuit_metric(loaded, saes, prompt, target, complement, means)
         rows.append({"nodes": int(min(n, len(ranked))), "metric_circuit": with_circuit,

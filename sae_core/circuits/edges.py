@@ -46,7 +46,7 @@ def edge_weights(
     order = sorted(saes, key=lambda s: s.order_key)
     by_short = {s.short: s for s in saes}
     clean = {site: (nodes.activations, nodes.errors) for site, nodes in effects.sites.items()}
-    patches = {site: _patch(saes[site], clean[site], (means or {}).get(site)) for site in saes}
+    patches = {site: _patch(clean[site], (means or {}).get(site)) for site in saes}
     wanted_up = None if upstream is None else set(zip(upstream["site"], upstream["position"], upstream["feature"]))
     rows: list[tuple] = []
     groups = list(downstream.groupby("site", sort=False))
@@ -99,15 +99,15 @@ def _direct_grads(
         return fn
 
     def read(x: Tensor) -> Tensor:
-        f, e = zip(*(split_site(saes[site], x[c], real) for c in range(n)))
+        f, e = split_site(saes[site], x, real)  # (C, T, d_sae), (C, T, d_in): copy c serves node c
         copies = torch.arange(n)
         is_error = features < 0
         values = torch.zeros(n, device=x.device)
         if (~is_error).any():
-            fc = torch.stack(f)[copies[~is_error], positions[~is_error], features[~is_error]]
+            fc = f[copies[~is_error], positions[~is_error], features[~is_error]]
             values[~is_error] = fc * target.feature_grads[positions[~is_error], features[~is_error]]
         if is_error.any():
-            ec = torch.stack(e)[copies[is_error], positions[is_error]]
+            ec = e[copies[is_error], positions[is_error]]
             values[is_error] = (ec * target.error_grads[positions[is_error]]).sum(-1)
         scalar.append(values.sum())
         raise _Reached

@@ -76,6 +76,17 @@ def curve_sizes(total: int, points: int) -> list[int]:
     return sorted(sizes | {total})
 
 
+def label_nodes(nodes: list[dict[str, Any]], labels: Callable[[str, list[int]], dict[int, str]]) -> None:
+    """Fill each feature node's `label` from `labels(site, features)` (e.g. `FeatureStore.describe`), one call per site."""
+    for site in {n["site"] for n in nodes}:
+        features = [n for n in nodes if n["site"] == site and not n["error"]]
+        if not features:
+            continue
+        named = labels(site, [n["feature"] for n in features])
+        for n in features:
+            n["label"] = named.get(n["feature"])
+
+
 def find_circuit(
     loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTokens, target: Target, options: CircuitOptions, *,
     means: dict[Site, SiteMeans] | None = None, labels: Callable[[str, list[int]], dict[int, str]] | None = None,
@@ -93,8 +104,6 @@ def find_circuit(
                                       upstream=nodes), options)
     curve = faithfulness_curve(loaded, saes, prompt, target, effects, curve_sizes(len(nodes), options.curve_points), means)
     by_short = {s.short: s for s in saes}
-    named = {short: (labels(short, [int(f) for f in group.feature if f >= 0]) if labels else {})
-             for short, group in nodes.groupby("site")}
     node_rows = []
     for row in nodes.itertuples():
         site = by_short[row.site]
@@ -106,8 +115,10 @@ def find_circuit(
             "feature": None if error else int(row.feature), "error": bool(error), "effect": float(row.effect),
             "activation": None if error else float(sn.activations[row.position, row.feature]),
             "error_norm": float(sn.errors[row.position].norm()) if error else None,
-            "label": None if error else named.get(row.site, {}).get(int(row.feature)),
+            "label": None,
         })
+    if labels is not None:
+        label_nodes(node_rows, labels)
     ids = {(n["site"], n["position"], -1 if n["error"] else n["feature"]): n["id"] for n in node_rows}
     edge_rows = [{"source": ids[(e.up_site, e.up_position, e.up_feature)], "target": ids[(e.down_site, e.down_position, e.down_feature)],
                   "weight": float(e.weight)} for e in edges.itertuples()]

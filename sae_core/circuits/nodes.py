@@ -19,16 +19,15 @@ much it adds to the metric: `(clean − patch) · ∂m/∂node`, where `patch` i
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..interventions.attribution import Target
+from ..interventions.attribution import Target, check_target, spliced_logits
 from ..interventions.prompt_activations import PromptTokens
-from ..model.hooks import splice
+from ..model.hooks import run_to_sites
 from ..model.load import LoadedModel
 from ..model.sites import Site
 from ..saes import SAE
@@ -50,7 +49,7 @@ class SiteMeans:
 
 @dataclass(frozen=True)
 class SiteNodes:
-    """One site's nodes on one prompt: clean values, what they are ablated to, and their effects."""
+    """One site's nodes on one prompt: clean values, their effects and the metric's gradients at them."""
 
     activations: Tensor
     """(T, d_sae) clean feature activations (0 at position 0 and special tokens: those live in the error term)."""
@@ -83,42 +82,22 @@ def check_request(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptToke
         raise CircuitError("no SAEs to build a circuit from: the run has no SAE at any site of this model")
     if len(prompt.ids) == 0:
         raise CircuitError("the prompt is empty; type some text")
-    if not 0 <= target.position < len(prompt.ids):
-        raise CircuitError(f"target position {target.position} is outside the prompt (0 … {len(prompt.ids) - 1})")
-    vocab = loaded.layout.unembed.weight.shape[0]
-    for token in (target.token, target.minus_token):
-        if token is not None and not 0 <= token < vocab:
-            raise CircuitError(f"token id {token} is outside the vocabulary (0 … {vocab - 1})")
-
-
-def _logits(loaded: LoadedModel, prompt: PromptTokens, fns: dict[Site, Callable[[Tensor], Tensor]]) -> Tensor:
-    """`(T, vocab)` logits with each site's output `(1, T, d)` replaced by `fns[site](x)`."""
-    with ExitStack() as stack:
-        for site, fn in fns.items():
-            stack.enter_context(splice(loaded.model, site, fn, layout=loaded.layout))
-        return loaded.model(input_ids=prompt.ids[None].to(loaded.device)).logits[0].float()
+    check_target(prompt, target, loaded.layout.unembed.weight.shape[0], CircuitError)
 
 
 def split_site(sae: SAE, x: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
-    """A site's output `(T, d_in)` as its nodes: features `(T, d_sae)` (0 where `real` is False) and error `(T, d_in)`."""
+    """A site's output `(..., T, d_in)` as its nodes: features `(..., T, d_sae)` (0 where `real` `(T,)` is False) and
+    error `(..., T, d_in)`."""
     f = sae.encode(x) * real[:, None]
     return f, x - sae.decode(f)
 
 
+@torch.no_grad()
 def clean_nodes(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTokens) -> dict[Site, tuple[Tensor, Tensor]]:
-    """Every site's clean features and error terms on the prompt (one forward pass)."""
+    """Every site's clean features and error terms on the prompt (one forward pass, up to the deepest site)."""
+    acts = run_to_sites(loaded.model, prompt.ids[None].to(loaded.device), sites=list(saes), layout=loaded.layout)
     real = prompt.real.to(loaded.device)
-    out: dict[Site, tuple[Tensor, Tensor]] = {}
-
-    def reader(site: Site, sae: SAE) -> Callable[[Tensor], Tensor]:
-        def fn(x: Tensor) -> Tensor:
-            out[site] = tuple(t.detach() for t in split_site(sae, x[0], real))  # type: ignore[assignment]
-            return x
-        return fn
-
-    with torch.no_grad():
-        _logits(loaded, prompt, {s: reader(s, sae) for s, sae in saes.items()})
-    return out
+    return {site: split_site(sae, acts[site][0], real) for site, sae in saes.items()}
 
 
 def node_effects(
@@ -133,14 +112,14 @@ def node_effects(
     if method == "ig" and steps < 1:
         raise CircuitError(f"--ig-steps must be at least 1, got {steps}")
     clean = clean_nodes(loaded, saes, prompt)
-    patches = {site: _patch(saes[site], clean[site], (means or {}).get(site)) for site in saes}
+    patches = {site: _patch(clean[site], (means or {}).get(site)) for site in saes}
     with torch.enable_grad():
         if method == "atp":
             value, grads = _output_grads(loaded, prompt, target, {site: None for site in saes}, saes)
             mean_grads = grads
         else:
             with torch.no_grad():
-                value = float(target.value(_logits(loaded, prompt, {})))
+                value = float(target.value(spliced_logits(loaded, prompt, {})))
             mean_grads = {}
             for site in saes:
                 total = torch.zeros_like(clean[site][1])
@@ -165,7 +144,7 @@ def decoder_vjp(sae: SAE, f: Tensor, grad: Tensor) -> Tensor:
     return out
 
 
-def _patch(sae: SAE, clean: tuple[Tensor, Tensor], means: SiteMeans | None) -> tuple[Tensor, Tensor]:
+def _patch(clean: tuple[Tensor, Tensor], means: SiteMeans | None) -> tuple[Tensor, Tensor]:
     """What a site's nodes are ablated to, shaped like its clean nodes: zeros, or the means."""
     f, e = clean
     if means is None:
@@ -196,6 +175,6 @@ def _output_grads(
             return x + probe
         return fn
 
-    value = target.value(_logits(loaded, prompt, {site: fn_for(site, a) for site, a in alphas.items()}))
+    value = target.value(spliced_logits(loaded, prompt, {site: fn_for(site, a) for site, a in alphas.items()}))
     value.backward()
     return float(value.detach()), {site: probe.grad[0].float() for site, probe in probes.items()}  # type: ignore[index]

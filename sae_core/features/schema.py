@@ -149,6 +149,13 @@ def sae_identity(sae_id: int, hook_name: str, short_name: str, layer: int, site:
     return {"sae_id": [sae_id], "hook_name": [hook_name], "short_name": [short_name], "layer": [layer], "site": [site]}
 
 
+UNDERSTANDING_INDEXES = """
+CREATE INDEX explanations_feature ON explanations (sae_id, feature);
+"""
+RELEASE_INDEXES = """
+CREATE INDEX release_features_feature ON release_features (sae_id, feature);
+CREATE INDEX release_examples_feature ON release_examples (sae_id, feature);
+"""
 INDEXES = """
 CREATE UNIQUE INDEX saes_id ON saes (sae_id);
 CREATE UNIQUE INDEX vocab_id ON vocab (token_id);
@@ -156,14 +163,9 @@ CREATE UNIQUE INDEX contexts_id ON contexts (context_id);
 CREATE UNIQUE INDEX features_id ON features (sae_id, feature);
 CREATE INDEX examples_feature ON examples (sae_id, feature);
 CREATE INDEX neighbours_feature ON neighbours (sae_id, feature);
-CREATE INDEX explanations_feature ON explanations (sae_id, feature);
-"""
-RELEASE_INDEXES = """
-CREATE INDEX release_features_feature ON release_features (sae_id, feature);
-CREATE INDEX release_examples_feature ON release_examples (sae_id, feature);
-"""
-ADDED = {2: (UNDERSTANDING_TABLES, "CREATE INDEX explanations_feature ON explanations (sae_id, feature);"),
-         3: (RELEASE_TABLES, RELEASE_INDEXES)}
+""" + UNDERSTANDING_INDEXES + RELEASE_INDEXES
+"""Every index of a feature file of this version (a new file gets them all)."""
+ADDED = {2: (UNDERSTANDING_TABLES, UNDERSTANDING_INDEXES), 3: (RELEASE_TABLES, RELEASE_INDEXES)}
 """What each schema version added to the one before: its tables and their indexes (what `upgrade` runs)."""
 
 

@@ -23,7 +23,6 @@ from ..io import atomic_path
 from .indexes import refresh_indexes
 from .schema import (
     INDEXES,
-    RELEASE_INDEXES,
     RELEASE_TABLES,
     SCHEMA_VERSION,
     TABLES,
@@ -97,7 +96,7 @@ class FeatureDBWriter:
         assert self.con is not None
         items = {"schema_version": SCHEMA_VERSION, **meta, "content_id": uuid.uuid4().hex}
         self.insert("meta", {"key": list(items), "value": [json.dumps(v) for v in items.values()]})
-        self.con.execute(INDEXES + RELEASE_INDEXES)
+        self.con.execute(INDEXES)
         self.con.execute("CHECKPOINT")
 
 

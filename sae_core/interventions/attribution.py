@@ -51,21 +51,22 @@ def token_id(tokenizer, text: str) -> int:
 def top_predictions(loaded: LoadedModel, prompt: PromptTokens, position: int, n: int = 5) -> list[tuple[int, float]]:
     """The model's `n` most likely next tokens after `position`, with probabilities."""
     with torch.no_grad():
-        logits = _run(loaded, prompt, {})[position]
+        logits = spliced_logits(loaded, prompt, {})[position]
     probs = logits.softmax(-1).topk(n)
     return [(int(i), float(p)) for i, p in zip(probs.indices, probs.values)]
 
 
-def _check(prompt: PromptTokens, target: Target, vocab: int) -> None:
+def check_target(prompt: PromptTokens, target: Target, vocab: int, error: type[UserError] = UserError) -> None:
+    """An `error` naming the problem when the target's position is outside the prompt or a token outside the vocabulary."""
     if not 0 <= target.position < len(prompt.ids):
-        raise UserError(f"target position {target.position} is outside the prompt (0 … {len(prompt.ids) - 1})")
+        raise error(f"target position {target.position} is outside the prompt (0 … {len(prompt.ids) - 1})")
     for token in (target.token, target.minus_token):
         if token is not None and not 0 <= token < vocab:
-            raise UserError(f"token id {token} is outside the vocabulary (0 … {vocab - 1})")
+            raise error(f"token id {token} is outside the vocabulary (0 … {vocab - 1})")
 
 
-def _run(loaded: LoadedModel, prompt: PromptTokens, fns: dict[Site, Callable[[Tensor], Tensor]]) -> Tensor:
-    """`(T, vocab)` logits with each site's output replaced by `fns[site](x)`."""
+def spliced_logits(loaded: LoadedModel, prompt: PromptTokens, fns: dict[Site, Callable[[Tensor], Tensor]]) -> Tensor:
+    """`(T, vocab)` logits with each site's output `(1, T, d)` replaced by `fns[site](x)`."""
     device = loaded.device
     with ExitStack() as stack:
         for site, fn in fns.items():
@@ -80,7 +81,7 @@ def attribute(
 
     Features at position 0 and special tokens are not counted (they are held at zero).
     """
-    _check(prompt, target, loaded.layout.unembed.weight.shape[0])
+    check_target(prompt, target, loaded.layout.unembed.weight.shape[0])
     real = prompt.real.to(loaded.device)
     leaves: dict[Site, Tensor] = {}
 
@@ -93,7 +94,7 @@ def attribute(
         return fn
 
     with torch.enable_grad():
-        value = target.value(_run(loaded, prompt, {s: fn_for(s, sae) for s, sae in saes.items()}))
+        value = target.value(spliced_logits(loaded, prompt, {s: fn_for(s, sae) for s, sae in saes.items()}))
         value.backward()
     rows = []
     for site, leaf in leaves.items():
@@ -112,8 +113,8 @@ def ablate(
     loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTokens, target: Target, features: list[tuple[Site, int, int]]
 ) -> tuple[float, float]:
     """The target before and after zeroing the given (site, position, feature) activations (error term kept)."""
-    _check(prompt, target, loaded.layout.unembed.weight.shape[0])
-    before = float(target.value(_run(loaded, prompt, {})))
+    check_target(prompt, target, loaded.layout.unembed.weight.shape[0])
+    before = float(target.value(spliced_logits(loaded, prompt, {})))
 
     def fn_for(site: Site, sae: SAE) -> Callable[[Tensor], Tensor]:
         chosen = [(p, f) for s, p, f in features if s == site]
@@ -126,5 +127,5 @@ def ablate(
             return x - removed[None]
         return fn
 
-    after = float(target.value(_run(loaded, prompt, {s: fn_for(s, saes[s]) for s in {s for s, _, _ in features}})))
+    after = float(target.value(spliced_logits(loaded, prompt, {s: fn_for(s, saes[s]) for s in {s for s, _, _ in features}})))
     return before, after

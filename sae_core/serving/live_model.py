@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ..circuits import SiteMeans, circuit_metric
+from ..circuits import SiteMeans, circuit_metric, keep_all_but
 from ..circuits.graph import CircuitOptions, find_circuit
 from ..circuits.means import run_means
 from ..interventions.attribution import Target, ablate, attribute, token_id, top_predictions
@@ -89,17 +88,9 @@ class LiveModel:
         options = CircuitOptions(**settings)
         saes = self._saes(shorts)
         by_short = {site.short: site for site in saes}
-        every = {site: (torch.ones(len(prompt.ids), sae.cfg.d_sae, dtype=torch.bool), torch.ones(len(prompt.ids), dtype=torch.bool))
-                 for site, sae in saes.items()}
-        keep = {site: (f.clone(), e.clone()) for site, (f, e) in every.items()}
-        for short, position, feature in removed:
-            kept_f, kept_e = keep[by_short[short]]
-            if feature < 0:
-                kept_e[position] = False
-            else:
-                kept_f[position, feature] = False
         means = self._means(shorts, options)
-        before = circuit_metric(self.opened.loaded, saes, prompt, target, every, means)  # = the model's own metric
+        before = circuit_metric(self.opened.loaded, saes, prompt, target, keep_all_but(saes, len(prompt.ids), []), means)
+        keep = keep_all_but(saes, len(prompt.ids), [(by_short[s], p, f) for s, p, f in removed])
         return before, circuit_metric(self.opened.loaded, saes, prompt, target, keep, means)
 
     def _means(self, shorts: tuple[str, ...], options: CircuitOptions) -> dict[Site, SiteMeans] | None:
