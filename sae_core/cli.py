@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "import",
-        help="make a run from published SAEs: SAELens, sparsify, dictionary_learning, Gemma Scope, Qwen Scope (then precompute it)",
+        help="make a run from published SAEs: SAELens, sparsify, dictionary_learning, Gemma Scope, Llama Scope, Qwen Scope (then precompute it)",
         description="Read SAEs written by other libraries, convert each to the encoding its library uses, check it against "
         "the model (d_in at its site; one SAE per site), save them as a run folder in SAELens format and precompute its "
         "features.duckdb, so any published SAE becomes browsable. Formats: " + "; ".join(FORMATS) + ". Loading never "

@@ -131,7 +131,7 @@ def test_gemma_scope_2_by_its_saelens_registry_name(hub_cache):
 
 
 def test_other_registry_formats_go_through_saelens_own_converter(monkeypatch):
-    """A release whose converter is not ours (here Llama Scope) is loaded by SAELens and read back from the folder
+    """A release whose converter is not ours (here Goodfire's) is loaded by SAELens and read back from the folder
     SAELens saves, encoding exactly as SAELens's SAE does."""
     import sae_lens
     from sae_lens.saes.sae import SAEMetadata
@@ -144,7 +144,7 @@ def test_other_registry_formats_go_through_saelens_own_converter(monkeypatch):
             p.copy_(torch.rand(p.shape, generator=g) * 0.3 if name == "threshold" else torch.randn(p.shape, generator=g) * 0.3)
     asked = []
     monkeypatch.setattr(sae_lens.SAE, "from_pretrained", classmethod(lambda cls, r, i, device="cpu": asked.append((r, i)) or theirs))
-    release = "llama_scope_lxr_8x"
+    release = "goodfire-llama-3.1-8b-instruct"
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     sae_id = next(iter(get_pretrained_saes_directory()[release].saes_map))

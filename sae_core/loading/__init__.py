@@ -1,5 +1,5 @@
-"""SAE files: write SAELens folders; read SAELens, sparsify, dictionary_learning, Gemma Scope and Qwen Scope SAEs;
-check an SAE fits a model.
+"""SAE files: write SAELens folders; read SAELens, sparsify, dictionary_learning, Gemma Scope, Llama Scope and Qwen
+Scope SAEs; check an SAE fits a model.
 
 Loading never unpickles: JSON, safetensors, `.npz` with `allow_pickle=False` and `.pt` state dicts with
 `torch.load(weights_only=True)`. Every problem with a file is an `SAEFileError` whose message names the file,
@@ -16,7 +16,7 @@ import torch
 from ..errors import SAEFileError
 from ..hub import fetch, is_hub
 from ..saes import SAE
-from . import dictionary_learning, gemma_scope, qwen_scope, saelens, saelens_registry, sparsify
+from . import dictionary_learning, gemma_scope, llama_scope, qwen_scope, saelens, saelens_registry, sparsify
 from .saelens import save_sae
 
 _FOLDERS: tuple[tuple[str, tuple[str, ...], Callable[[Path], SAE]], ...] = (
@@ -25,12 +25,14 @@ _FOLDERS: tuple[tuple[str, tuple[str, ...], Callable[[Path], SAE]], ...] = (
     ("dictionary_learning", (dictionary_learning.WEIGHTS_FILE,), dictionary_learning.load_dictionary_learning),
     ("Gemma Scope", (gemma_scope.WEIGHTS_FILE,), gemma_scope.load_gemma_scope),
     ("Gemma Scope 2", (gemma_scope.WEIGHTS_FILE_2,), gemma_scope.load_gemma_scope),
+    ("Llama Scope", (llama_scope.CFG_FILE,), llama_scope.load_llama_scope),
 )
 """Folder formats: name, the files that identify one, reader."""
 FORMATS = ("SAELens folder (cfg.json + sae_weights.safetensors)", "sparsify folder (cfg.json + sae.safetensors)",
            "dictionary_learning folder (ae.pt + config.json)", "Gemma Scope params.npz (or its folder)",
            "Gemma Scope 2 params.safetensors + config.json (or their folder)",
-           "Qwen Scope layerN.sae.pt", "any of these on the Hub (hf:ORG/REPO/PATH[@REV])",
+           "Llama Scope folder (hyperparams.json + checkpoints/final.safetensors)", "Qwen Scope layerN.sae.pt",
+           "any of these on the Hub (hf:ORG/REPO/PATH[@REV])",
            "SAELens registry names (saelens:RELEASE/SAE_ID)")
 """What `load_sae` reads, as its errors list them."""
 
@@ -51,6 +53,8 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
             return qwen_scope.load_qwen_scope(path).to(device)
         if any(path.name in files for _, files, _ in _FOLDERS):  # a file that marks a folder format: read its folder
             return load_sae(path.parent, device=device)
+        if (folder := llama_scope.folder_of_weights(path)) is not None:
+            return load_sae(folder, device=device)
         raise SAEFileError(f"{path} is a file of no SAE format read here; pass one of: {'; '.join(FORMATS)}")
     if not path.is_dir():
         raise SAEFileError(f"SAE path {path} does not exist; pass a folder or file of one of: {'; '.join(FORMATS)}")

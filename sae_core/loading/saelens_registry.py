@@ -1,9 +1,9 @@
 """SAELens registry names, `saelens:RELEASE/SAE_ID` (the releases of the installed SAELens's `pretrained_saes.yaml`).
 
 The registry says where a release lives on the Hub and which converter reads it. Releases in a format read here
-(SAELens folders, Gemma Scope 1 and 2, dictionary_learning, Qwen Scope) are fetched as `hf:` paths and read by our
-own readers, which are tested against each library's encode (SAELens's own sparsify converter, for one, transposes
-`W_dec`). Every other converter is SAELens's: the SAE is loaded with `SAE.from_pretrained` and saved as a SAELens
+(SAELens folders, Gemma Scope 1 and 2, dictionary_learning, Llama Scope, Qwen Scope) are fetched as `hf:` paths and
+read by our own readers, which are tested against each library's encode (SAELens's own sparsify converter, for one,
+transposes `W_dec`, and its Llama Scope converter gates without the decoder norms). Every other converter is SAELens's: the SAE is loaded with `SAE.from_pretrained` and saved as a SAELens
 folder, which our SAELens reader then reads (run-time options folded in, unsupported ones refused).
 """
 
@@ -18,7 +18,8 @@ from ..hub import HubPath
 
 PREFIX = "saelens:"
 OURS = {None: "SAELens folder", "gemma_2": "Gemma Scope", "gemma_3": "Gemma Scope 2",
-        "dictionary_learning_1": "dictionary_learning", "qwen_scope": "Qwen Scope", "sparsify": "sparsify"}
+        "dictionary_learning_1": "dictionary_learning", "qwen_scope": "Qwen Scope", "sparsify": "sparsify",
+        "llama_scope": "Llama Scope"}
 """SAELens conversion functions whose formats our readers read: conversion name -> format."""
 
 
