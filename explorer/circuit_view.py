@@ -13,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from sae_core.circuits.graph import GRAPH_VERSION
+from sae_core.circuits.nodes import ALL_POSITIONS
 from sae_core.errors import UserError
 
 from .feature_view import feature_link
@@ -50,9 +51,14 @@ def visible(graph: dict[str, Any], node_threshold: float, edge_threshold: float)
     return nodes, edges
 
 
+def summed(graph: dict[str, Any]) -> bool:
+    """Whether the graph's nodes are summed over positions (one per site and feature)."""
+    return graph.get("settings", {}).get("positions") == "sum"
+
+
 def layout_nodes(nodes: list[dict], sites: list[str]) -> dict[str, tuple[float, float]]:
-    """(x, y) of each node: x its token position (several nodes at one position and site spread across it),
-    y its site's row in forward-pass order."""
+    """(x, y) of each node: x its token position (several nodes at one position and site spread across it; nodes
+    summed over positions side by side, largest |effect| first), y its site's row in forward-pass order."""
     rows = {site: i for i, site in enumerate(sites)}
     groups: dict[tuple[str, int], list[dict]] = {}
     for node in nodes:
@@ -60,6 +66,9 @@ def layout_nodes(nodes: list[dict], sites: list[str]) -> dict[str, tuple[float, 
     out = {}
     for (site, position), group in groups.items():
         group.sort(key=lambda n: -abs(n["effect"]))
+        if position == ALL_POSITIONS:
+            out.update({node["id"]: (float(i), rows.get(site, 0)) for i, node in enumerate(group)})
+            continue
         width = min(0.8, 0.2 * (len(group) - 1))
         for i, node in enumerate(group):
             offset = 0.0 if len(group) == 1 else -width / 2 + width * i / (len(group) - 1)
@@ -93,10 +102,16 @@ def graph_figure(graph: dict[str, Any], node_threshold: float = 0.0, edge_thresh
             hovertext=[hover(n) for n in chosen], hoverinfo="text",
         ))
     tokens = graph["tokens"]
+    if summed(graph):
+        widest = max((x for x, _ in where.values()), default=0.0)
+        xaxis = {"title": "each site's nodes, summed over positions, largest |effect| first", "showticklabels": False,
+                 "range": [-0.7, widest + 0.7]}
+    else:
+        xaxis = {"tickmode": "array", "tickvals": list(range(len(tokens))), "ticktext": [repr(t)[1:-1] for t in tokens],
+                 "range": [-0.7, len(tokens) - 0.3]}
     fig.update_layout(
         height=120 + 70 * len(sites), margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h", "y": 1.08},
-        xaxis={"tickmode": "array", "tickvals": list(range(len(tokens))), "ticktext": [repr(t)[1:-1] for t in tokens],
-               "range": [-0.7, len(tokens) - 0.3]},
+        xaxis=xaxis,
         yaxis={"tickmode": "array", "tickvals": list(range(len(sites))), "ticktext": sites, "range": [-0.6, len(sites) - 0.4]},
     )
     return fig
@@ -105,7 +120,8 @@ def graph_figure(graph: dict[str, Any], node_threshold: float = 0.0, edge_thresh
 def hover(node: dict[str, Any]) -> str:
     """A node's hover text: site, token, feature and its label (or the error term), effect."""
     what = "SAE error term" if node["error"] else f"feature {node['feature']}" + (f": {node['label']}" if node.get("label") else "")
-    return f"{node['site']} · {node['token']!r} (position {node['position']})<br>{what}<br>effect {node['effect']:+.4f}"
+    where = "summed over positions" if node["position"] == ALL_POSITIONS else f"{node['token']!r} (position {node['position']})"
+    return f"{node['site']} · {where}<br>{what}<br>effect {node['effect']:+.4f}"
 
 
 def node_table(nodes: list[dict]) -> pd.DataFrame:

@@ -33,8 +33,11 @@ else:
         steps = st.slider("integrated-gradient steps", 2, 32, 10, disabled=method != "ig")
         ablate_to = st.radio("a removed node becomes", ["mean", "zero"], horizontal=True,
                              format_func={"mean": "its mean on held-out text", "zero": "zero"}.get)
+        positions = st.radio("positions", ["keep", "sum"], horizontal=True,
+                             format_func={"keep": "a node per token", "sum": "each feature summed over the tokens"}.get)
         max_nodes = st.slider("nodes kept (largest |effect|)", 5, 100, 30)
-    settings = asdict(CircuitOptions(method=method, ig_steps=steps, ablate_to=ablate_to, max_nodes=max_nodes))
+    settings = asdict(CircuitOptions(method=method, ig_steps=steps, ablate_to=ablate_to, max_nodes=max_nodes,
+                                     positions=positions))
     try:
         graph = cached_job(("circuit", str(run), ids, target, tuple(chosen), tuple(sorted(settings.items()))),
                            lambda: live.circuit(prompt, target, tuple(chosen), settings), "finding the circuit")

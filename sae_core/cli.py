@@ -536,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
         "whole model) and completeness (with the circuit ablated) over circuit sizes. See docs/circuits.md.",
         epilog="examples:\n  sae-explorer circuit runs/demo --prompt \"The capital of France is\" --target \" Paris\"\n"
         "  sae-explorer circuit runs/demo --prompt \"The keys to the cabinet\" --target \" are\" --minus \" is\" "
-        "--method ig --ig-steps 16",
+        "--method ig --ig-steps 16\n"
+        "  sae-explorer circuit runs/demo --prompt \"The keys to the cabinet\" --target \" are\" --minus \" is\" "
+        "--positions sum   # one node per feature",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run folder with SAEs (its feature file, when there is one, labels the nodes)")

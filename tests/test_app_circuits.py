@@ -39,6 +39,26 @@ def test_the_page_draws_the_circuit_and_ablates_a_node(monkeypatch, precomputed_
     assert float(at.metric[1].value) != before
     at.slider[-2].set_value(at.slider[-2].max).run()  # the node threshold at its top: one node left
     assert not at.exception and len(at.dataframe[0].value) == 1
+    at.radio[2].set_value("sum").run()  # one node per feature, summed over the tokens
+    assert not at.exception and len(at.get("plotly_chart")) == 2
+    assert set(at.dataframe[0].value["position"]) == {-1}
+
+
+def test_a_graph_summed_over_positions_is_drawn_one_row_per_site(precomputed_run, tmp_path):
+    from sae_core.cli import main
+
+    out = tmp_path / "summed.json"
+    assert main(["circuit", str(precomputed_run), "--prompt", TEXT, "--target", "#5", "--positions", "sum", "--max-nodes",
+                 "12", "--ablate-to", "zero", "--out", str(out), "--device", "cpu"]) == 0
+    graph = read_graph(out.read_bytes())
+    nodes, edges = visible(graph, 0.0, 0.0)
+    where = layout_nodes(nodes, graph["sites"])
+    for site in graph["sites"]:  # side by side in each site's row, largest |effect| first
+        row = sorted((n for n in nodes if n["site"] == site), key=lambda n: where[n["id"]][0])
+        assert [where[n["id"]][0] for n in row] == list(range(len(row)))
+        assert [abs(n["effect"]) for n in row] == sorted((abs(n["effect"]) for n in row), reverse=True)
+    figure = graph_figure(graph)
+    assert figure.layout.xaxis.showticklabels is False and len(figure.data) == len(edges) + len({n["error"] for n in nodes})
 
 
 def test_bad_input_is_explained(monkeypatch, precomputed_run):

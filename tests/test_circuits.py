@@ -303,3 +303,45 @@ def test_a_site_whose_every_route_crosses_a_held_site_has_no_direct_edges(tiny_l
     into_attn = edges[edges.down_site == "L1A"]
     assert set(into_attn.up_site) == {"L0R"} and len(into_attn) > 0
     assert set(edges[edges.down_site == "L0R"].up_site) == {"L0M"}
+
+
+def test_nodes_and_edges_summed_over_positions_are_sums_of_the_per_position_ones(setup):
+    """Marks et al.'s summed nodes: a feature's effect is the sum of its effects at every position, keeping it keeps
+    every position, and an edge between two summed nodes is the sum of the per-position edges between them."""
+    from sae_core.circuits import edge_weights
+    from sae_core.circuits.graph import CircuitOptions, find_circuit
+    from sae_core.circuits.nodes import ALL_POSITIONS
+
+    loaded, saes, prompt, target = setup
+    effects = node_effects(loaded, saes, prompt, target)
+    per_position, summed = ranked_nodes(effects), ranked_nodes(effects, sum_positions=True)
+    assert (summed.position == ALL_POSITIONS).all() and len(summed) == len(per_position) // len(prompt.ids)
+    expected = per_position.groupby(["site", "feature"])["effect"].sum()
+    got = summed.set_index(["site", "feature"])["effect"]
+    pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), rtol=1e-5, atol=1e-7)
+
+    top = summed.head(8)
+    every_position = per_position.merge(top[["site", "feature"]], on=["site", "feature"])
+    for site, (kept_f, kept_e) in keep_nodes(effects, top).items():
+        other_f, other_e = keep_nodes(effects, every_position)[site]
+        assert torch.equal(kept_f, other_f) and torch.equal(kept_e, other_e)
+
+    last = max(saes, key=lambda s: s.order_key)
+    at_last = summed[summed.site == last.short]
+    downstream = pd.concat([at_last[at_last.feature >= 0].head(2), at_last[at_last.feature < 0]])
+    edges = edge_weights(loaded, saes, prompt, effects, downstream, sum_positions=True, chunk=2)
+    assert len(edges) > 0 and (edges.up_position == ALL_POSITIONS).all() and (edges.down_position == ALL_POSITIONS).all()
+    down_every = per_position.merge(downstream[["site", "feature"]], on=["site", "feature"])
+    per_edge = edge_weights(loaded, saes, prompt, effects, down_every, chunk=4)
+    keys = ["up_site", "up_feature", "down_site", "down_feature"]
+    expected = per_edge.groupby(keys)["weight"].sum()
+    got = edges.set_index(keys)["weight"]
+    pd.testing.assert_series_equal(got.sort_index(), expected.loc[got.index].sort_index(), rtol=1e-4, atol=1e-6)
+    assert (expected.drop(got.index).abs() < 1e-6).all()  # what the summed edges leave out sums to zero
+
+    graph = find_circuit(loaded, saes, prompt, target, CircuitOptions(positions="sum", max_nodes=10**6, max_edges=50),
+                         log=lambda m: None)
+    assert {n["position"] for n in graph["nodes"]} == {ALL_POSITIONS} and graph["settings"]["positions"] == "sum"
+    ids = {n["id"] for n in graph["nodes"]}
+    assert all(e["source"] in ids and e["target"] in ids for e in graph["edges"]) and graph["edges"]
+    assert graph["curve"][-1]["faithfulness"] == pytest.approx(1.0, abs=1e-4)

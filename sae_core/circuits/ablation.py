@@ -9,6 +9,9 @@ removing every node gives the baseline `m(∅)`:
     faithfulness(C) = (m(C) − m(∅)) / (m(M) − m(∅))        completeness(C) = faithfulness(M \\ C)
 
 A complete circuit leaves nothing behind: its complement's faithfulness is near 0.
+
+Nodes may be kept per position or summed over positions (`ALL_POSITIONS`: one node per site and feature, kept or
+removed at every position at once), as Marks et al. do for circuits that hold across prompts.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ..interventions.prompt_activations import PromptTokens
 from ..model.load import LoadedModel
 from ..model.sites import Site
 from ..saes import SAE
-from .nodes import NodeEffects, SiteMeans, _patch, check_request, split_site
+from .nodes import ALL_POSITIONS, NodeEffects, SiteMeans, _patch, check_request, split_site
 
 Keep = dict[Site, tuple[Tensor, Tensor]]
 """Per site: which features `(T, d_sae)` and which error terms `(T,)` are kept (bool); a missing site keeps none."""
@@ -50,8 +53,9 @@ def circuit_metric(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTok
     return float(target.value(spliced_logits(loaded, prompt, {site: fn_for(site, sae) for site, sae in saes.items()})))
 
 
-def ranked_nodes(effects: NodeEffects) -> pd.DataFrame:
-    """Every node with its effect, largest |effect| first: `site`, `position`, `feature` (-1: the error term), `effect`."""
+def ranked_nodes(effects: NodeEffects, sum_positions: bool = False) -> pd.DataFrame:
+    """Every node with its effect, largest |effect| first: `site`, `position`, `feature` (-1: the error term), `effect`;
+    with `sum_positions`, one node per site and feature, its effects summed over positions (position `ALL_POSITIONS`)."""
     frames = []
     for site, nodes in effects.sites.items():
         t, d = nodes.feature_effects.shape
@@ -61,43 +65,52 @@ def ranked_nodes(effects: NodeEffects) -> pd.DataFrame:
         frames.append(pd.DataFrame({"site": site.short, "position": positions.numpy(), "feature": features.numpy(),
                                     "effect": values.numpy()}))
     table = pd.concat(frames, ignore_index=True)
+    if sum_positions:
+        table = table.groupby(["site", "feature"], as_index=False, sort=False)["effect"].sum()
+        table.insert(1, "position", ALL_POSITIONS)
     order = table["effect"].abs().sort_values(ascending=False, kind="stable").index
     return table.loc[order].reset_index(drop=True)
 
 
 def keep_nodes(effects: NodeEffects, nodes: pd.DataFrame) -> Keep:
-    """The `Keep` masks of the nodes listed (rows of `ranked_nodes`), for every site (none kept where none is listed)."""
+    """The `Keep` masks of the nodes listed (rows of `ranked_nodes`, per position or summed over them), for every site
+    (none kept where none is listed)."""
     keep = {site: (torch.zeros(n.feature_effects.shape, dtype=torch.bool), torch.zeros(len(n.error_effects), dtype=torch.bool))
             for site, n in effects.sites.items()}
     by_short = {site.short: site for site in effects.sites}
     for short, rows in nodes.groupby("site"):
         kept_f, kept_e = keep[by_short[str(short)]]
-        errors = rows[rows["feature"] < 0]
-        features = rows[rows["feature"] >= 0]
-        kept_e[torch.tensor(errors["position"].tolist(), dtype=torch.long)] = True
-        kept_f[torch.tensor(features["position"].tolist(), dtype=torch.long),
-               torch.tensor(features["feature"].tolist(), dtype=torch.long)] = True
+        for site_node in rows.itertuples():
+            _mark(kept_f, kept_e, int(site_node.position), int(site_node.feature), True)
     return keep
 
 
+def _mark(kept_f: Tensor, kept_e: Tensor, position: int, feature: int, value: bool) -> None:
+    """Set one node's entry in a site's masks (every position's when `position` is `ALL_POSITIONS`)."""
+    where = slice(None) if position == ALL_POSITIONS else position
+    if feature < 0:
+        kept_e[where] = value
+    else:
+        kept_f[where, feature] = value
+
+
 def keep_all_but(saes: dict[Site, SAE], n_tokens: int, removed: Iterable[tuple[Site, int, int]]) -> Keep:
-    """Every node of every site kept but the `removed` `(site, position, feature)` ones (feature -1: the error term)."""
+    """Every node of every site kept but the `removed` `(site, position, feature)` ones (feature -1: the error term;
+    position `ALL_POSITIONS`: at every position)."""
     keep = {site: (torch.ones(n_tokens, sae.cfg.d_sae, dtype=torch.bool), torch.ones(n_tokens, dtype=torch.bool))
             for site, sae in saes.items()}
     for site, position, feature in removed:
-        kept_f, kept_e = keep[site]
-        if feature < 0:
-            kept_e[position] = False
-        else:
-            kept_f[position, feature] = False
+        _mark(*keep[site], position, feature, False)
     return keep
 
 
 def faithfulness_curve(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTokens, target: Target,
-                       effects: NodeEffects, sizes: Sequence[int], means: dict[Site, SiteMeans] | None = None) -> pd.DataFrame:
-    """Faithfulness and completeness of the circuits made of the n nodes of largest |effect|, for each n in `sizes`:
-    columns `nodes`, `metric_circuit`, `faithfulness`, `metric_without`, `completeness` (NaN when m(M) = m(∅))."""
-    ranked = ranked_nodes(effects)
+                       effects: NodeEffects, sizes: Sequence[int], means: dict[Site, SiteMeans] | None = None,
+                       sum_positions: bool = False) -> pd.DataFrame:
+    """Faithfulness and completeness of the circuits made of the n nodes of largest |effect| (per position, or summed
+    over positions), for each n in `sizes`: columns `nodes`, `metric_circuit`, `faithfulness`, `metric_without`,
+    `completeness` (NaN when m(M) = m(∅))."""
+    ranked = ranked_nodes(effects, sum_positions)
     empty = circuit_metric(loaded, saes, prompt, target, {}, means)
     span = effects.value - empty
     rows = []

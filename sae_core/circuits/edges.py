@@ -8,6 +8,9 @@ each node a leaf), so a path from u to d that crosses another spliced site count
 site's nodes instead. Each downstream node needs its own backward pass; `chunk` of them run as one batch of
 that many copies of the prompt, so memory grows with `chunk` (one forward and backward of a batch of `chunk`
 prompts, up to the downstream site's layer), not with the number of edges.
+
+With positions summed over, a downstream node is `Σ_t g_t · d_t` and an upstream node's weight is summed over its
+positions too: the sum of the per-position edges between the two features.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..model.hooks import StopForward, splice
 from ..model.load import LoadedModel
 from ..model.sites import Site
 from ..saes import SAE
-from .nodes import NodeEffects, SiteMeans, _patch, split_site
+from .nodes import ALL_POSITIONS, NodeEffects, SiteMeans, _patch, split_site
 
 EDGE_COLUMNS = ["up_site", "up_position", "up_feature", "down_site", "down_position", "down_feature", "weight"]
 """One row per edge; a feature of -1 is the site's error term."""
@@ -39,10 +42,11 @@ class _Reached(StopForward):
 def edge_weights(
     loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTokens, effects: NodeEffects,
     downstream: pd.DataFrame, *, means: dict[Site, SiteMeans] | None = None, chunk: int = 8,
-    upstream: pd.DataFrame | None = None,
+    upstream: pd.DataFrame | None = None, sum_positions: bool = False,
 ) -> pd.DataFrame:
     """The weight of every edge into the `downstream` nodes (rows with `site`, `position`, `feature`, as
-    `ranked_nodes` gives them) from the nodes of every earlier site (only those in `upstream`, when given)."""
+    `ranked_nodes` gives them) from the nodes of every earlier site (only those in `upstream`, when given); with
+    `sum_positions`, upstream nodes are summed over positions (position `ALL_POSITIONS`)."""
     order = sorted(saes, key=lambda s: s.order_key)
     by_short = {s.short: s for s in saes}
     clean = {site: (nodes.activations, nodes.errors) for site, nodes in effects.sites.items()}
@@ -67,8 +71,10 @@ def edge_weights(
                     (f, e), (pf, pe) = clean[up], patches[up]
                     gf, ge = grads[up]
                     weights = torch.cat([((e - pe) * ge[c]).sum(-1, keepdim=True), (f - pf) * gf[c]], dim=1)
+                    if sum_positions:
+                        weights = weights.sum(0, keepdim=True)
                     for p, j in weights.nonzero().tolist():
-                        key = (up.short, p, j - 1)
+                        key = (up.short, ALL_POSITIONS if sum_positions else p, j - 1)
                         if wanted_up is None or key in wanted_up:
                             rows.append((*key, node.site, int(node.position), int(node.feature), float(weights[p, j])))
             progress.update(len(part))
@@ -82,7 +88,8 @@ def _direct_grads(
 ) -> dict[Site, tuple[Tensor, Tensor]]:
     """For each downstream node c of `nodes` at `site`: `∂(g_c · value_c)/∂(f, e)` of every earlier site with a direct
     path to it, as `(C, T, d_sae)` and `(C, T, d_in)`, with `g_c` = ∂m/∂(node c) and every earlier site held at its
-    clean nodes (a site whose every route crosses another held site is left out)."""
+    clean nodes (a site whose every route crosses another held site is left out). A node at `ALL_POSITIONS` reads
+    the sum over positions."""
     n = len(nodes)
     real = prompt.real.to(loaded.device)
     leaves = {up: (clean[up][0].expand(n, -1, -1).clone().requires_grad_(True),
@@ -90,6 +97,9 @@ def _direct_grads(
     target = effects.sites[site]
     positions = torch.tensor(nodes["position"].tolist(), dtype=torch.long)
     features = torch.tensor(nodes["feature"].tolist(), dtype=torch.long)
+    at = torch.zeros(n, len(prompt.ids), device=loaded.device)  # (C, T): the positions each node reads
+    at[positions < 0] = 1.0
+    at[torch.nonzero(positions >= 0).flatten(), positions[positions >= 0]] = 1.0
     scalar: list[Tensor] = []
 
     def held(up: Site) -> Callable[[Tensor], Tensor]:
@@ -104,11 +114,12 @@ def _direct_grads(
         is_error = features < 0
         values = torch.zeros(n, device=x.device)
         if (~is_error).any():
-            fc = f[copies[~is_error], positions[~is_error], features[~is_error]]
-            values[~is_error] = fc * target.feature_grads[positions[~is_error], features[~is_error]]
+            fc = f[copies[~is_error], :, features[~is_error]]  # (C_f, T)
+            gc = target.feature_grads[:, features[~is_error]].T.to(fc)
+            values[~is_error] = (fc * gc * at[~is_error]).sum(-1)
         if is_error.any():
-            ec = e[copies[is_error], positions[is_error]]
-            values[is_error] = (ec * target.error_grads[positions[is_error]]).sum(-1)
+            ec = (e[copies[is_error]] * target.error_grads.to(e)).sum(-1)  # (C_e, T)
+            values[is_error] = (ec * at[is_error]).sum(-1)
         scalar.append(values.sum())
         raise _Reached
 

@@ -18,9 +18,10 @@ from ..options import device_option, option
 from ..saes import SAE
 from .ablation import faithfulness_curve, ranked_nodes
 from .edges import edge_weights
-from .nodes import METHODS, CircuitError, SiteMeans, node_effects
+from .nodes import ALL_POSITIONS, METHODS, CircuitError, SiteMeans, node_effects
 
 GRAPH_VERSION = 1
+POSITIONS = ("keep", "sum")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class CircuitOptions:
     ablate_to: str = option("mean", "what a removed node becomes: its mean over --mean-tokens of the run's held-out "
                             "text, or zero", choices=("mean", "zero"))
     mean_tokens: int = option(4096, "reference tokens the means are taken over", count=True)
+    positions: str = option("keep", "keep one node per feature and token position, or sum each feature's nodes over "
+                            "the positions (one node per site and feature, as Marks et al. do)", choices=POSITIONS)
     max_nodes: int = option(40, "keep at most this many nodes, largest |effect| first")
     node_threshold: float = option(0.0, "and only nodes whose |effect| is at least this (in units of the metric)")
     edge_threshold: float = option(0.0, "keep the edges whose |weight| is at least this")
@@ -96,25 +99,32 @@ def find_circuit(
     curve over the ranked nodes (see `sae_core.circuits`)."""
     if options.ig_steps < 1 or options.max_nodes < 1 or options.chunk < 1:
         raise CircuitError("--ig-steps, --max-nodes and --chunk must be at least 1")
+    if options.positions not in POSITIONS:
+        raise CircuitError(f"positions {options.positions!r}: choose one of {', '.join(POSITIONS)}")
+    summed = options.positions == "sum"
     effects = node_effects(loaded, saes, prompt, target, method=options.method, steps=options.ig_steps, means=means)
-    ranked = ranked_nodes(effects)
+    ranked = ranked_nodes(effects, summed)
     nodes = pruned_nodes(ranked, options)
     log(f"metric {effects.value:.4f}; {len(ranked):,} nodes scored, {len(nodes)} kept")
     edges = pruned_edges(edge_weights(loaded, saes, prompt, effects, nodes, means=means, chunk=options.chunk,
-                                      upstream=nodes), options)
-    curve = faithfulness_curve(loaded, saes, prompt, target, effects, curve_sizes(len(nodes), options.curve_points), means)
+                                      upstream=nodes, sum_positions=summed), options)
+    curve = faithfulness_curve(loaded, saes, prompt, target, effects, curve_sizes(len(nodes), options.curve_points),
+                               means, summed)
     by_short = {s.short: s for s in saes}
     node_rows = []
     for row in nodes.itertuples():
         site = by_short[row.site]
         sn = effects.sites[site]
         error = row.feature < 0
+        at = slice(None) if row.position == ALL_POSITIONS else slice(row.position, row.position + 1)
         node_rows.append({
-            "id": f"{row.site}/{row.position}/{'error' if error else row.feature}", "site": row.site,
-            "layer": site.layer, "kind": site.kind, "position": int(row.position), "token": prompt.tokens[row.position],
+            "id": f"{row.site}/{'all' if summed else row.position}/{'error' if error else row.feature}", "site": row.site,
+            "layer": site.layer, "kind": site.kind, "position": int(row.position),
+            "token": "(all positions)" if summed else prompt.tokens[row.position],
             "feature": None if error else int(row.feature), "error": bool(error), "effect": float(row.effect),
-            "activation": None if error else float(sn.activations[row.position, row.feature]),
-            "error_norm": float(sn.errors[row.position].norm()) if error else None,
+            # summed over positions: the largest activation (or error norm) over the positions
+            "activation": None if error else float(sn.activations[at, row.feature].max()),
+            "error_norm": float(sn.errors[at].norm(dim=-1).max()) if error else None,
             "label": None,
         })
     if labels is not None:

@@ -33,6 +33,8 @@ from ..model.sites import Site
 from ..saes import SAE
 
 METHODS = ("atp", "ig")
+ALL_POSITIONS = -1
+"""The `position` of a node summed over positions (one node per site and feature)."""
 
 
 class CircuitError(UserError):
