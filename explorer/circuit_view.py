@@ -16,7 +16,7 @@ from sae_core.circuits.graph import GRAPH_VERSION
 from sae_core.circuits.nodes import ALL_POSITIONS
 from sae_core.errors import UserError
 
-from .feature_view import feature_link
+from .feature_view import LINK_PARAMS, feature_link
 
 POSITIVE, NEGATIVE = "#d62728", "#1f77b4"
 """Colours of nodes and edges that add to the metric and that take from it."""
@@ -115,6 +115,16 @@ def graph_figure(graph: dict[str, Any], node_threshold: float = 0.0, edge_thresh
         yaxis={"tickmode": "array", "tickvals": list(range(len(sites))), "ticktext": sites, "range": [-0.6, len(sites) - 0.4]},
     )
     return fig
+
+
+def clicked_feature(graph: dict[str, Any], points: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The node clicked on the graph (the first selected point that is a node) and, when it is a feature, the query
+    parameters of its feature page (empty for an error term, which has none)."""
+    by_id = {n["id"]: n for n in graph["nodes"]}
+    node = next((by_id[p["customdata"]] for p in points if p.get("customdata") in by_id), None)
+    if node is None or node["error"]:
+        return node, {}
+    return node, {"sae": node["site"], "feature": str(int(node["feature"])), **dict(LINK_PARAMS.get())}
 
 
 def hover(node: dict[str, Any]) -> str:

@@ -5,7 +5,8 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from explorer.circuit_view import curve_figure, graph_figure, node_table, read_graph, visible
+from explorer.circuit_view import clicked_feature, curve_figure, graph_figure, node_table, read_graph, visible
+from explorer.navigation import PAGES
 from explorer.state import cached_job, live_job, open_live_run_or_stop, page_header, public
 from explorer.target_picker import choose_target_or_stop, target_label
 from sae_core.circuits.graph import CircuitOptions, label_nodes
@@ -56,8 +57,14 @@ node_threshold = left.slider("node threshold (|effect|)", 0.0, float(top_effect)
 edge_threshold = right.slider("edge threshold (|weight|)", 0.0, float(top_weight) or 1.0, 0.0, format="%.4f")
 nodes, edges = visible(graph, node_threshold, edge_threshold)
 st.caption(f"{len(nodes)} nodes and {len(edges)} edges shown · red adds to the metric, blue takes from it · squares are "
-           "SAE error terms (what the SAE does not reconstruct) · hover a node for its feature")
-st.plotly_chart(graph_figure(graph, node_threshold, edge_threshold), use_container_width=True)
+           "SAE error terms (what the SAE does not reconstruct) · hover a node for its feature, click it to open it")
+event = st.plotly_chart(graph_figure(graph, node_threshold, edge_threshold), use_container_width=True, on_select="rerun",
+                        selection_mode="points", key="circuit-graph")
+clicked, params = clicked_feature(graph, list(event.selection.points) if event else [])
+if params:
+    st.switch_page(next(p.path for p in PAGES if p.script == "2_Features.py"), query_params=params)
+elif clicked is not None:
+    st.info(f"{clicked['site']}'s error term at {clicked['token']!r} is what the SAE does not reconstruct: it has no feature page")
 if graph["curve"]:
     st.caption("faithfulness: the metric with only the top-n nodes kept (the rest ablated); completeness: with them "
                "removed. 1 = the whole model, 0 = every node ablated.")

@@ -7,7 +7,7 @@ import json
 import pytest
 from helpers import app_page
 
-from explorer.circuit_view import graph_figure, layout_nodes, read_graph, visible
+from explorer.circuit_view import clicked_feature, graph_figure, layout_nodes, read_graph, visible
 from sae_core.errors import UserError
 
 TEXT = "the river city music science history ocean language learning light"
@@ -83,3 +83,14 @@ def test_a_shared_graph_reads_back_and_bad_files_are_refused(graph):
     assert len(figure.data) == len(edges) + len({n["error"] for n in nodes})
     strongest, _ = visible(graph, max(abs(n["effect"]) for n in graph["nodes"]), 0.0)
     assert len(strongest) == 1
+
+
+def test_clicking_a_feature_node_names_its_feature_page(graph):
+    feature = next(n for n in graph["nodes"] if not n["error"])
+    edge_point = {"curve_number": 0, "x": 1.0, "y": 0.0}  # a point on an edge line carries no node id
+    node, params = clicked_feature(graph, [edge_point, {"customdata": feature["id"]}])
+    assert node == feature and params == {"sae": feature["site"], "feature": str(feature["feature"])}
+    error = next((n for n in graph["nodes"] if n["error"]), None)
+    if error is not None:
+        assert clicked_feature(graph, [{"customdata": error["id"]}]) == (error, {})
+    assert clicked_feature(graph, []) == (None, {})

@@ -1,4 +1,5 @@
-"""The real app in headless Chromium: every page opens, a search works, a deep link opens a feature, a prompt renders.
+"""The real app in headless Chromium: every page opens, a search works, a deep link opens a feature, a prompt renders,
+a circuit node clicked opens its feature.
 
 Needs Debian's `chromium` (`apt-get install -y chromium`, done by .ci/run) and Playwright's Python API;
 skipped without them on a user's machine, never in CI (CI=true). Screenshots go to tests/output/screenshots/.
@@ -78,6 +79,37 @@ def test_every_page_in_a_real_browser(app_url):
         page.wait_for_function(f"(before) => ({HEATMAPS})() !== before", arg=before, timeout=120_000)  # the click drew new ones
         wait_until_rendered(page, "Prompt")
         _check(page, "prompt-submitted")
+        browser.close()
+
+
+NODE_XY = """() => {
+  const gd = document.querySelector('.js-plotly-plot');
+  const trace = gd.data.find(t => t.name === 'features');
+  const layout = gd._fullLayout, box = gd.getBoundingClientRect();
+  return [box.left + layout._size.l + layout.xaxis.l2p(trace.x[0]), box.top + layout._size.t + layout.yaxis.l2p(trace.y[0]),
+          trace.customdata[0]];
+}"""
+
+
+def test_clicking_a_circuit_node_opens_its_feature(app_url):
+    from playwright.sync_api import sync_playwright
+
+    url, chromium = app_url
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        _open(page, f"{url}/Circuits", "Circuits")
+        plot = page.locator(".js-plotly-plot").first
+        plot.wait_for(timeout=120_000)
+        wait_until_rendered(page, "Circuits")
+        plot.scroll_into_view_if_needed()
+        x, y, node = page.evaluate(NODE_XY)
+        site, _, feature = node.split("/")
+        page.mouse.click(x, y)
+        page.wait_for_function("() => location.pathname.endsWith('/Features')", timeout=60_000)
+        wait_until_rendered(page, "Features")
+        page.wait_for_selector(f"text={site} · feature {feature}")
+        _check(page, "circuit-node-clicked")
         browser.close()
 
 
