@@ -1,6 +1,6 @@
 """Screenshots of every page of the app on a run, for the README (needs chromium and playwright).
 
-    python scripts/screenshots.py runs/demo docs/screenshots
+    python scripts/screenshots.py runs/demo docs/screenshots [NAME ...]   # NAMEs: only those pages (e.g. circuits)
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from sae_core.features.schema import DB_FILE
 from sae_core.testing.app_server import running_app, wait_until_rendered
 
 PAGES = {"runs": "Runs", "features": "Features", "feature": "Features?sae={sae}&feature={feature}", "prompt": "Prompt",
-         "layers": "Layers", "attribution": "Attribution", "steering": "Steering?sae={sae}&feature={feature}"}
+         "layers": "Layers", "attribution": "Attribution", "steering": "Steering?sae={sae}&feature={feature}",
+         "circuits": "Circuits"}
 MEANING_QUERY = "legal documents"
 
 
@@ -36,13 +37,15 @@ def showcase_feature(run: str) -> tuple[str, int]:
     return sae, int(found["feature"].iloc[0]) if len(found) else 0
 
 
-def main(run: str, out: str) -> None:
+def main(run: str, out: str, *only: str) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     sae, feature = showcase_feature(run)
     with running_app(run) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         for name, path in PAGES.items():
+            if only and name not in only:
+                continue
             page.goto(f"{url}/{path.format(sae=sae, feature=feature)}")
             wait_until_rendered(page, timeout_ms=180_000)
             page.screenshot(path=f"{out}/{name}.png")
@@ -61,6 +64,12 @@ def main(run: str, out: str) -> None:
                 page.mouse.wheel(0, 400)
                 page.wait_for_timeout(500)
                 page.screenshot(path=f"{out}/{name}.png")
+            if name == "circuits":  # the graph, once the circuit is found
+                page.locator("[data-testid=stPlotlyChart]").first.wait_for(timeout=180_000)
+                wait_until_rendered(page, timeout_ms=180_000)
+                page.locator("[data-testid=stPlotlyChart]").first.evaluate("e => e.scrollIntoView({block: 'center'})")
+                page.wait_for_timeout(500)
+                page.screenshot(path=f"{out}/{name}.png")
             if name == "layers":  # the same page again, with its prompt compared across layers
                 page.get_by_role("button", name="compare across layers").click()
                 wait_until_rendered(page, timeout_ms=180_000)
@@ -71,4 +80,4 @@ def main(run: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:])
