@@ -22,10 +22,13 @@ def geometric_median(x: Tensor, *, max_iter: int = 100, tol: float = 1e-6) -> Te
     More robust than the mean to the heavy-tailed activation norms of LMs (Bricken et al. 2023 init b_dec with it).
     """
     xd = x.detach().double()
+    sq = xd.pow(2).sum(1)
     y = xd.mean(0)
     for _ in range(max_iter):
-        w = 1.0 / (xd - y).norm(dim=1).clamp_min(1e-12)
-        y_next = (w[:, None] * xd).sum(0) / w.sum()
+        # |x - y|² = |x|² - 2 x·y + |y|²: two matrix-vector products per step, no (N, d) temporaries
+        dist = (sq - 2 * (xd @ y) + y.dot(y)).clamp_min(0).sqrt()
+        w = 1.0 / dist.clamp_min(1e-12)
+        y_next = (w @ xd) / w.sum()
         moved = float((y_next - y).norm())
         y = y_next
         if moved <= tol * max(float(y.norm()), 1e-12):
