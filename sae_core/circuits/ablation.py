@@ -80,8 +80,14 @@ def keep_nodes(effects: NodeEffects, nodes: pd.DataFrame) -> Keep:
     by_short = {site.short: site for site in effects.sites}
     for short, rows in nodes.groupby("site"):
         kept_f, kept_e = keep[by_short[str(short)]]
-        for site_node in rows.itertuples():
-            _mark(kept_f, kept_e, int(site_node.position), int(site_node.feature), True)
+        position = torch.tensor(rows["position"].tolist(), dtype=torch.long)
+        feature = torch.tensor(rows["feature"].tolist(), dtype=torch.long)
+        every, error = position == ALL_POSITIONS, feature < 0
+        kept_e[position[~every & error]] = True
+        kept_f[position[~every & ~error], feature[~every & ~error]] = True
+        kept_f[:, feature[every & ~error]] = True
+        if bool((every & error).any()):
+            kept_e[:] = True
     return keep
 
 
