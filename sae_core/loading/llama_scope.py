@@ -56,6 +56,7 @@ def load_llama_scope(folder: Path) -> SAE:
     hp = {**DEFAULTS, **read_cfg(folder / CFG_FILE)}
     hook_in = str(hp.get("hook_point_in") or "")
     _refuse(folder, hp, hook_in)
+    architecture, k, threshold = _activation(hp, folder)
     d_model = positive_int(hp, "d_model", folder / CFG_FILE)
     d_sae = positive_int(hp, "d_sae", folder / CFG_FILE) if hp.get("d_sae") else d_model * positive_int(hp, "expansion_factor", folder / CFG_FILE)
     path = next((folder / name for name in WEIGHTS_FILES if (folder / name).is_file()), None)
@@ -68,7 +69,6 @@ def load_llama_scope(folder: Path) -> SAE:
         expected["decoder.bias"] = (d_model,)
     check_tensors(path, tensors, expected, f"{CFG_FILE} (d_model={d_model}, d_sae={d_sae})")
     weights = _standardise(hp, {name: t.double() for name, t in tensors.items()}, d_model, folder)
-    architecture, k, threshold = _activation(hp, folder)
     if not hp["apply_decoder_bias_to_pre_encoder"]:
         weights = fold_input_bias(weights)
     if threshold is not None:
