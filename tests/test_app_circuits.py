@@ -42,6 +42,12 @@ def test_the_page_draws_the_circuit_and_ablates_a_node(monkeypatch, precomputed_
     at.radio[2].set_value("sum").run()  # one node per feature, summed over the tokens
     assert not at.exception and len(at.get("plotly_chart")) == 2
     assert set(at.dataframe[0].value["position"]) == {-1}
+    at.slider[-2].set_value(0.0).run()
+    summed_before = float(at.metric[0].value)
+    at.multiselect[1].select(at.multiselect[1].options[0]).run()  # a feature removed at every token
+    at.button[0].click().run()
+    assert not at.exception and at.metric[1].label == "metric with those nodes ablated"
+    assert float(at.metric[1].value) != summed_before
 
 
 def test_a_graph_summed_over_positions_is_drawn_one_row_per_site(precomputed_run, tmp_path):
