@@ -63,7 +63,7 @@ def ranked_nodes(effects: NodeEffects, sum_positions: bool = False) -> pd.DataFr
         features = torch.arange(-1, d).repeat(t)
         values = torch.cat([nodes.error_effects[:, None], nodes.feature_effects], dim=1).flatten()
         frames.append(pd.DataFrame({"site": site.short, "position": positions.numpy(), "feature": features.numpy(),
-                                    "effect": values.numpy()}))
+                                    "effect": values.cpu().numpy()}))
     table = pd.concat(frames, ignore_index=True)
     if sum_positions:
         table = table.groupby(["site", "feature"], as_index=False, sort=False)["effect"].sum()
