@@ -3,8 +3,9 @@
 The registry says where a release lives on the Hub and which converter reads it. Releases in a format read here
 (SAELens folders, Gemma Scope 1 and 2, dictionary_learning, Llama Scope, Qwen Scope) are fetched as `hf:` paths and
 read by our own readers, which are tested against each library's encode (SAELens's own sparsify converter, for one,
-transposes `W_dec`, and its Llama Scope converter gates without the decoder norms). Every other converter is SAELens's: the SAE is loaded with `SAE.from_pretrained` and saved as a SAELens
-folder, which our SAELens reader then reads (run-time options folded in, unsupported ones refused).
+transposes `W_dec`, and its Llama Scope converter gates without the decoder norms). Every other converter is
+SAELens's: the SAE is loaded with `SAE.from_pretrained` and saved as a SAELens folder, which our SAELens reader then
+reads (run-time options folded in, unsupported ones refused).
 """
 
 from __future__ import annotations
