@@ -28,8 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def forward_only(config: str, extra: list[str]) -> None:
     """The forward passes `train` would run for this config, and nothing else (run in a child process)."""
-    import itertools
-
     from sae_core.activations.harvest import harvest_chunks
     from sae_core.cli import build_parser
     from sae_core.model.load import load_model
@@ -44,7 +42,7 @@ def forward_only(config: str, extra: list[str]) -> None:
     sites = parse_sites(cfg.sites, loaded.layout.n_layers)
     seen = 0
     batches = training_batches(cfg, loaded, lambda m: None)
-    for chunk in harvest_chunks(loaded, sites, itertools.chain(batches), cfg.chunk_tokens):
+    for chunk in harvest_chunks(loaded, sites, batches, cfg.chunk_tokens):
         seen += chunk.tokens
         if seen >= cfg.tokens:
             break
@@ -81,10 +79,9 @@ def main() -> None:
             times["forward alone"].append(timed([sys.executable, __file__, "--forward-only", "--config", args.config,
                                                  "--extra", args.extra]))
             times["train"].append(timed([*train_cmd, "--out", str(work / "train")]))
-            split.append(json.loads((work / "train" / "run.json").read_text())["timing"])
             info = json.loads((work / "train" / "run.json").read_text())
-            sites = ",".join(s for s in info["config"]["sites"].split(","))
-            subprocess.run([*cli, "cache", "--sites", sites, "--tokens", str(info["config"]["tokens"]),
+            split.append(info["timing"])
+            subprocess.run([*cli, "cache", "--sites", info["config"]["sites"], "--tokens", str(info["config"]["tokens"]),
                             "--context-size", str(info["config"]["context_size"]), "--out", str(work / "cache")],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
             times["SAE steps alone (from a cache)"].append(

@@ -16,7 +16,7 @@ from sae_core.circuits.graph import GRAPH_VERSION
 from sae_core.circuits.nodes import ALL_POSITIONS
 from sae_core.errors import UserError
 
-from .feature_view import LINK_PARAMS, feature_link
+from .feature_view import feature_link, feature_params
 
 POSITIVE, NEGATIVE = "#d62728", "#1f77b4"
 """Colours of nodes and edges that add to the metric and that take from it."""
@@ -124,7 +124,7 @@ def clicked_feature(graph: dict[str, Any], points: list[dict[str, Any]]) -> tupl
     node = next((by_id[p["customdata"]] for p in points if p.get("customdata") in by_id), None)
     if node is None or node["error"]:
         return node, {}
-    return node, {"sae": node["site"], "feature": str(int(node["feature"])), **dict(LINK_PARAMS.get())}
+    return node, feature_params(node["site"], node["feature"])
 
 
 def hover(node: dict[str, Any]) -> str:

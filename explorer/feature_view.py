@@ -30,9 +30,14 @@ LINK_PARAMS: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("LINK_PARAMS",
 tab starts a new session, which knows only its URL. Set per script run by `explorer.state.page_header`."""
 
 
+def feature_params(sae: str, feature: int) -> dict[str, str]:
+    """The query parameters that open a feature on a page of the app: SAE, feature, and what every link carries."""
+    return {"sae": sae, "feature": str(int(feature)), **dict(LINK_PARAMS.get())}
+
+
 def feature_link(sae: str, feature: int, page: str = "Features") -> str:
     """A relative deep link to a feature on a page of the app (the query string carries SAE, feature, and run)."""
-    return f"{page}?{urlencode([('sae', sae), ('feature', int(feature)), *LINK_PARAMS.get()])}"
+    return f"{page}?{urlencode(feature_params(sae, feature))}"
 
 
 def shade_tokens_html(tokens: list[str], acts: list[float], scale: float, focus: int | None = None) -> str:

@@ -79,25 +79,21 @@ def keep_nodes(effects: NodeEffects, nodes: pd.DataFrame) -> Keep:
             for site, n in effects.sites.items()}
     by_short = {site.short: site for site in effects.sites}
     for short, rows in nodes.groupby("site"):
-        kept_f, kept_e = keep[by_short[str(short)]]
-        position = torch.tensor(rows["position"].tolist(), dtype=torch.long)
-        feature = torch.tensor(rows["feature"].tolist(), dtype=torch.long)
-        every, error = position == ALL_POSITIONS, feature < 0
-        kept_e[position[~every & error]] = True
-        kept_f[position[~every & ~error], feature[~every & ~error]] = True
-        kept_f[:, feature[every & ~error]] = True
-        if bool((every & error).any()):
-            kept_e[:] = True
+        _mark(*keep[by_short[str(short)]], rows["position"].tolist(), rows["feature"].tolist(), True)
     return keep
 
 
-def _mark(kept_f: Tensor, kept_e: Tensor, position: int, feature: int, value: bool) -> None:
-    """Set one node's entry in a site's masks (every position's when `position` is `ALL_POSITIONS`)."""
-    where = slice(None) if position == ALL_POSITIONS else position
-    if feature < 0:
-        kept_e[where] = value
-    else:
-        kept_f[where, feature] = value
+def _mark(kept_f: Tensor, kept_e: Tensor, positions: list[int], features: list[int], value: bool) -> None:
+    """Set the entries of the nodes `(positions[i], features[i])` in a site's masks (feature -1: the error term;
+    position `ALL_POSITIONS`: every position)."""
+    position = torch.tensor(positions, dtype=torch.long)
+    feature = torch.tensor(features, dtype=torch.long)
+    every, error = position == ALL_POSITIONS, feature < 0
+    kept_e[position[~every & error]] = value
+    kept_f[position[~every & ~error], feature[~every & ~error]] = value
+    kept_f[:, feature[every & ~error]] = value
+    if bool((every & error).any()):
+        kept_e[:] = value
 
 
 def keep_all_but(saes: dict[Site, SAE], n_tokens: int, removed: Iterable[tuple[Site, int, int]]) -> Keep:
@@ -106,7 +102,7 @@ def keep_all_but(saes: dict[Site, SAE], n_tokens: int, removed: Iterable[tuple[S
     keep = {site: (torch.ones(n_tokens, sae.cfg.d_sae, dtype=torch.bool), torch.ones(n_tokens, dtype=torch.bool))
             for site, sae in saes.items()}
     for site, position, feature in removed:
-        _mark(*keep[site], position, feature, False)
+        _mark(*keep[site], [position], [feature], False)
     return keep
 
 
