@@ -389,7 +389,7 @@ def _sites(args: argparse.Namespace) -> int:
     loaded = load_model(config_from_args(args, ModelOptions).model)
     n = loaded.layout.n_layers
     print(f"{loaded.name}: {n} layers, d_model {loaded.layout.d_model}, family {loaded.layout.family}")
-    for kind in ("resid_post", "mlp_out", "attn_out"):
+    for kind in ("resid_post", "mlp_out", "attn_out", "transcoder"):
         first, last = Site(0, kind), Site(n - 1, kind)
         print(f"  {kind:<10}  {first.short} … {last.short}   ({first.hook_name} … {last.hook_name})")
     return 0

@@ -39,8 +39,8 @@ def make_text(n_docs: int, seed: int = 0, words_per_doc: int = 60) -> list[str]:
     return docs
 
 
-SITES = {"L0R": "topk", "L1M": "jumprelu", "L1A": "topk"}
-"""The published SAEs of the shared precomputed run: site -> architecture."""
+SITES = {"L0R": "topk", "L1M": "jumprelu", "L1A": "topk", "L1T": "topk"}
+"""The published SAEs of the shared precomputed run: site -> architecture (L1T: a transcoder, MLP in -> out)."""
 DEAD_FEATURE = 5
 """A feature of the L0R SAE that can never fire."""
 PRECOMPUTE_OPTIONS = PrecomputeOptions(
@@ -50,7 +50,9 @@ PRECOMPUTE_OPTIONS = PrecomputeOptions(
 
 def random_sae(site: str, arch: str, d_in: int = 64, d_sae: int = 48, seed: int = 0):
     """An inference SAE with random weights (unit-norm decoder rows) at `site`."""
-    cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, k=6 if arch == "topk" else None, hook_name=parse_site(site).hook_name)
+    parsed = parse_site(site)
+    cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, k=6 if arch == "topk" else None, hook_name=parsed.hook_name,
+                    hook_name_out=parsed.target.hook_name if parsed.is_transcoder else "", d_out=d_in if parsed.is_transcoder else None)
     g = torch.Generator().manual_seed(seed)
     tensors = {
         "W_enc": torch.randn(d_in, d_sae, generator=g) / 4,

@@ -114,7 +114,7 @@ def test_identity_splice_leaves_logits_unchanged(models, batch, family):
     model = _model(models, family)
     input_ids, mask = batch
     before = _logits(model, input_ids, attention_mask=mask)
-    with splice(model, Site(1, "attn_out"), lambda x: x), splice(model, Site(1, "resid_post"), lambda x: x.clone()):
+    with splice(model, Site(1, "attn_out"), lambda x, _: x), splice(model, Site(1, "resid_post"), lambda x, _: x.clone()):
         after = _logits(model, input_ids, attention_mask=mask)
     assert torch.equal(before, after)
 
@@ -123,7 +123,7 @@ def test_zero_splice_changes_logits(models, batch):
     model = _model(models, "llama")
     input_ids, _ = batch
     before = _logits(model, input_ids)
-    with splice(model, "L1A", torch.zeros_like):
+    with splice(model, "L1A", lambda x, _: torch.zeros_like(x)):
         ablated = _logits(model, input_ids)
     assert not torch.allclose(before, ablated)
     torch.testing.assert_close(_logits(model, input_ids), before, rtol=0, atol=0)
@@ -136,7 +136,7 @@ def test_masked_splice_only_changes_masked_positions(models, batch):
     mask[0, 4] = True
     captured = {}
     before = _logits(model, input_ids)
-    with splice(model, Site(0, "resid_post"), torch.zeros_like, mask=mask):
+    with splice(model, Site(0, "resid_post"), lambda x, _: torch.zeros_like(x), mask=mask):
         with capture(model, [Site(0, "resid_post")], stop_early=False) as acts:
             after = _logits(model, input_ids)
             captured.update(acts)
@@ -150,9 +150,9 @@ def test_masked_splice_only_changes_masked_positions(models, batch):
 def test_splice_checks_mask_and_output_shapes(models, batch):
     model = _model(models, "qwen3")
     input_ids, _ = batch
-    with splice(model, "L0R", lambda x: x, mask=torch.ones(1, 3, dtype=torch.bool)), pytest.raises(ValueError, match="mask"):
+    with splice(model, "L0R", lambda x, _: x, mask=torch.ones(1, 3, dtype=torch.bool)), pytest.raises(ValueError, match="mask"):
         _logits(model, input_ids)
-    with splice(model, "L0R", lambda x: x[:, :1]), pytest.raises(ValueError, match="shape"):
+    with splice(model, "L0R", lambda x, _: x[:, :1]), pytest.raises(ValueError, match="shape"):
         _logits(model, input_ids)
 
 
@@ -194,7 +194,7 @@ def test_steer_and_splice_work_inside_generate(models, family):
     kwargs = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         plain = model.generate(prompt, **kwargs)
-        with splice(model, "L0M", lambda x: x):
+        with splice(model, "L0M", lambda x, _: x):
             same = model.generate(prompt, **kwargs)
         lengths = []
         with capture(model, ["L1R"], stop_early=False) as acts:
@@ -218,8 +218,8 @@ def test_nested_context_managers_clean_up_after_exceptions(models, batch):
     before = _hook_counts(model)
     with pytest.raises(RuntimeError, match="boom"):
         with capture(model, all_sites(N_LAYERS), layout=layout, stop_early=False):
-            with splice(model, "L1M", lambda x: x, layout=layout), steer(model, "L1M", torch.ones(64), layout=layout):
-                with splice(model, "L0A", torch.zeros_like, layout=layout):
+            with splice(model, "L1M", lambda x, _: x, layout=layout), steer(model, "L1M", torch.ones(64), layout=layout):
+                with splice(model, "L0A", lambda x, _: torch.zeros_like(x), layout=layout):
                     assert _hook_counts(model) != before
                     _logits(model, input_ids)
                     raise RuntimeError("boom")

@@ -23,7 +23,7 @@ def test_replay_matches_full_forward_passes_with_a_splice(family):
         assert replay.exact
         torch.testing.assert_close(replay.logits, model(input_ids=ids, attention_mask=attn).logits)
         for site in (Site(0, "attn_out"), Site(1, "mlp_out"), Site(2, "resid_post")):
-            with splice(model, site, lambda x: 0.5 * x, layout=layout):
+            with splice(model, site, lambda x, _: 0.5 * x, layout=layout):
                 full = model(input_ids=ids, attention_mask=attn).logits
                 torch.testing.assert_close(replay.from_layer(site.layer), full, rtol=1e-4, atol=1e-5)
         # the clean pass left no hooks behind, and a replay without a splice is the clean logits

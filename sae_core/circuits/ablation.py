@@ -40,9 +40,9 @@ def circuit_metric(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTok
     check_request(loaded, saes, prompt, target)
     real = prompt.real.to(loaded.device)
 
-    def fn_for(site: Site, sae: SAE) -> Callable[[Tensor], Tensor]:
-        def fn(x: Tensor) -> Tensor:
-            f, e = split_site(sae, x[0], real)
+    def fn_for(site: Site, sae: SAE) -> Callable[[Tensor, Tensor], Tensor]:
+        def fn(x: Tensor, source: Tensor) -> Tensor:
+            f, e = split_site(sae, x[0], real, source[0])
             kept_f, kept_e = keep.get(site, (torch.zeros_like(f, dtype=torch.bool), torch.zeros(len(f), dtype=torch.bool)))
             pf, pe = _patch((f, e), (means or {}).get(site))
             f = torch.where(kept_f.to(f.device), f, pf)

@@ -102,14 +102,14 @@ def _direct_grads(
     at[torch.nonzero(positions >= 0).flatten(), positions[positions >= 0]] = 1.0
     scalar: list[Tensor] = []
 
-    def held(up: Site) -> Callable[[Tensor], Tensor]:
-        def fn(x: Tensor) -> Tensor:
+    def held(up: Site) -> Callable[[Tensor, Tensor], Tensor]:
+        def fn(x: Tensor, source: Tensor) -> Tensor:
             f, e = leaves[up]
             return (saes[up].decode(f) + e).to(x.dtype)
         return fn
 
-    def read(x: Tensor) -> Tensor:
-        f, e = split_site(saes[site], x, real)  # (C, T, d_sae), (C, T, d_in): copy c serves node c
+    def read(x: Tensor, source: Tensor) -> Tensor:
+        f, e = split_site(saes[site], x, real, source)  # (C, T, d_sae), (C, T, d_out): copy c serves node c
         copies = torch.arange(n)
         is_error = features < 0
         values = torch.zeros(n, device=x.device)

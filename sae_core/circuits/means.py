@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import torch
 
+from ..activations.harvest import sites_to_capture
 from ..model.hooks import run_to_sites
 from ..model.load import LoadedModel
 from ..model.sites import Site
@@ -19,18 +20,18 @@ from .nodes import SiteMeans, split_site
 
 @torch.no_grad()
 def site_means(loaded: LoadedModel, saes: dict[Site, SAE], batches: Iterable[TokenBatch], max_tokens: int) -> dict[Site, SiteMeans]:
-    """Mean features `(d_sae,)` and mean error `(d_in,)` of every site over the real tokens of `batches`, up to
+    """Mean features `(d_sae,)` and mean error `(d_out,)` of every site over the real tokens of `batches`, up to
     `max_tokens` of them."""
-    sums = {site: (torch.zeros(sae.cfg.d_sae, dtype=torch.float64), torch.zeros(sae.cfg.d_in, dtype=torch.float64))
+    sums = {site: (torch.zeros(sae.cfg.d_sae, dtype=torch.float64), torch.zeros(sae.cfg.out_dim, dtype=torch.float64))
             for site, sae in saes.items()}
     seen = 0
     for batch in batches:
         acts = run_to_sites(loaded.model, batch.input_ids.to(loaded.device), batch.attention_mask.to(loaded.device),
-                            list(saes), layout=loaded.layout)
+                            sites_to_capture(saes), layout=loaded.layout)
         real = batch.real.to(loaded.device)
         for site, sae in saes.items():
-            x = acts[site][real]  # (n, d_in) real tokens only
-            f, e = split_site(sae, x, torch.ones(len(x), dtype=torch.bool, device=x.device))
+            x = acts[site.target][real]  # (n, d_out) real tokens only
+            f, e = split_site(sae, x, torch.ones(len(x), dtype=torch.bool, device=x.device), acts[site][real])
             sums[site][0].add_(f.sum(0).double().cpu())
             sums[site][1].add_(e.sum(0).double().cpu())
         seen += int(real.sum())

@@ -1,7 +1,8 @@
 """The nodes of a sparse feature circuit (Marks et al. 2024) and their effects on a metric.
 
 With an SAE at a site, the site's output is `x = decode(f) + e`: its features `f` (one node per position and
-feature) plus its error term `e = x − x̂` (one node per position). Spliced in this way the model computes
+feature) plus its error term `e = x − x̂` (one node per position). A transcoder's features are read from the MLP's
+input and its error term is `MLP(input) − decode(f)`, so the MLP itself is replaced by features plus error. Spliced in this way the model computes
 exactly what it computed before, and the other sites are transparent (their own error terms absorb any
 change), so a node's effect is its total effect through the rest of the model. A node's **effect** is how
 much it adds to the metric: `(clean − patch) · ∂m/∂node`, where `patch` is what the node is ablated to
@@ -27,6 +28,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..interventions.attribution import Target, check_target, spliced_logits
 from ..interventions.prompt_activations import PromptTokens
+from ..activations.harvest import sites_to_capture
 from ..model.hooks import run_to_sites
 from ..model.load import LoadedModel
 from ..model.sites import Site
@@ -56,7 +58,7 @@ class SiteNodes:
     activations: Tensor
     """(T, d_sae) clean feature activations (0 at position 0 and special tokens: those live in the error term)."""
     errors: Tensor
-    """(T, d_in) clean error terms `x − decode(f)`."""
+    """(T, d_out) clean error terms `x − decode(f)` (d_out: the width the SAE writes, d_in but for a transcoder)."""
     feature_effects: Tensor
     """(T, d_sae) what each feature at each position adds to the metric."""
     error_effects: Tensor
@@ -87,19 +89,19 @@ def check_request(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptToke
     check_target(prompt, target, loaded.layout.unembed.weight.shape[0], CircuitError)
 
 
-def split_site(sae: SAE, x: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
-    """A site's output `(..., T, d_in)` as its nodes: features `(..., T, d_sae)` (0 where `real` `(T,)` is False) and
-    error `(..., T, d_in)`."""
-    f = sae.encode(x) * real[:, None]
+def split_site(sae: SAE, x: Tensor, real: Tensor, source: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """A site's output `(..., T, d_out)` as its nodes: features `(..., T, d_sae)` of `source` (what the SAE reads: x
+    itself, or a transcoder's MLP input), 0 where `real` `(T,)` is False, and error `(..., T, d_out)`."""
+    f = sae.encode(x if source is None else source) * real[:, None]
     return f, x - sae.decode(f)
 
 
 @torch.no_grad()
 def clean_nodes(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptTokens) -> dict[Site, tuple[Tensor, Tensor]]:
     """Every site's clean features and error terms on the prompt (one forward pass, up to the deepest site)."""
-    acts = run_to_sites(loaded.model, prompt.ids[None].to(loaded.device), sites=list(saes), layout=loaded.layout)
+    acts = run_to_sites(loaded.model, prompt.ids[None].to(loaded.device), sites=sites_to_capture(saes), layout=loaded.layout)
     real = prompt.real.to(loaded.device)
-    return {site: split_site(sae, acts[site][0], real) for site, sae in saes.items()}
+    return {site: split_site(sae, acts[site.target][0], real, acts[site][0]) for site, sae in saes.items()}
 
 
 def node_effects(
@@ -165,8 +167,8 @@ def _output_grads(
     set to `patch + alpha · (clean − patch)` (the rest of the model as it is)."""
     probes: dict[Site, Tensor] = {}
 
-    def fn_for(site: Site, alpha: float | None) -> Callable[[Tensor], Tensor]:
-        def fn(x: Tensor) -> Tensor:
+    def fn_for(site: Site, alpha: float | None) -> Callable[[Tensor, Tensor], Tensor]:
+        def fn(x: Tensor, source: Tensor) -> Tensor:
             if alpha is not None:
                 assert clean is not None and patches is not None
                 (f, e), (pf, pe) = clean[site], patches[site]

@@ -22,7 +22,8 @@ from ..runs.run_folder import RunDir
 from .evaluate_run import read_metrics
 from .metrics_table import NOTES, metrics_markdown
 
-SITE_NAMES = {"resid_post": "residual stream", "mlp_out": "MLP output", "attn_out": "attention output"}
+SITE_NAMES = {"resid_post": "residual stream", "mlp_out": "MLP output", "attn_out": "attention output",
+              "transcoder": "MLP transcoder"}
 BY_LAYER = {
     "explained_variance": "explained variance (higher is better)",
     "l0": "L0 (active latents per token)",

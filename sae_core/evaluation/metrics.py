@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..activations.harvest import batch_activations
+from ..activations.harvest import batch_activations, site_rows
 from ..activations.outliers import non_outliers, outlier_threshold
 from ..devices import module_device
 from ..model.hooks import splice
@@ -198,12 +198,15 @@ def _gap_note(gap: float) -> str:
     return f"n/a: zero ablation changes the loss by only {gap:.3f} nats (under {CE_GAP_MIN} nats), so the ratio is noise"
 
 
-def _splice_fn(real: Tensor, threshold: float | None, new: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """A splice function: `new(x)` at real tokens `(B, T)` whose norm is within the threshold, `x` elsewhere."""
+def _splice_fn(site: Site, real: Tensor, threshold: float | None, new: Callable[[Tensor], Tensor]
+               ) -> Callable[[Tensor, Tensor], Tensor]:
+    """A splice function: `new(source)` at real tokens `(B, T)` whose rows' norm is within the threshold, `x` elsewhere
+    (source: what the SAE reads; a transcoder's rows are its input and output side by side, as in training)."""
 
-    def fn(x: Tensor) -> Tensor:
-        mask = (real.to(x.device) & non_outliers(x, threshold))[..., None]
-        return torch.where(mask, new(x), x)
+    def fn(x: Tensor, source: Tensor) -> Tensor:
+        rows = site_rows(site, {site: source, site.target: x})
+        mask = (real.to(x.device) & non_outliers(rows, threshold))[..., None]
+        return torch.where(mask, new(source), x)
 
     return fn
 
@@ -226,7 +229,7 @@ def evaluate_saes(
     the end: the same batches and metrics as one process, with 1/world of the forward passes each.
     """
     sites = list(saes)
-    recon = {s: ReconstructionAccumulator(saes[s].cfg.d_in, saes[s].cfg.d_sae) for s in sites}
+    recon = {s: ReconstructionAccumulator(saes[s].cfg.out_dim, saes[s].cfg.d_sae) for s in sites}
     ce = {s: CEAccumulator() for s in sites}
     thresholds = {s: outlier_threshold(saes[s]) for s in sites}
     seen_recon = seen_ce = 0  # real tokens of the batches read so far (outliers included)
@@ -239,11 +242,11 @@ def evaluate_saes(
         if seen_recon < eval_tokens and mine:
             acts = batch_activations(loaded, sites, batch)
             for s in sites:
-                x = acts[s][real.to(acts[s].device)]
-                keep = non_outliers(x, thresholds[s])
-                x = x[keep]
+                rows = acts[s][real.to(acts[s].device)]
+                keep = non_outliers(rows, thresholds[s])
+                x, target = saes[s].split_rows(rows[keep])
                 latents = saes[s].encode(x)
-                recon[s].update(x, latents, saes[s].decode(latents), n_outliers=int((~keep).sum()))
+                recon[s].update(target, latents, saes[s].decode(latents), n_outliers=int((~keep).sum()))
         if seen_ce < ce_tokens and mine:
             _ce_batch(loaded, saes, thresholds, batch, ce)
         seen_recon += n_real if seen_recon < eval_tokens else 0
@@ -286,9 +289,10 @@ def _ce_batch(
     logp_clean, nll_clean = next_token_loss(replay.logits, ids, target_mask)
     n = float(target_mask[:, 1:].sum())
     for s, sae in saes.items():
-        with splice(model, s, _splice_fn(batch.real, thresholds[s], sae), layout=loaded.layout):
+        with splice(model, s, _splice_fn(s, batch.real, thresholds[s], sae), layout=loaded.layout):
             logp_sae, nll_sae = next_token_loss(logits_from(s), ids, target_mask)
-        with splice(model, s, _splice_fn(batch.real, thresholds[s], torch.zeros_like), layout=loaded.layout):
+        ablate = _splice_fn(s, batch.real, thresholds[s], lambda src, d=sae.cfg.out_dim: src.new_zeros(*src.shape[:-1], d))
+        with splice(model, s, ablate, layout=loaded.layout):
             logp_abl, nll_abl = next_token_loss(logits_from(s), ids, target_mask)
         acc = ce[s]
         acc.n += n

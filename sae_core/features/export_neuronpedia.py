@@ -35,8 +35,8 @@ from .parts import open_store
 
 MARKER = "export.json"
 """What this export holds (and proof that a folder may be replaced by the next export)."""
-SITE_SETS = {"resid_post": "res", "mlp_out": "mlp", "attn_out": "att"}
-HOOKS = {"resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_out": "hook_attn_out"}
+SITE_SETS = {"resid_post": "res", "mlp_out": "mlp", "attn_out": "att", "transcoder": "transcoder"}
+HOOKS = {"resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_out": "hook_attn_out", "transcoder": "ln2.hook_normalized"}
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,8 @@ def check_target(prompt: PromptTokens, target: Target, vocab: int, error: type[U
             raise error(f"token id {token} is outside the vocabulary (0 … {vocab - 1})")
 
 
-def spliced_logits(loaded: LoadedModel, prompt: PromptTokens, fns: dict[Site, Callable[[Tensor], Tensor]]) -> Tensor:
-    """`(T, vocab)` logits with each site's output `(1, T, d)` replaced by `fns[site](x)`."""
+def spliced_logits(loaded: LoadedModel, prompt: PromptTokens, fns: dict[Site, Callable[[Tensor, Tensor], Tensor]]) -> Tensor:
+    """`(T, vocab)` logits with each site's output `(1, T, d)` replaced by `fns[site](x, source)` (`hooks.splice`)."""
     device = loaded.device
     with ExitStack() as stack:
         for site, fn in fns.items():
@@ -85,9 +85,9 @@ def attribute(
     real = prompt.real.to(loaded.device)
     leaves: dict[Site, Tensor] = {}
 
-    def fn_for(site: Site, sae: SAE) -> Callable[[Tensor], Tensor]:
-        def fn(x: Tensor) -> Tensor:
-            acts = (sae.encode(x[0]) * real[:, None]).detach().requires_grad_(True)
+    def fn_for(site: Site, sae: SAE) -> Callable[[Tensor, Tensor], Tensor]:
+        def fn(x: Tensor, source: Tensor) -> Tensor:
+            acts = (sae.encode(source[0]) * real[:, None]).detach().requires_grad_(True)
             leaves[site] = acts
             x_hat = sae.decode(acts)[None]
             return x_hat + (x - x_hat).detach()
@@ -116,11 +116,11 @@ def ablate(
     check_target(prompt, target, loaded.layout.unembed.weight.shape[0])
     before = float(target.value(spliced_logits(loaded, prompt, {})))
 
-    def fn_for(site: Site, sae: SAE) -> Callable[[Tensor], Tensor]:
+    def fn_for(site: Site, sae: SAE) -> Callable[[Tensor, Tensor], Tensor]:
         chosen = [(p, f) for s, p, f in features if s == site]
 
-        def fn(x: Tensor) -> Tensor:
-            acts = sae.encode(x[0]) * prompt.real.to(x.device)[:, None]
+        def fn(x: Tensor, source: Tensor) -> Tensor:
+            acts = sae.encode(source[0]) * prompt.real.to(x.device)[:, None]
             removed = torch.zeros_like(x[0])
             for p, f in chosen:
                 removed[p] += acts[p, f] * sae.W_dec[f]

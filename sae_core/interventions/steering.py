@@ -31,8 +31,8 @@ class FeatureEdit:
 
 
 def _clamp_fn(sae: SAE, feature: int, value: float):
-    def fn(x: Tensor) -> Tensor:
-        acts = sae.encode(x)[..., feature]
+    def fn(x: Tensor, source: Tensor) -> Tensor:
+        acts = sae.encode(source)[..., feature]
         return x + (value - acts)[..., None] * sae.W_dec[feature]
     return fn
 

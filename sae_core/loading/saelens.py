@@ -29,7 +29,11 @@ SAELENS_FORMAT_VERSION = "6.0.0"
 SAE_FOLDER_FILES = frozenset({CFG_FILE, WEIGHTS_FILE, "sparsity.safetensors", "metrics.json"})
 """Files that `save_sae` may find in a folder it replaces (the old SAE's files and its metrics)."""
 
-_FIELDS_IN_METADATA = ("model_name", "hook_name", "context_size", "dataset_path")
+_FIELDS_IN_METADATA = ("model_name", "hook_name", "hook_name_out", "context_size", "dataset_path")
+_TRANSCODER_ARCHITECTURES = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}
+"""Our architecture -> SAELens's transcoder class. A TopK transcoder (SAELens has no such class) is written as a
+"topk" SAE with `apply_b_dec_to_input: false`, `d_out` and `metadata.hook_name_out`: SAELens's TopKSAE then
+computes exactly the transcoder, and its hooked models splice the output at `hook_name_out`."""
 _PRE6_METADATA_KEYS = ("prepend_bos", "neuronpedia_id", "model_from_pretrained_kwargs", "seqpos_slice", "exclude_special_tokens")
 
 
@@ -57,17 +61,21 @@ def saelens_cfg(sae: SAE, extra_metadata: dict[str, Any] | None = None) -> dict[
     )
     if sae.architecture != "topk" and cfg.k is not None:
         metadata["training_k"] = cfg.k
+    if cfg.transcoder:
+        metadata["hook_name_out"] = cfg.hook_name_out
     metadata.update(extra_metadata or {})
     out: dict[str, Any] = {
-        "architecture": sae.architecture,
+        "architecture": _TRANSCODER_ARCHITECTURES.get(sae.architecture, sae.architecture) if cfg.transcoder else sae.architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": True,
+        "apply_b_dec_to_input": not cfg.transcoder,
         "normalize_activations": "none",
         "reshape_activations": "none",
     }
+    if cfg.transcoder:
+        out["d_out"] = cfg.out_dim
     if sae.architecture == "topk":
         out.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
     out["metadata"] = metadata
@@ -162,6 +170,18 @@ def _parse_cfg(raw: dict[str, Any], path: Path) -> tuple[SAEConfig, dict[str, An
     architecture = raw.get("architecture") or "standard"
     if architecture == "standard" and activation_fn == "topk":
         architecture = "topk"  # pre-6 TopK SAEs were "standard" with a topk activation_fn
+    if architecture in ("skip_transcoder", "jumprelu_skip_transcoder"):
+        raise SAEFileError(f"{path}: {architecture} (a transcoder with a linear skip path, W_skip) is not supported; "
+                           "use a transcoder without a skip connection")
+    hook_name_out = str(get("hook_name_out") or "")
+    transcoder = architecture in _TRANSCODER_ARCHITECTURES.values() or bool(hook_name_out)
+    if transcoder:
+        architecture = {v: k for k, v in _TRANSCODER_ARCHITECTURES.items()}.get(architecture, architecture)
+        if not hook_name_out:
+            raise SAEFileError(f"{path}: a transcoder needs hook_name_out (the site it writes) in its cfg or metadata; add it")
+        if raw.get("apply_b_dec_to_input", False) is not False:
+            raise SAEFileError(f"{path}: a transcoder cannot subtract b_dec (an output bias) from its input; "
+                               "apply_b_dec_to_input must be false")
 
     missing = [key for key in ("d_in", "d_sae") if key not in raw]
     if architecture == "topk" and k is None:
@@ -177,6 +197,7 @@ def _parse_cfg(raw: dict[str, Any], path: Path) -> tuple[SAEConfig, dict[str, An
     _refuse_runtime_transforms(raw, get, path)
 
     d_in, d_sae = positive_int(raw, "d_in", path), positive_int(raw, "d_sae", path)
+    d_out = positive_int(raw, "d_out", path) if transcoder and "d_out" in raw else (d_in if transcoder else None)
     if architecture == "topk":
         k = positive_int({"k": k}, "k", path)
         if k > d_sae:
@@ -198,9 +219,12 @@ def _parse_cfg(raw: dict[str, Any], path: Path) -> tuple[SAEConfig, dict[str, An
         context_size=context_size if isinstance(context_size, int) and not isinstance(context_size, bool) else None,
         dataset_path=str(get("dataset_path") or ""),
         metadata=metadata,
+        hook_name_out=hook_name_out,
+        d_out=d_out,
     )
     options = {
-        "apply_b_dec_to_input": raw.get("apply_b_dec_to_input", True),
+        # a transcoder's pre_acts never subtract b_dec: nothing to fold
+        "apply_b_dec_to_input": True if transcoder else raw.get("apply_b_dec_to_input", True),
         "rescale_acts_by_decoder_norm": architecture == "topk" and bool(raw.get("rescale_acts_by_decoder_norm", False)),
         "finetuning_scaling_factor": bool(raw.get("finetuning_scaling_factor", False)),
     }

@@ -5,6 +5,9 @@ steer) in the order they were entered and then shows the result to every reader 
 capture sees the activation that flows on downstream, whatever the nesting order. The dispatcher
 runs before any other forward hook of the module (e.g. transformers' `output_hidden_states`
 recorder), so those also see the modified activation.
+
+A transcoder site (`L{i}T`) lives on the MLP module too: a capture reads the module's input, and a
+splice replaces its output, computed from `(output, input)`.
 """
 
 from __future__ import annotations
@@ -39,16 +42,17 @@ class _Dispatcher:
     """The one forward hook that this module installs on a hooked module."""
 
     def __init__(self, module: nn.Module) -> None:
-        self.modifiers: list[Callable[[Tensor], Tensor]] = []
-        self.readers: list[Callable[[Tensor], None]] = []
+        self.modifiers: list[Callable[[Tensor, Tensor | None], Tensor]] = []
+        self.readers: list[Callable[[Tensor, Tensor | None], None]] = []
         self.handle = module.register_forward_hook(self, prepend=True)
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         x = site_output(output)
+        inp = args[0] if args and isinstance(args[0], Tensor) else None
         for modify in list(self.modifiers):
-            x = modify(x)
+            x = modify(x, inp)
         for read in list(self.readers):
-            read(x)
+            read(x, inp)
         return replace_output(output, x) if self.modifiers else None
 
 
@@ -77,6 +81,32 @@ def _resolve(model: nn.Module, layout: ModelLayout | None, site: Site | str) -> 
     return layout, site if isinstance(site, Site) else parse_site(site, layout.n_layers)
 
 
+def _source(site: Site, x: Tensor, inp: Tensor | None) -> Tensor:
+    """What the SAE at `site` reads in a hook call: the module's input for a transcoder, its output otherwise."""
+    if not site.is_transcoder:
+        return x
+    if inp is None:
+        raise RuntimeError(f"{site}: the MLP module was called without a positional input, so a transcoder cannot read it")
+    return inp
+
+
+@contextmanager
+def _source_of(layout: ModelLayout, site: Site) -> Iterator[Callable[[Tensor, Tensor | None], Tensor]]:
+    """`(x, inp) -> source` for a modifier of `site`'s output module. A transcoder whose output module is not the
+    MLP itself (Gemma's post-MLP norm) gets the MLP's input from a reader on the MLP, which runs first."""
+    mlp = layout.source_module_for(site)
+    if mlp is layout.module_for(site):
+        yield lambda x, inp: _source(site, x, inp)
+        return
+    seen: dict[str, Tensor] = {}
+
+    def keep(x: Tensor, inp: Tensor | None) -> None:
+        seen["input"] = _source(site, x, inp)
+
+    with _hooked(mlp, "reader", keep):
+        yield lambda x, inp: seen["input"]
+
+
 @contextmanager
 def capture(
     model: nn.Module,
@@ -85,28 +115,30 @@ def capture(
     layout: ModelLayout | None = None,
     stop_early: bool = True,
 ) -> Iterator[dict[Site, Tensor]]:
-    """Yield a dict that each forward pass fills with every site's output `(B, T, d_model)`, detached.
+    """Yield a dict that each forward pass fills with every site's activation `(B, T, d_model)`, detached: the
+    output, or for a transcoder site the MLP's input (capture its `target` too for the output).
 
     With `stop_early`, the hook of the last site in execution order raises `StopForward`: the caller
     runs the forward pass and catches it (`run_to_sites` does both).
     """
     layout = layout if layout is not None else find_layout(model)
-    wanted = list(dict.fromkeys(_resolve(model, layout, s)[1] for s in sites))
+    # in execution order: a transcoder's reader runs before the MLP output's on their shared module
+    wanted = sorted(dict.fromkeys(_resolve(model, layout, s)[1] for s in sites), key=lambda s: s.order_key)
     if not wanted:
         raise ValueError("capture needs at least one site")
-    last = max(wanted, key=lambda s: s.order_key)
+    last = wanted[-1]
     acts: dict[Site, Tensor] = {}
 
-    def reader(site: Site) -> Callable[[Tensor], None]:
-        def read(x: Tensor) -> None:
-            acts[site] = x.detach()
+    def reader(site: Site) -> Callable[[Tensor, Tensor | None], None]:
+        def read(x: Tensor, inp: Tensor | None) -> None:
+            acts[site] = _source(site, x, inp).detach()
             if stop_early and site == last:
                 raise StopForward
         return read
 
     with ExitStack() as stack:
         for site in wanted:
-            stack.enter_context(_hooked(layout.module_for(site), "reader", reader(site)))
+            stack.enter_context(_hooked(layout.source_module_for(site), "reader", reader(site)))
         yield acts
 
 
@@ -147,25 +179,27 @@ def _masked(new: Tensor, old: Tensor, mask: Tensor | None, what: str) -> Tensor:
 def splice(
     model: nn.Module,
     site: Site | str,
-    fn: Callable[[Tensor], Tensor],
+    fn: Callable[[Tensor, Tensor], Tensor],
     *,
     mask: Tensor | None = None,
     layout: ModelLayout | None = None,
 ) -> Iterator[None]:
-    """Replace the site's output x `(B, T, d)` by `fn(x)` where `mask` `(B, T)` is True (everywhere if None).
+    """Replace the site's output x `(B, T, d)` by `fn(x, source)` where `mask` `(B, T)` is True (everywhere if None);
+    `source` is what the site's SAE reads: x itself, or for a transcoder site the MLP's input.
 
     For SAE reconstructions (loss recovered) and ablations; works inside `generate` when mask is None.
     """
     layout, site = _resolve(model, layout, site)
+    with _source_of(layout, site) as source:
 
-    def modify(x: Tensor) -> Tensor:
-        new = fn(x)
-        if new.shape != x.shape:
-            raise ValueError(f"splice at {site}: fn returned shape {tuple(new.shape)} for input {tuple(x.shape)}")
-        return _masked(new.to(x.dtype), x, mask, f"splice at {site}:")
+        def modify(x: Tensor, inp: Tensor | None) -> Tensor:
+            new = fn(x, source(x, inp))
+            if new.shape != x.shape:
+                raise ValueError(f"splice at {site}: fn returned shape {tuple(new.shape)} for input {tuple(x.shape)}")
+            return _masked(new.to(x.dtype), x, mask, f"splice at {site}:")
 
-    with _hooked(layout.module_for(site), "modifier", modify):
-        yield
+        with _hooked(layout.module_for(site), "modifier", modify):
+            yield
 
 
 @contextmanager
@@ -187,7 +221,7 @@ def steer(
         raise ValueError(f"steer at {site}: direction must have shape ({layout.d_model},), got {tuple(direction.shape)}")
     delta = alpha * direction.detach()
 
-    def modify(x: Tensor) -> Tensor:
+    def modify(x: Tensor, inp: Tensor | None) -> Tensor:
         return _masked(x + delta.to(x.device, x.dtype), x, positions, f"steer at {site}:")
 
     with _hooked(layout.module_for(site), "modifier", modify):

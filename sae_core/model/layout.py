@@ -57,6 +57,8 @@ class ModelLayout:
     """Per layer, the module whose output is the attention output as added to the residual stream."""
     mlp_out: tuple[nn.Module, ...]
     """Per layer, the module whose output is the MLP output as added to the residual stream."""
+    mlp: tuple[nn.Module, ...]
+    """Per layer, the MLP itself: its input (after the pre-MLP norm) is what a transcoder reads."""
     final_norm: nn.Module
     unembed: nn.Module
     """The LM head: `(…, d_model) -> (…, vocab)`."""
@@ -68,8 +70,12 @@ class ModelLayout:
                 f"site {site.short} is out of range: the model has {self.n_layers} layers "
                 f"(L0 … L{self.n_layers - 1})"
             )
-        modules = {"resid_post": self.layers, "attn_out": self.attn_out, "mlp_out": self.mlp_out}
+        modules = {"resid_post": self.layers, "attn_out": self.attn_out, "mlp_out": self.mlp_out, "transcoder": self.mlp_out}
         return modules[site.kind][site.layer]
+
+    def source_module_for(self, site: Site) -> nn.Module:
+        """The module whose forward *input* a transcoder site reads (the MLP); for other sites `module_for(site)`."""
+        return self.mlp[site.layer] if site.is_transcoder else self.module_for(site)
 
 
 def find_layout(model: nn.Module) -> ModelLayout:
@@ -84,7 +90,7 @@ def find_layout(model: nn.Module) -> ModelLayout:
     if base is None or unembed is None:
         raise _unsupported(model, "its decoder layers, final norm or LM head were not found")
     attn_name, mlp_name = _attn_mlp_names(model, family, layers)
-    missing = [name for name in (attn_name, mlp_name) if not all(hasattr(layer, name) for layer in layers)]
+    missing = [name for name in dict.fromkeys((attn_name, mlp_name, "mlp")) if not all(hasattr(layer, name) for layer in layers)]
     if missing:
         raise _unsupported(model, f"its decoder layers have no {' / '.join(missing)}")
     d_model = getattr(text_config, "hidden_size", None) or getattr(text_config, "n_embd", None)
@@ -98,6 +104,7 @@ def find_layout(model: nn.Module) -> ModelLayout:
         layers=layers,
         attn_out=tuple(getattr(layer, attn_name) for layer in layers),
         mlp_out=tuple(getattr(layer, mlp_name) for layer in layers),
+        mlp=tuple(layer.mlp for layer in layers),
         final_norm=final_norm,
         unembed=unembed,
     )

@@ -3,6 +3,10 @@
 `blocks.{i}.hook_resid_post` (alias `L{i}R`), `blocks.{i}.hook_mlp_out` (`L{i}M`) and
 `blocks.{i}.hook_attn_out` (`L{i}A`); the parsers also read sparsify and Hugging Face
 module names (`layers.6.mlp`, `h.6.attn`) so users can paste what they know.
+
+A transcoder site (`L{i}T`) reads one activation and writes another: the MLP's input
+(`blocks.{i}.ln2.hook_normalized`, after the norm) in, the MLP's output (`blocks.{i}.hook_mlp_out`,
+its `target`) out, as SAELens names a transcoder's `hook_name` and `hook_name_out`.
 """
 
 from __future__ import annotations
@@ -15,21 +19,27 @@ from dataclasses import dataclass
 from sae_core.errors import SiteError
 
 KINDS = ("resid_post", "mlp_out", "attn_out")
-"""Supported site kinds, as the suffix of the TransformerLens hook name."""
+"""Site kinds an SAE reconstructs, as the suffix of the TransformerLens hook name (what `all` names)."""
+TRANSCODER = "transcoder"
+"""The kind of a transcoder site: MLP input in, MLP output out."""
+ALL_KINDS = (*KINDS, TRANSCODER)
 
-_LETTER = {"resid_post": "R", "mlp_out": "M", "attn_out": "A"}
+_LETTER = {"resid_post": "R", "mlp_out": "M", "attn_out": "A", TRANSCODER: "T"}
 _KIND_OF_LETTER = {letter: kind for kind, letter in _LETTER.items()}
-_EXECUTION_RANK = {"attn_out": 0, "mlp_out": 1, "resid_post": 2}
+# a transcoder reads the MLP's input, so within a layer it comes before the MLP output it writes
+_EXECUTION_RANK = {"attn_out": 0, TRANSCODER: 1, "mlp_out": 2, "resid_post": 3}
 _KIND_OF_MODULE = {None: "resid_post", "mlp": "mlp_out", "self_attn": "attn_out", "attn": "attn_out"}
 
-_SHORT = re.compile(r"l(\d+)([rma])")
+_SHORT = re.compile(r"l(\d+)([rmat])")
 _HOOK = re.compile(r"blocks\.(\d+)\.hook_(resid_post|mlp_out|attn_out|resid_pre)")
+_TRANSCODER_HOOK = re.compile(r"blocks\.(\d+)\.ln2\.hook_normalized")
 _MODULE = re.compile(r"(?:model\.|transformer\.)?(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn))?")
-_PATTERN = re.compile(r"l(\*|\d+-\d+)(?:/(\d+))?([rma])")
+_PATTERN = re.compile(r"l(\*|\d+-\d+)(?:/(\d+))?([rmat])")
 
 ACCEPTED_FORMS = (
     "L{i}R / L{i}M / L{i}A, blocks.{i}.hook_resid_post / hook_mlp_out / hook_attn_out, "
-    "blocks.{i}.hook_resid_pre (i >= 1), layers.{i}[.mlp|.self_attn] or h.{i}[.mlp|.attn]"
+    "blocks.{i}.hook_resid_pre (i >= 1), layers.{i}[.mlp|.self_attn] or h.{i}[.mlp|.attn]; "
+    "a transcoder: L{i}T or blocks.{i}.ln2.hook_normalized"
 )
 
 
@@ -40,18 +50,30 @@ class Site:
     layer: int
     """Index of the decoder layer, from 0."""
     kind: str
-    """One of `KINDS`."""
+    """One of `KINDS`, or `TRANSCODER`."""
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise SiteError(f"unknown site kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.kind not in ALL_KINDS:
+            raise SiteError(f"unknown site kind {self.kind!r}: use one of {', '.join(ALL_KINDS)}")
         if self.layer < 0:
             raise SiteError(f"site layer must be >= 0, got {self.layer}")
 
     @property
     def hook_name(self) -> str:
-        """The SAELens / TransformerLens hook name, e.g. `blocks.6.hook_resid_post`."""
+        """The SAELens / TransformerLens hook name of what the SAE reads, e.g. `blocks.6.hook_resid_post`."""
+        if self.kind == TRANSCODER:
+            return f"blocks.{self.layer}.ln2.hook_normalized"
         return f"blocks.{self.layer}.hook_{self.kind}"
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Whether the site reads the MLP's input and writes its output (`target`)."""
+        return self.kind == TRANSCODER
+
+    @property
+    def target(self) -> Site:
+        """The site whose activation the SAE writes: the MLP output for a transcoder, the site itself otherwise."""
+        return Site(self.layer, "mlp_out") if self.kind == TRANSCODER else self
 
     @property
     def short(self) -> str:
@@ -114,6 +136,8 @@ def _match(lowered: str) -> Site | None:
                 "use a layer output such as L0R (blocks.0.hook_resid_post)"
             )
         return Site(layer - 1, "resid_post")
+    if m := _TRANSCODER_HOOK.fullmatch(lowered):
+        return Site(int(m[1]), TRANSCODER)
     if m := _MODULE.fullmatch(lowered):
         return Site(int(m[1]), _KIND_OF_MODULE[m[2]])
     return None

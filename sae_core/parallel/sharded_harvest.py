@@ -59,7 +59,8 @@ def _exchange(
     acts: dict[Site, Tensor] = {}
     for site, dest in zip(sites, owners):
         mine = [rows[site] for _, rows in pending if rows is not None]
-        local = torch.cat(mine) if mine else torch.empty(0, loaded.layout.d_model, device=device)
+        width = loaded.layout.d_model * (2 if site.is_transcoder else 1)
+        local = torch.cat(mine) if mine else torch.empty(0, width, device=device)
         if dest is None:
             acts[site] = local  # data parallel: exchanged batch by batch by the trainer
             continue

@@ -38,7 +38,7 @@ def row_edits(loaded: LoadedModel, site: Site, edits: Sequence[RowEdit | None]) 
         return
     index = [(fn, torch.tensor(rows)) for fn, rows in groups.values()]
 
-    def modify(x: Tensor) -> Tensor:
+    def modify(x: Tensor, source: Tensor) -> Tensor:
         out = x.clone()
         for fn, rows in index:
             rows = rows.to(x.device)

@@ -3,6 +3,10 @@
 The inference `SAE` uses SAELens's parameterisation exactly — `W_enc (d_in, d_sae)`, `b_enc (d_sae,)`,
 `W_dec (d_sae, d_in)`, `b_dec (d_in,)` (+ `threshold (d_sae,)` for JumpReLU) with
 `pre_acts = (x - b_dec) @ W_enc + b_enc` — so saved folders load in SAELens unchanged.
+
+A *transcoder* (`hook_name_out` set) reads one activation and writes another, as SAELens's `Transcoder`:
+`W_dec (d_sae, d_out)`, `b_dec (d_out,)` and `pre_acts = x @ W_enc + b_enc` (b_dec lives in the output space).
+Its training rows are the input and the target side by side, `(N, d_in + d_out)` (`split_rows`).
 """
 
 from __future__ import annotations
@@ -43,17 +47,46 @@ class SAEConfig:
     """Dtype of the weights."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free-form extra, written into the "metadata" of SAELens's cfg.json."""
+    hook_name_out: str = ""
+    """A transcoder's output site, e.g. "blocks.6.hook_mlp_out"; empty for an SAE (it writes what it reads)."""
+    d_out: int | None = None
+    """A transcoder's output width (None: d_in)."""
 
     def __post_init__(self) -> None:
-        for name in ("d_in", "d_sae"):
+        for name in ("d_in", "d_sae", *(("d_out",) if self.d_out is not None else ())):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UserError(f"SAE {name} must be a positive integer, got {value!r}")
+        if self.d_out is not None and not self.hook_name_out:
+            raise UserError("d_out is set but hook_name_out is not: a transcoder needs the site it writes")
         if self.architecture in ("topk", "batchtopk"):
             if isinstance(self.k, bool) or not isinstance(self.k, int) or not 0 < self.k <= self.d_sae:
                 raise UserError(
                     f"a {self.architecture} SAE needs k between 1 and d_sae={self.d_sae}, got k={self.k!r}; set k"
                 )
+
+    @property
+    def transcoder(self) -> bool:
+        """Whether this is a transcoder (reads `hook_name`, writes `hook_name_out`)."""
+        return bool(self.hook_name_out)
+
+    @property
+    def out_dim(self) -> int:
+        """Width of what the decoder writes: d_out for a transcoder, d_in otherwise."""
+        return self.d_out or self.d_in
+
+    @property
+    def row_width(self) -> int:
+        """Width of one training row: the input, then (transcoders) the target beside it."""
+        return self.d_in + self.out_dim if self.transcoder else self.d_in
+
+    def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """`(source, target)` of training rows `(..., row_width)`: what the SAE reads and what it reconstructs."""
+        if rows.shape[-1] != self.row_width:
+            raise ValueError(f"rows have width {rows.shape[-1]}, expected {self.row_width}")
+        if not self.transcoder:
+            return rows, rows
+        return rows[..., : self.d_in], rows[..., self.d_in :]
 
     def replace(self, **changes: Any) -> SAEConfig:
         """A copy with some fields changed (metadata deep-copied, so the copies never share it)."""
@@ -135,13 +168,19 @@ class SAE(nn.Module):
     @classmethod
     def tensor_shapes(cls, cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
         """Name and shape of every tensor of this architecture (SAELens's names)."""
-        return {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+        return {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.out_dim), "b_dec": (cfg.out_dim,)}
+
+    def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """`(source, target)` of rows as training and evaluation see them (`SAEConfig.split_rows`)."""
+        return self.cfg.split_rows(rows)
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        """`(..., d_in) -> (..., d_sae)`: `(x - b_dec) @ W_enc + b_enc`, computed as one addmm with b_dec folded in."""
+        """`(..., d_in) -> (..., d_sae)`: `(x - b_dec) @ W_enc + b_enc`, computed as one addmm with b_dec folded in
+        (a transcoder's `x @ W_enc + b_enc`)."""
         x = x.to(self.W_enc.dtype)
         flat = x.reshape(-1, x.shape[-1])
-        pre = torch.addmm(self.b_enc - self.b_dec @ self.W_enc, flat, self.W_enc)  # ~15% faster than sub + matmul + add
+        bias = self.b_enc if self.cfg.transcoder else self.b_enc - self.b_dec @ self.W_enc
+        pre = torch.addmm(bias, flat, self.W_enc)  # ~15% faster than sub + matmul + add
         return pre.view(*x.shape[:-1], pre.shape[-1])
 
     def activation(self, pre: Tensor) -> Tensor:
@@ -153,11 +192,11 @@ class SAE(nn.Module):
         return self.activation(self.pre_acts(x))
 
     def decode(self, acts: Tensor) -> Tensor:
-        """`(..., d_sae) -> (..., d_in)`: `acts @ W_dec + b_dec`."""
+        """`(..., d_sae) -> (..., d_in)` (a transcoder's `d_out`): `acts @ W_dec + b_dec`."""
         return acts @ self.W_dec + self.b_dec
 
     def forward(self, x: Tensor) -> Tensor:
-        """`(..., d_in) -> (..., d_in)` reconstruction."""
+        """`(..., d_in) -> (..., d_in)` reconstruction (a transcoder's prediction of its output)."""
         return self.decode(self.encode(x))
 
     def state_tensors(self) -> dict[str, Tensor]:
@@ -180,7 +219,8 @@ class SAE(nn.Module):
 
     def extra_repr(self) -> str:
         k = f", k={self.cfg.k}" if self.cfg.k is not None else ""
-        return f"d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}, hook_name={self.cfg.hook_name!r}"
+        out = f", hook_name_out={self.cfg.hook_name_out!r}" if self.cfg.transcoder else ""
+        return f"d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}, hook_name={self.cfg.hook_name!r}{out}"
 
 
 def warmup(step_frac: float, warmup_frac: float) -> float:
@@ -247,23 +287,32 @@ class TrainingSAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.train_cfg = train_cfg
-        W_dec = random_unit_rows(cfg.d_sae, cfg.d_in, generator)
+        W_dec = random_unit_rows(cfg.d_sae, cfg.out_dim, generator)
         self.W_dec = nn.Parameter(W_dec)
         # Stored as W_enc_T (d_sae, d_in), one row per latent like sparsify's encoder.weight: the sparse encoder
         # gradient is a set of rows, and Adam's fused kernel wants contiguous parameters. `W_enc` is its view.
-        self.W_enc_T = nn.Parameter(W_dec.clone())
+        W_enc_T = W_dec.clone() if cfg.out_dim == cfg.d_in else random_unit_rows(cfg.d_sae, cfg.d_in, generator)
+        self.W_enc_T = nn.Parameter(W_enc_T)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.out_dim))
+        # what the encoder subtracts from its input: b_dec for an SAE, nothing for a transcoder
+        self.register_buffer("_no_offset", torch.zeros(cfg.d_in), persistent=False)
 
     @property
     def W_enc(self) -> Tensor:
         """The encoder in SAELens's shape `(d_in, d_sae)` (a transposed view of the `W_enc_T` parameter)."""
         return self.W_enc_T.T
 
+    @property
+    def encoder_offset(self) -> Tensor:
+        """What `pre_acts` subtracts from the input: `b_dec` (an SAE), or zeros (a transcoder: b_dec is an output bias)."""
+        return self._no_offset if self.cfg.transcoder else self.b_dec
+
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
-        """Set b_dec from a sample `x (N, d_in)` of normalised training activations (per `b_dec_init`)."""
-        self.b_dec.copy_(b_dec_from_data(x.to(self.b_dec), self.train_cfg.b_dec_init))
+        """Set b_dec from a sample `x (N, row_width)` of normalised training rows (per `b_dec_init`, from the targets)."""
+        target = self.cfg.split_rows(x)[1]
+        self.b_dec.copy_(b_dec_from_data(target.to(self.b_dec), self.train_cfg.b_dec_init))
 
     def training_forward(self, x: Tensor, *, dead_mask: Tensor | None, step_frac: float) -> TrainOutput:
         """Reconstruct `x (N, d_in)` and compute the weighted losses; `step_frac` in [0, 1] drives warm-ups."""
@@ -283,28 +332,32 @@ class TrainingSAE(nn.Module):
         """Renormalise the decoder rows to unit norm."""
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    def to_inference(self, scale: float) -> SAE:
-        """The canonical SAE in ORIGINAL activation units, for training inputs `x_n = scale * x`."""
-        return self._build_inference(self.inference_cls, self.cfg, scale, {})
+    def to_inference(self, scale: float, scale_out: float | None = None) -> SAE:
+        """The canonical SAE in ORIGINAL activation units, for training inputs `x_n = scale * x` (and a transcoder's
+        targets `y_n = scale_out * y`)."""
+        return self._build_inference(self.inference_cls, self.cfg, scale, {}, scale_out)
 
     @torch.no_grad()
-    def _build_inference(self, cls: type[SAE], cfg: SAEConfig, scale: float, extra: dict[str, Tensor]) -> SAE:
-        """Fold the activation scale into the weights: biases (and `extra`, e.g. thresholds) are divided by it.
+    def _build_inference(self, cls: type[SAE], cfg: SAEConfig, scale: float, extra: dict[str, Tensor],
+                         scale_out: float | None = None) -> SAE:
+        """Fold the activation scales into the weights: biases (and `extra`, e.g. thresholds) are divided by the
+        output's scale `s_out` (`scale` unless a transcoder's target has its own), W_enc multiplied by `scale / s_out`.
 
-        All activations are positively homogeneous, so `encode'(x) = encode(scale x) / scale` and
-        `decode'(a / scale) = decode(a) / scale`, with W_enc and the unit-norm W_dec unchanged.
+        All activations are positively homogeneous, so `encode'(x) = encode(scale x) / s_out` and
+        `decode'(a / s_out) = decode(a) / s_out`, with the unit-norm W_dec unchanged.
         """
-        if not scale > 0:
-            raise ValueError(f"activation scale must be > 0, got {scale}")
+        s_out = scale if scale_out is None else scale_out
+        if not (scale > 0 and s_out > 0):
+            raise ValueError(f"activation scales must be > 0, got {scale} and {s_out}")
         meta = dict(cfg.metadata)
         meta.setdefault("training_architecture", self.cfg.architecture)
         inference_cfg = cfg.replace(architecture=cls.architecture, metadata=meta, dtype="float32")
         tensors = {
-            "W_enc": self.W_enc,
-            "b_enc": self.b_enc / scale,
+            "W_enc": self.W_enc if s_out == scale else self.W_enc * (scale / s_out),
+            "b_enc": self.b_enc / s_out,
             "W_dec": self.W_dec,
-            "b_dec": self.b_dec / scale,
-            **{name: value / scale for name, value in extra.items()},
+            "b_dec": self.b_dec / s_out,
+            **{name: value / s_out for name, value in extra.items()},
         }
         sae = cls(inference_cfg).to(self.W_dec.device)
         return sae.load_tensors({name: t.detach().float() for name, t in tensors.items()})

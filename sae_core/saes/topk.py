@@ -124,11 +124,11 @@ def fit_encoder_scale(sae: TrainingSAE, x: Tensor) -> float:
     token's full projection): fitted factors are 0.6-0.7 on SmolLM2 residuals and on synthetic data, and
     training from them reaches a lower FVU (benchmarks/README.md, train_vs_peers.py).
     """
-    sample = x[:INIT_SCALE_ROWS].to(sae.W_dec)
-    rows = block_rows(sample.shape[0], sae.cfg.d_sae, sample.device)
-    values, indices, _, _ = FusedTopKEncoder.apply(sample, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, None, 0, rows)
+    source, target = sae.cfg.split_rows(x[:INIT_SCALE_ROWS].to(sae.W_dec))
+    rows = block_rows(source.shape[0], sae.cfg.d_sae, source.device)
+    values, indices, _, _ = FusedTopKEncoder.apply(source, sae.W_enc, sae.b_enc, sae.encoder_offset, sae.cfg.k, None, 0, rows)
     recon = sparse_decode(per_token(values, indices), sae.W_dec)
-    scale = float((sample - sae.b_dec).mul(recon).sum() / recon.pow(2).sum().clamp_min(1e-12))
+    scale = float((target - sae.b_dec).mul(recon).sum() / recon.pow(2).sum().clamp_min(1e-12))
     if not 0 < scale < float("inf"):
         return 1.0  # degenerate sample (e.g. all rows equal to b_dec): keep the tied init
     sae.W_enc_T.mul_(scale)
@@ -147,26 +147,31 @@ def dead_latents(sae: TrainingSAE, dead_mask: Tensor | None) -> tuple[Tensor | N
 
 
 def auxk_loss(sae: TrainingSAE, x: Tensor, aux: SparseActs | None, num_dead: int, residual: Tensor, total_variance: Tensor) -> Tensor:
-    """AuxK (Gao et al. 2024): each token's top `auxk_k` dead latents reconstruct the residual `x - x_hat`.
+    """AuxK (Gao et al. 2024): each token's top `auxk_k` dead latents reconstruct the residual `target - x_hat`.
 
-    aux: the selected dead latents with their ReLU pre-activations (no grad); residual: (N, d_in), detached.
+    x: the encoder's input; aux: the selected dead latents with their ReLU pre-activations (no grad); residual:
+    (N, out_dim), detached.
     Returns `min(num_dead / auxk_k, 1) * ||e_hat - e||² / total_variance`, unweighted; 0 without dead latents.
     Its gradient reaches only the dead latents' encoder columns, biases and decoder rows (and b_dec).
     """
     if aux is None:
         return x.new_zeros(())
     auxk_k = sae.train_cfg.resolved_auxk_k(sae.cfg.d_in)
-    e_hat = sparse_decode(gather_pre_acts(x, sae.W_enc, sae.b_enc, sae.b_dec, aux), sae.W_dec)
+    e_hat = sparse_decode(gather_pre_acts(x, sae.W_enc, sae.b_enc, sae.encoder_offset, aux), sae.W_dec)
     return min(num_dead / auxk_k, 1.0) * (e_hat - residual).pow(2).sum() / total_variance
 
 
-def sparse_losses(sae: TrainingSAE, x: Tensor, acts: SparseActs, aux: SparseActs | None, num_dead: int) -> TrainOutput:
-    """Decode sparse `acts`, then FVU + weighted AuxK (the losses of TopK and BatchTopK)."""
+def sparse_losses(
+    sae: TrainingSAE, x: Tensor, acts: SparseActs, aux: SparseActs | None, num_dead: int, target: Tensor | None = None
+) -> TrainOutput:
+    """Decode sparse `acts`, then FVU + weighted AuxK (the losses of TopK and BatchTopK); `x` is the encoder's input
+    and `target` what the decoder reconstructs (x itself unless this is a transcoder)."""
+    target = x if target is None else target
     x_hat = sparse_decode(acts, sae.W_dec) + sae.b_dec
     # the whole batch's variance: in data-parallel training each rank's FVU term is its rows' share
-    total_variance = sae.batch.sum((x - sae.batch.mean_rows(x)).pow(2).sum()).clamp_min(1e-12)
-    fvu = (x - x_hat).pow(2).sum() / total_variance
-    aux_loss = auxk_loss(sae, x, aux, num_dead, (x - x_hat).detach(), total_variance)
+    total_variance = sae.batch.sum((target - sae.batch.mean_rows(target)).pow(2).sum()).clamp_min(1e-12)
+    fvu = (target - x_hat).pow(2).sum() / total_variance
+    aux_loss = auxk_loss(sae, x, aux, num_dead, (target - x_hat).detach(), total_variance)
     fired, l0 = fired_and_l0(acts, sae.cfg.d_sae, x.shape[0])
     return TrainOutput(x_hat, {"fvu": fvu, "auxk": sae.train_cfg.auxk_alpha * aux_loss}, fired, l0)
 
@@ -189,16 +194,17 @@ class TopKTrainingSAE(TrainingSAE):
         fit_encoder_scale(self, x)
 
     def training_forward(self, x: Tensor, *, dead_mask: Tensor | None, step_frac: float) -> TrainOutput:
+        x, target = self.cfg.split_rows(x)
         dead, k_aux = dead_latents(self, dead_mask)
         rows = self.block_rows or block_rows(x.shape[0], self.cfg.d_sae, x.device)
         dtype = self.select_dtype or x.dtype
         if self._block is None or self._block.device != x.device or self._block.dtype != dtype:
             self._block = x.new_empty(rows, self.cfg.d_sae, dtype=dtype)
         values, indices, aux_values, aux_indices = FusedTopKEncoder.apply(
-            x, self.W_enc, self.b_enc, self.b_dec, self.k, dead, k_aux, rows, self._block, self.select_dtype
+            x, self.W_enc, self.b_enc, self.encoder_offset, self.k, dead, k_aux, rows, self._block, self.select_dtype
         )
         aux = per_token(aux_values, aux_indices) if dead is not None else None
-        return sparse_losses(self, x, per_token(values, indices), aux, 0 if dead is None else dead.numel())
+        return sparse_losses(self, x, per_token(values, indices), aux, 0 if dead is None else dead.numel(), target)
 
 
 __all__ = [

@@ -18,7 +18,8 @@ class TrainConfig:
 
     # What to train on
     model: str | None = model_option()
-    sites: str = _opt("L15R", "comma-separated sites, e.g. L6R,L6M,L6A or blocks.6.hook_resid_post; also L*R, L0-5M, all")
+    sites: str = _opt("L15R", "comma-separated sites, e.g. L6R,L6M,L6A or blocks.6.hook_resid_post; also L*R, L0-5M, all; "
+                      "L6T trains a transcoder (MLP input -> MLP output, --arch topk)")
     corpus: str | None = corpus_option()
     text_field: str | None = _opt(None, "column/key holding the text in .jsonl/.parquet/HF sources (default: text or messages)")
     eval_fraction: float = _opt(0.05, "fraction of documents held out for evaluation (sources without a split field)")

@@ -56,7 +56,7 @@ class SiteTrainer:
         self.opt = make_adam(sae.parameters(), self.base_lr, tuple(cfg.adam_betas))  # type: ignore[arg-type]
         device = module_device(sae)
         self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
-        self.carry = torch.empty(0, sae.cfg.d_in, device=device)
+        self.carry = torch.empty(0, sae.cfg.row_width, device=device)
         self.carry_total = 0  # rows left for the next chunk, over all ranks
         self.carry_split = False  # data parallel: `carry` holds only this rank's slice of them
         self.steps = 0
@@ -76,7 +76,7 @@ class SiteTrainer:
         keep = self.stats.keep_mask(rows).nonzero().squeeze(1)
         perm = torch.randperm(keep.numel(), generator=self.shuffle).to(rows.device)
         # one gather for filter + shuffle, scaled in place: the chunk is copied once, not three times
-        x = torch.cat([self.carry, rows.index_select(0, keep[perm]).mul_(self.stats.scale)])
+        x = torch.cat([self.carry, self.stats.scale_(rows.index_select(0, keep[perm]))])
         used, bs = 0, self.cfg.batch_size
         while used + bs <= x.shape[0] and not self.done:
             self.step(self.sae.batch.shard(x[used : used + bs]))
@@ -97,7 +97,7 @@ class SiteTrainer:
         received, n_steps, tail = exchange_rows(
             rows, self.stats.keep_mask(rows), batch_rows, self.carry_total, self.shuffle, bs, self.total_steps - self.steps, par
         )
-        x = torch.cat([self.carry, received.mul_(self.stats.scale)])
+        x = torch.cat([self.carry, self.stats.scale_(received)])
         for s in range(n_steps):
             self.step(x[s * b : (s + 1) * b])
         self.carry = x[n_steps * b :].clone() if tail else x[:0].clone()
@@ -164,7 +164,7 @@ class SiteTrainer:
 
     def to_inference(self) -> SAE:
         """The trained SAE in canonical form, in the model's original activation units."""
-        return self.sae.to_inference(self.stats.scale)
+        return self.sae.to_inference(self.stats.scale, self.stats.scale_out)
 
     # Checkpointing -----------------------------------------------------------------------
 

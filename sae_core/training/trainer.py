@@ -71,6 +71,9 @@ def check_job(cfg: TrainConfig, loaded: LoadedModel, par: Parallel) -> tuple[lis
     sites = parse_sites(cfg.sites, loaded.layout.n_layers)
     check_context_size(cfg.context_size, loaded.layout.max_positions, loaded.name)
     d_sae = validate(cfg, loaded.layout.d_model)
+    transcoders = [s.short for s in sites if s.is_transcoder]
+    if transcoders and cfg.arch != "topk":
+        raise UserError(f"transcoder sites ({', '.join(transcoders)}) train with --arch topk only; drop them or use --arch topk")
     owners = site_owners(len(sites), par, cfg.parallel)
     if par.distributed and cfg.parallel == "data" and cfg.batch_size % par.world:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {par.world} ranks of a data-parallel job")
@@ -110,6 +113,8 @@ def _sae_config(cfg: TrainConfig, loaded: LoadedModel, site: Site, d_sae: int) -
         d_sae=d_sae,
         k=cfg.k if cfg.arch in ("topk", "batchtopk") else None,
         hook_name=site.hook_name,
+        hook_name_out=site.target.hook_name if site.is_transcoder else "",
+        d_out=loaded.layout.d_model if site.is_transcoder else None,
         model_name=loaded.name,
         context_size=cfg.context_size,
         dataset_path=describe_source(cfg.corpus),
@@ -156,11 +161,12 @@ class MultiSiteTrainer:
             rows = first.acts[site]
             if first.batch_rows is not None:  # data parallel: statistics and init from the whole chunk, once
                 rows = gather_chunk(rows, first.batch_rows, None, self.par)
-            stats = SiteStats.estimate(rows, self.cfg.outlier_factor, self.cfg.normalize)
+            stats = SiteStats.estimate(rows, self.cfg.outlier_factor, self.cfg.normalize,
+                                       self.loaded.layout.d_model if site.is_transcoder else None)
             generator = torch.Generator().manual_seed(site_seed(self.cfg.seed, site, "init"))
             sae = create_training_sae(_sae_config(self.cfg, self.loaded, site, self.d_sae), options, generator)
             sae = sae.to(rows.device)
-            sae.init_from_data(rows[stats.keep_mask(rows)][:_INIT_SAMPLE] * stats.scale)
+            sae.init_from_data(stats.scale_(rows[stats.keep_mask(rows)][:_INIT_SAMPLE]))
             self._place(sae)
             if self.scope.world > 1:
                 broadcast_params(sae)  # identical on every rank even if initialisation differs in the last bit
@@ -395,6 +401,7 @@ def _sae_metadata(cfg: TrainConfig, t: SiteTrainer, corpus: str) -> dict[str, An
         "training_architecture": cfg.arch,
         "training_tokens": t.tokens,
         "activation_scale_folded": t.stats.scale,
+        **({"activation_scale_out_folded": t.stats.scale_out} if t.stats.scale_out is not None else {}),
         OUTLIER_KEY: t.stats.outlier_threshold,
         "outlier_factor": cfg.outlier_factor,
         "median_norm": t.stats.median_norm,
