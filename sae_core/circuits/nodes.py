@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..activations.harvest import sites_to_capture
 from ..errors import UserError
 from ..interventions.attribution import Target, check_target, spliced_logits
 from ..interventions.prompt_activations import PromptTokens
-from ..activations.harvest import sites_to_capture
 from ..model.hooks import run_to_sites
 from ..model.load import LoadedModel
 from ..model.sites import Site
