@@ -33,7 +33,7 @@ def test_list_shows_features_with_links(monkeypatch, precomputed_run):
     assert not at.exception
     table = at.dataframe[0].value
     assert len(table) > 0 and all(link.startswith("Features?sae=") for link in table["feature"])
-    assert set(table["sae"]) <= {"L0R", "L1A", "L1M"}
+    assert set(table["sae"]) <= {"L0R", "L1A", "L1M", "L1T"}
 
 
 def test_label_search_finds_a_known_feature(monkeypatch, precomputed_run, busiest):

@@ -7,7 +7,7 @@ import re
 import shutil
 
 import numpy as np
-from helpers import app_page, heatmap_values, trace_values
+from helpers import SITES, app_page, heatmap_values, trace_values
 
 from explorer.layers_view import by_layer_frame, metric_by_layer, sparsity_fidelity
 from explorer.runs_view import metrics_frame
@@ -22,11 +22,11 @@ def test_charts_have_one_line_per_site(precomputed_run):
     with FeatureStore(precomputed_run) as store:
         frame = by_layer_frame(metrics_frame(precomputed_run), store.layer_summary())
     fig = metric_by_layer(frame, "l0")
-    assert {trace.name for trace in fig.data} == {"residual stream", "MLP output", "attention output"}
+    assert {trace.name for trace in fig.data} == {"residual stream", "MLP output", "attention output", "MLP transcoder"}
     assert metric_by_layer(frame, "fvu") is None and sparsity_fidelity(frame) is None  # imported: no metrics
-    frame["fvu"] = [0.1, 0.2, 0.3]
+    frame["fvu"] = [0.1, 0.2, 0.3, 0.4]
     scatter = sparsity_fidelity(frame)
-    assert sorted(x for trace in scatter.data for x in trace.y) == [0.1, 0.2, 0.3]
+    assert sorted(x for trace in scatter.data for x in trace.y) == [0.1, 0.2, 0.3, 0.4]
 
 
 def _suite_sample(precomputed_run, tmp_path):
@@ -52,7 +52,7 @@ def test_layers_page_charts_every_evaluated_sae_and_flags(monkeypatch, precomput
     run = _suite_sample(precomputed_run, tmp_path)
     at = app_page(monkeypatch, "4_Layers.py", run).run()
     assert not at.exception and not at.warning
-    assert "9 SAEs evaluated" in at.caption[0].value and "3 of them in the feature file" in at.caption[0].value
+    assert "9 SAEs evaluated" in at.caption[0].value and f"{len(SITES)} of them in the feature file" in at.caption[0].value
     charts = {spec["layout"]["title"]["text"]: spec for spec in (json.loads(c.proto.spec) for c in at.get("plotly_chart"))}
     ce = next(spec for title, spec in charts.items() if title.startswith("CE-loss recovered"))
     assert "1 n/a" in ce["layout"]["title"]["text"] and sum(len(trace_values(t["x"])) for t in ce["data"]) == 8
@@ -67,7 +67,7 @@ def test_layers_page_renders_and_asks_for_metrics(monkeypatch, precomputed_run):
     at = app_page(monkeypatch, "4_Layers.py", precomputed_run).run()
     assert not at.exception
     assert "sae-explorer eval" in at.warning[0].value
-    assert len(at.dataframe[0].value) == 3
+    assert len(at.dataframe[0].value) == len(SITES)
 
 
 def test_layers_page_without_a_feature_file(monkeypatch, tmp_path):

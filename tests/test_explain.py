@@ -12,7 +12,7 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from helpers import make_text
+from helpers import SITES, make_text
 from stand_ins import TOKEN, CannedExplainer, KeywordScorer
 from test_openai_client import StubServer, completion
 
@@ -167,10 +167,10 @@ def test_a_tiny_random_explainer_and_scorer_drive_the_whole_pipeline(precomputed
     assert "detection" in out and "token handle" in out
     with FeatureStore(run) as store:
         df = store._df("SELECT * FROM explanations")
-        assert len(df) == 6 and set(df.explainer) == {str(tiny_model_dir)} and set(df.scorer) == {str(tiny_model_dir)}
+        assert len(df) == 2 * len(SITES) and set(df.explainer) == {str(tiny_model_dir)} and set(df.scorer) == {str(tiny_model_dir)}
         assert df[["detection", "fuzzing", "embedding"]].notna().any().all()
         listed = store.list_features(explained_only=True, sort_by="detection", limit=100)
-        assert len(listed) == 6 and listed.explanation.notna().all()
+        assert len(listed) == 2 * len(SITES) and listed.explanation.notna().all()
         assert len(store._df("SELECT * FROM feature_vectors WHERE source = 'explanation'")) == int((df.explanation != "").sum())
     assert _table_hashes(run) == before  # every statistic kept
     assert not (run / WORK_DIR).exists()

@@ -49,7 +49,7 @@ def test_neuronpedia_export_matches_the_feature_file(explained_run, tmp_path, ca
     assert len(sources) == len(saes) and json.loads((out / "export.json").read_text())["format"] == "neuronpedia"
     total_explanations = 0
     for sae_id, layer, site, d_sae in saes:
-        kind = {"resid_post": "res", "mlp_out": "mlp", "attn_out": "att"}[site]
+        kind = {"resid_post": "res", "mlp_out": "mlp", "attn_out": "att", "transcoder": "transcoder"}[site]
         folder = out / "tiny-qwen3" / f"{layer}-tiny-{kind}-{d_sae}"
         source = json.loads((folder / "source.jsonl").read_text())
         assert set(source) <= SOURCE and source["id"] == folder.name and source["setName"] == f"tiny-{kind}-{d_sae}"

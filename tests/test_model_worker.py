@@ -132,7 +132,7 @@ def test_a_worker_that_dies_fails_its_calls_and_the_next_call_starts_a_new_one(p
         os.kill(first, signal.SIGKILL)
         caller.join(30)
         assert len(failed) == 1 and isinstance(failed[0], WorkerStopped) and "ask again" in str(failed[0])
-        assert [s.short for s in remote.sites()] == ["L0R", "L1A", "L1M"]  # a new worker, the run loaded again
+        assert [s.short for s in remote.sites()] == ["L0R", "L1A", "L1T", "L1M"]  # a new worker, the run loaded again
         assert worker.pid != first
     finally:
         worker.close()

@@ -110,7 +110,7 @@ def test_examples_never_sit_on_special_tokens_or_position_zero(built_run, loaded
 
 def test_neighbours_and_summaries_are_stored(built_run):
     nb = query(built_run, "SELECT kind, count(*) AS n FROM neighbours GROUP BY kind ORDER BY kind")
-    assert nb.n.tolist() == [48 * 3, 48 * 3]
+    assert nb.n.tolist() == [48 * len(SITES), 48 * len(SITES)]
     summary = query(built_run, "SELECT short_name, alive, d_sae FROM site_summary ORDER BY sae_id")
     assert summary.set_index("short_name").loc["L0R", "alive"] <= 47
 
@@ -139,7 +139,7 @@ def test_a_killed_build_leftover_is_removed_and_the_build_completes(built_run, l
     leftover.write_bytes(b"half a database")
     precompute_run(built_run, OPTIONS, loaded=loaded, log=lambda m: None)
     assert not leftover.exists()
-    assert len(query(built_run, "SELECT * FROM saes")) == 3
+    assert len(query(built_run, "SELECT * FROM saes")) == len(SITES)
 
 
 def test_resumed_precompute_equals_uninterrupted(built_run, loaded, monkeypatch, tmp_path):
@@ -223,7 +223,7 @@ def test_a_sample_of_the_run_saes_is_precomputed_on_request(precomputed_run, loa
     precompute_run(run, replace(OPTIONS, saes="L*/2R,L1M", embed=False), loaded=loaded, log=lambda m: None)
     with FeatureStore(run) as store:  # L*/2R: every second layer of 2, i.e. layer 0
         assert sorted(store.saes().short_name) == ["L0R", "L1M"]
-    with pytest.raises(UserError, match="no SAE at L0M.*its SAEs are at L0R, L1A, L1M"):
+    with pytest.raises(UserError, match="no SAE at L0M.*its SAEs are at L0R, L1A, L1T, L1M"):
         precompute_run(run, replace(OPTIONS, saes="L0M"), loaded=loaded, log=lambda m: None)
 
 
@@ -238,9 +238,9 @@ def test_per_sae_files_from_separate_runs_make_the_store_of_one_build(precompute
     run = tmp_path / "per-sae"
     shutil.copytree(precomputed_run, run)
     (run / DB_FILE).unlink()
-    for saes in ("L1A", "L0R,L1M"):
+    for saes in ("L1A", "L0R,L1M,L1T"):
         precompute_run(run, replace(OPTIONS, saes=saes, per_sae_files=True, embed=False), loaded=loaded, log=lambda m: None)
-    assert sorted(p.name for p in (run / "features").glob("*.duckdb")) == ["L0R.duckdb", "L1A.duckdb", "L1M.duckdb"]
+    assert sorted(p.name for p in (run / "features").glob("*.duckdb")) == ["L0R.duckdb", "L1A.duckdb", "L1M.duckdb", "L1T.duckdb"]
     with FeatureStore(run) as split, FeatureStore(precomputed_run) as one:
         assert split.search_index_problem is None
         for table in ("features", "examples", "neighbours", "saes", "site_summary"):

@@ -8,7 +8,7 @@ import shutil
 
 import duckdb
 import pytest
-from helpers import DEAD_FEATURE
+from helpers import DEAD_FEATURE, SITES
 
 from sae_core.errors import UserError
 from sae_core.features.reader import FeatureNotFound, FeatureStore
@@ -25,9 +25,10 @@ def test_meta_and_saes(store):
     assert store.meta["schema_version"] == SCHEMA_VERSION
     assert store.meta["tokens"] >= 2_000
     saes = store.saes()
-    assert list(saes.short_name) == ["L0R", "L1A", "L1M"]
-    assert store.sae_id("L1M") == store.sae_id("blocks.1.hook_mlp_out") == 2
-    with pytest.raises(FeatureNotFound, match="it has L0R, L1A, L1M"):
+    assert list(saes.short_name) == ["L0R", "L1A", "L1T", "L1M"]  # in forward-pass order: the transcoder reads the MLP input
+    assert store.sae_id("L1M") == store.sae_id("blocks.1.hook_mlp_out") == 3
+    assert store.sae_id("L1T") == store.sae_id("blocks.1.ln2.hook_normalized") == 2
+    with pytest.raises(FeatureNotFound, match="it has L0R, L1A, L1T, L1M"):
         store.sae_id("L9R")
 
 
@@ -77,22 +78,24 @@ def test_label_search_treats_the_string_as_data(store, text):
     labels = all_labels(store)
     expected = labels[labels.label.str.lower().str.contains(text.lower(), regex=False)]
     assert sorted(zip(found.sae_id, found.feature)) == sorted(zip(expected.sae_id, expected.feature))
-    assert len(store._df("SELECT * FROM features")) == 3 * 48  # nothing was dropped
+    assert len(store._df("SELECT * FROM features")) == len(SITES) * 48  # nothing was dropped
 
 
 def test_label_search_finds_a_real_label(store):
-    feature = busiest(store, 2)
+    mlp = store.sae_id("L1M")
+    feature = busiest(store, mlp)
     word = store.feature("L1M", feature).feature["label"].split('"')[1]
-    found = store.search_label(word.upper(), saes=[2], limit=100)
-    assert feature in set(found.feature) and set(found.sae_id) == {2}
+    found = store.search_label(word.upper(), saes=[mlp], limit=100)
+    assert feature in set(found.feature) and set(found.sae_id) == {mlp}
 
 
 def test_token_search_matches_top_tokens_and_logits(store):
-    feature = busiest(store, 2)
+    mlp = store.sae_id("L1M")
+    feature = busiest(store, mlp)
     page = store.feature("L1M", feature)
     token = store.vocab[int(page.top_logits.token_id.iloc[0])]
     found = store.search_token(token, limit=10_000)
-    assert ((found.sae_id == 2) & (found.feature == feature)).any()
+    assert ((found.sae_id == mlp) & (found.feature == feature)).any()
     features = store._df("SELECT sae_id, feature, top_token_ids, top_logit_ids FROM features")
     ids = set(store.token_ids(token))
     expected = {(s, f) for s, f, a, b in features.itertuples(index=False) if ids & (set(a) | set(b))}
@@ -119,7 +122,7 @@ def test_random_feature_is_alive(store):
 
 def test_layer_summary_has_a_row_per_sae(store):
     summary = store.layer_summary()
-    assert list(summary.short_name) == ["L0R", "L1A", "L1M"]
+    assert list(summary.short_name) == ["L0R", "L1A", "L1T", "L1M"]
     assert (summary.l0 > 0).all() and sum(summary.log10_density_counts.iloc[1]) == summary.alive.iloc[1]
 
 

@@ -98,7 +98,9 @@ def attribute(
         value.backward()
     rows = []
     for site, leaf in leaves.items():
-        acts, grads = leaf.detach(), leaf.grad
+        # no gradient: every route from this site crosses another spliced site (a transcoder under its MLP-output SAE)
+        acts = leaf.detach()
+        grads = leaf.grad if leaf.grad is not None else torch.zeros_like(acts)
         scores = acts * grads
         positions, features = scores.nonzero(as_tuple=True)
         for p, f in zip(positions.tolist(), features.tolist()):

@@ -72,7 +72,10 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
 
 
 def check_sae_fits(sae: SAE, d_model: int) -> None:
-    """SAEFileError when the SAE's d_in differs from the model's width at its site."""
+    """SAEFileError when the SAE's d_in (or a transcoder's d_out) differs from the model's width at its site."""
+    if sae.cfg.out_dim != d_model and sae.cfg.d_in == d_model:
+        raise SAEFileError(f"transcoder d_out {sae.cfg.out_dim} does not match the model's width {d_model} at "
+                           f"{sae.cfg.hook_name_out or 'its output site'}; load a transcoder trained on this model")
     if sae.cfg.d_in != d_model:
         site = sae.cfg.hook_name or "its site"
         raise SAEFileError(

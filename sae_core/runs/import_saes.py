@@ -73,6 +73,12 @@ def import_saes(
             )
         site = parse_site(site_name or sae.cfg.hook_name, loaded.layout.n_layers)
         check_sae_fits(sae, loaded.layout.d_model)
+        if site.is_transcoder != sae.cfg.transcoder:
+            raise SAEFileError(
+                f"{folder} is {'a transcoder' if sae.cfg.transcoder else 'an SAE'} but {site.short} is "
+                f"{'a transcoder site' if site.is_transcoder else 'an SAE site'}: place a transcoder at L{{i}}T (MLP input to "
+                "MLP output) and an SAE at L{i}R, L{i}M or L{i}A"
+            )
         if site in saes:
             raise SAEFileError(f"{folder} and {saes[site][0]} are both SAEs of {site.hook_name}; import one SAE per site")
         saes[site] = (Path(folder), sae)
@@ -88,7 +94,8 @@ def import_saes(
     sites = sorted(saes, key=lambda s: s.order_key)
     for site in sites:
         folder, sae = saes[site]
-        sae.cfg = sae.cfg.replace(hook_name=site.hook_name)  # canonical name (sparsify and older SAELens use others)
+        # canonical names (sparsify and older SAELens use others)
+        sae.cfg = sae.cfg.replace(hook_name=site.hook_name, hook_name_out=site.target.hook_name if site.is_transcoder else "")
         save_sae(sae, run.sae_dir(site.hook_name), extra_metadata={"imported_from": _source(folder)})
         log(f"imported {folder} as {site.short} ({sae.cfg.architecture}, d_sae {sae.cfg.d_sae:,})")
     info: dict[str, Any] = {

@@ -91,7 +91,7 @@ class BatchTopKTrainingSAE(TrainingSAE):
             lr = self.train_cfg.topk_threshold_lr
             self.topk_threshold.mul_(1 - lr).add_(lr * smallest.double())
 
-    def to_inference(self, scale: float) -> SAE:
+    def to_inference(self, scale: float, scale_out: float | None = None) -> SAE:
         """A JumpReLU SAE whose every threshold is the learned scalar (the SAELens convention)."""
         threshold = torch.full((self.cfg.d_sae,), float(self.topk_threshold), device=self.W_dec.device)
-        return self._build_inference(JumpReLUSAE, self.cfg, scale, {"threshold": threshold})
+        return self._build_inference(JumpReLUSAE, self.cfg, scale, {"threshold": threshold}, scale_out)

@@ -99,5 +99,5 @@ class JumpReLUTrainingSAE(TrainingSAE):
         super().after_optimizer_step()
         self.threshold.clamp_(min=0.0)
 
-    def to_inference(self, scale: float) -> SAE:
-        return self._build_inference(JumpReLUSAE, self.cfg, scale, {"threshold": self.threshold})
+    def to_inference(self, scale: float, scale_out: float | None = None) -> SAE:
+        return self._build_inference(JumpReLUSAE, self.cfg, scale, {"threshold": self.threshold}, scale_out)
