@@ -264,3 +264,38 @@ def test_gemma_scope_transcoders_encode_and_predict_as_they_ship(tmp_path):
     (two / "config.json").write_text(json.dumps({"architecture": "jump_relu", "type": "transcoder", "affine_connection": False,
                                                  "hf_hook_point_in": "model.layers.1.pre_feedforward_layernorm.output"}))
     torch.testing.assert_close(load_sae(two)(x), sae(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_sae_given_to_splice_replaces_the_output_by_its_reconstruction_of_the_source():
+    model = tiny_model("qwen3", n_layers=2)
+    ids = _ids()
+    mlp_in, _ = _mlp_io(model, 1, ids)
+    cfg = SAEConfig("topk", 64, 96, k=8, hook_name="blocks.1.ln2.hook_normalized", hook_name_out="blocks.1.hook_mlp_out", d_out=64)
+    sae = create_training_sae(cfg, SAETrainingOptions(), torch.Generator().manual_seed(5)).to_inference(1.0)
+    with splice(model, "L1T", sae), capture(model, ["L1M"], stop_early=False) as seen, torch.no_grad():
+        model(ids)
+        torch.testing.assert_close(seen[Site(1, "mlp_out")], sae(mlp_in), rtol=1e-5, atol=1e-6)
+
+
+def test_a_transcoder_starts_with_its_input_centred_so_its_latents_take_turns():
+    """An MLP input after its norm is far from centred; b_enc starts as `−centre @ W_enc` (the input's geometric median),
+    so the first top-k picks many different latents instead of the few aligned with the mean."""
+    from sae_core.saes.topk import FusedTopKEncoder, block_rows
+
+    g = torch.Generator().manual_seed(6)
+    cfg = _transcoder_cfg(d=32, d_sae=256, k=4)
+    x = torch.randn(2048, 32, generator=g) + 6 * torch.randn(32, generator=g)  # a large shared mean
+    rows = torch.cat([x, torch.randn(2048, 32, generator=g)], 1)
+
+    def distinct_latents(sae) -> int:
+        source = sae.cfg.split_rows(rows)[0]
+        _, idx, _, _ = FusedTopKEncoder.apply(source, sae.W_enc, sae.b_enc, sae.encoder_offset, 4, None, 0,
+                                              block_rows(2048, 256, source.device))
+        return int(idx.unique().numel())
+
+    plain = create_training_sae(cfg, SAETrainingOptions(b_dec_init="mean"), torch.Generator().manual_seed(7))
+    centred = create_training_sae(cfg, SAETrainingOptions(b_dec_init="mean"), torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        centred.init_from_data(rows)
+    torch.testing.assert_close(centred.b_enc, -(x.mean(0) @ centred.W_enc), rtol=1e-4, atol=1e-4)
+    assert distinct_latents(centred) > 2 * distinct_latents(plain)

@@ -185,11 +185,14 @@ def splice(
     layout: ModelLayout | None = None,
 ) -> Iterator[None]:
     """Replace the site's output x `(B, T, d)` by `fn(x, source)` where `mask` `(B, T)` is True (everywhere if None);
-    `source` is what the site's SAE reads: x itself, or for a transcoder site the MLP's input.
+    `source` is what the site's SAE reads: x itself, or for a transcoder site the MLP's input. An SAE given as `fn`
+    (anything with `encode` and `decode`) splices in `sae(source)`, its reconstruction (a transcoder's prediction).
 
     For SAE reconstructions (loss recovered) and ablations; works inside `generate` when mask is None.
     """
     layout, site = _resolve(model, layout, site)
+    if hasattr(fn, "encode") and hasattr(fn, "decode"):
+        fn = _reconstruction(fn)
     with _source_of(layout, site) as source:
 
         def modify(x: Tensor, inp: Tensor | None) -> Tensor:
@@ -200,6 +203,10 @@ def splice(
 
         with _hooked(layout.module_for(site), "modifier", modify):
             yield
+
+
+def _reconstruction(sae: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    return lambda x, source: sae(source)
 
 
 @contextmanager

@@ -310,9 +310,17 @@ class TrainingSAE(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
-        """Set b_dec from a sample `x (N, row_width)` of normalised training rows (per `b_dec_init`, from the targets)."""
-        target = self.cfg.split_rows(x)[1]
+        """Set b_dec from a sample `x (N, row_width)` of normalised training rows (per `b_dec_init`, from the targets).
+
+        A transcoder's encoder cannot subtract b_dec (it lives in the output space), so b_enc is set to subtract the
+        inputs' centre instead: without it every latent sees the input's large mean (an MLP input after its norm is
+        far from centred), the same few win every top-k and most die (68.7% dead at L14T of the demo model, 4×).
+        """
+        source, target = self.cfg.split_rows(x)
         self.b_dec.copy_(b_dec_from_data(target.to(self.b_dec), self.train_cfg.b_dec_init))
+        if self.cfg.transcoder:
+            center = b_dec_from_data(source.to(self.b_enc), self.train_cfg.b_dec_init)
+            self.b_enc.copy_(-(center @ self.W_enc))
 
     def training_forward(self, x: Tensor, *, dead_mask: Tensor | None, step_frac: float) -> TrainOutput:
         """Reconstruct `x (N, d_in)` and compute the weighted losses; `step_frac` in [0, 1] drives warm-ups."""
