@@ -197,3 +197,18 @@ def test_three_ranks_and_a_resume_on_two_match_one_process(tiny_model_dir, tiny_
     a, b = _weights(single), _weights(out)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=2e-5, msg=name)
+
+
+def test_a_data_parallel_transcoder_matches_one_process(tiny_model_dir, tiny_corpus, tmp_path):
+    """A transcoder's rows (MLP input and output side by side, each scaled on its own) split over two ranks."""
+    def args(out: Path, *extra: str) -> list[str]:
+        listed = _train_args(tiny_model_dir, tiny_corpus, out, "--no-eval", *extra)
+        listed[listed.index(SITES)] = "L1T"
+        return listed
+
+    assert main(args(tmp_path / "single")) == 0
+    torchrun(args(tmp_path / "dp", "--parallel", "data"))
+    a, b = _weights(tmp_path / "single"), _weights(tmp_path / "dp")
+    assert a.keys() == b.keys() and all(k.startswith("blocks.1.ln2.hook_normalized/") for k in a)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=2e-5, msg=name)
