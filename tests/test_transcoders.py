@@ -84,14 +84,15 @@ def _transcoder_cfg(d: int = 16, d_sae: int = 40, k: int = 5) -> SAEConfig:
 
 
 def test_the_inference_transcoder_in_raw_units_equals_training_on_scaled_rows():
-    """Input and target are scaled separately in training (s_in, s_out); folding them gives the same latents (/ s_out)
-    and predictions (/ s_out) on the raw activations."""
+    """Input and target are scaled separately in training (s_in, s_out) and the input centre is subtracted; folding them
+    gives the same latents (/ s_out) and predictions (/ s_out) on the raw activations."""
     torch.manual_seed(0)
     cfg = _transcoder_cfg()
     sae = create_training_sae(cfg, SAETrainingOptions(), torch.Generator().manual_seed(1))
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.5)
+        sae.input_centre.normal_(0, 2.0)
     x, y = torch.randn(32, 16) * 3, torch.randn(32, 16) * 0.05
     s_in, s_out = 1.7, 40.0
     out = sae.training_forward(torch.cat([x * s_in, y * s_out], 1), dead_mask=None, step_frac=0.0)
@@ -278,8 +279,9 @@ def test_an_sae_given_to_splice_replaces_the_output_by_its_reconstruction_of_the
 
 
 def test_a_transcoder_starts_with_its_input_centred_so_its_latents_take_turns():
-    """An MLP input after its norm is far from centred; b_enc starts as `−centre @ W_enc` (the input's geometric median),
-    so the first top-k picks many different latents instead of the few aligned with the mean."""
+    """An MLP input after its norm is far from centred; the encoder subtracts the inputs' centre (here their mean), so
+    the first top-k picks many different latents instead of the few aligned with the mean. The centre is a buffer:
+    fixed in training, kept in checkpoints."""
     from sae_core.saes.topk import FusedTopKEncoder, block_rows
 
     g = torch.Generator().manual_seed(6)
@@ -297,5 +299,6 @@ def test_a_transcoder_starts_with_its_input_centred_so_its_latents_take_turns():
     centred = create_training_sae(cfg, SAETrainingOptions(b_dec_init="mean"), torch.Generator().manual_seed(7))
     with torch.no_grad():
         centred.init_from_data(rows)
-    torch.testing.assert_close(centred.b_enc, -(x.mean(0) @ centred.W_enc), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(centred.input_centre, x.mean(0), rtol=1e-5, atol=1e-5)
+    assert not centred.input_centre.requires_grad and "input_centre" in centred.state_dict()
     assert distinct_latents(centred) > 2 * distinct_latents(plain)

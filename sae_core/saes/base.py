@@ -295,8 +295,9 @@ class TrainingSAE(nn.Module):
         self.W_enc_T = nn.Parameter(W_enc_T)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.out_dim))
-        # what the encoder subtracts from its input: b_dec for an SAE, nothing for a transcoder
-        self.register_buffer("_no_offset", torch.zeros(cfg.d_in), persistent=False)
+        if cfg.transcoder:
+            # the inputs' centre, subtracted before the encoder: fixed (set from data), folded into b_enc when saved
+            self.register_buffer("input_centre", torch.zeros(cfg.d_in))
 
     @property
     def W_enc(self) -> Tensor:
@@ -305,22 +306,23 @@ class TrainingSAE(nn.Module):
 
     @property
     def encoder_offset(self) -> Tensor:
-        """What `pre_acts` subtracts from the input: `b_dec` (an SAE), or zeros (a transcoder: b_dec is an output bias)."""
-        return self._no_offset if self.cfg.transcoder else self.b_dec
+        """What the encoder subtracts from its input: `b_dec` (an SAE), or a transcoder's fixed `input_centre` (its b_dec
+        is an output bias)."""
+        return self.input_centre if self.cfg.transcoder else self.b_dec
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
         """Set b_dec from a sample `x (N, row_width)` of normalised training rows (per `b_dec_init`, from the targets).
 
-        A transcoder's encoder cannot subtract b_dec (it lives in the output space), so b_enc is set to subtract the
-        inputs' centre instead: without it every latent sees the input's large mean (an MLP input after its norm is
-        far from centred), the same few win every top-k and most die (68.7% dead at L14T of the demo model, 4×).
+        A transcoder's encoder cannot subtract b_dec (it lives in the output space): it subtracts the inputs' centre
+        (`input_centre`, the same estimate on the inputs), fixed for the whole run. An MLP's input after its norm is far
+        from centred; left to b_enc, the centre drifts with the encoder's updates and most latents die (70% at L14T of
+        the demo model, against 0% with the centre fixed: docs/circuits.md#transcoders).
         """
         source, target = self.cfg.split_rows(x)
         self.b_dec.copy_(b_dec_from_data(target.to(self.b_dec), self.train_cfg.b_dec_init))
         if self.cfg.transcoder:
-            center = b_dec_from_data(source.to(self.b_enc), self.train_cfg.b_dec_init)
-            self.b_enc.copy_(-(center @ self.W_enc))
+            self.input_centre.copy_(b_dec_from_data(source.to(self.b_dec), self.train_cfg.b_dec_init))
 
     def training_forward(self, x: Tensor, *, dead_mask: Tensor | None, step_frac: float) -> TrainOutput:
         """Reconstruct `x (N, d_in)` and compute the weighted losses; `step_frac` in [0, 1] drives warm-ups."""
@@ -360,9 +362,11 @@ class TrainingSAE(nn.Module):
         meta = dict(cfg.metadata)
         meta.setdefault("training_architecture", self.cfg.architecture)
         inference_cfg = cfg.replace(architecture=cls.architecture, metadata=meta, dtype="float32")
+        # a transcoder's (x·scale − centre) @ W_enc + b_enc: the centre goes into b_enc
+        b_enc = self.b_enc - self.input_centre @ self.W_enc if cfg.transcoder else self.b_enc
         tensors = {
             "W_enc": self.W_enc if s_out == scale else self.W_enc * (scale / s_out),
-            "b_enc": self.b_enc / s_out,
+            "b_enc": b_enc / s_out,
             "W_dec": self.W_dec,
             "b_dec": self.b_dec / s_out,
             **{name: value / s_out for name, value in extra.items()},

@@ -119,8 +119,8 @@ INIT_SCALE_ROWS = 8192
 def fit_encoder_scale(sae: TrainingSAE, x: Tensor) -> float:
     """Scale the tied encoder so the initial TopK reconstruction of `x` is least-squares best; returns the factor.
 
-    The top-k selection does not depend on the encoder's scale (b_enc is 0, or a transcoder's `−centre @ W_enc`,
-    scaled with it), so one scalar sets how large the first activations are. The unit-norm tied init overshoots (several correlated latents each take a
+    With b_enc = 0 the top-k selection does not depend on the encoder's scale, so one scalar sets how large
+    the first activations are. The unit-norm tied init overshoots (several correlated latents each take a
     token's full projection): fitted factors are 0.6-0.7 on SmolLM2 residuals and on synthetic data, and
     training from them reaches a lower FVU (benchmarks/README.md, train_vs_peers.py).
     """
@@ -132,7 +132,6 @@ def fit_encoder_scale(sae: TrainingSAE, x: Tensor) -> float:
     if not 0 < scale < float("inf"):
         return 1.0  # degenerate sample (e.g. all rows equal to b_dec): keep the tied init
     sae.W_enc_T.mul_(scale)
-    sae.b_enc.mul_(scale)
     return scale
 
 
