@@ -86,8 +86,13 @@ NODE_XY = """() => {
   const gd = document.querySelector('.js-plotly-plot');
   const trace = gd.data.find(t => t.name === 'features');
   const layout = gd._fullLayout, box = gd.getBoundingClientRect();
-  return [box.left + layout._size.l + layout.xaxis.l2p(trace.x[0]), box.top + layout._size.t + layout.yaxis.l2p(trace.y[0]),
-          trace.customdata[0]];
+  const xy = trace.x.map((x, i) => [box.left + layout._size.l + layout.xaxis.l2p(x),
+                                    box.top + layout._size.t + layout.yaxis.l2p(trace.y[i])]);
+  // nodes of one site and token sit side by side and overlap: take one with nothing drawn to its right on its row
+  // (the last drawn of its group), so a click on its centre cannot land on another node
+  const room = xy.map(([x, y]) => Math.min(...xy.filter(([u, v]) => v === y && u > x).map(([u]) => u - x), Infinity));
+  const best = room.indexOf(Math.max(...room));
+  return [xy[best][0], xy[best][1], trace.customdata[best]];
 }"""
 
 

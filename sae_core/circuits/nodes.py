@@ -1,9 +1,9 @@
 """The nodes of a sparse feature circuit (Marks et al. 2024) and their effects on a metric.
 
 With an SAE at a site, the site's output is `x = decode(f) + e`: its features `f` (one node per position and
-feature) plus its error term `e = x − x̂` (one node per position). A transcoder's features are read from the MLP's
-input and its error term is `MLP(input) − decode(f)`, so the MLP itself is replaced by features plus error. Spliced in this way the model computes
-exactly what it computed before, and the other sites are transparent (their own error terms absorb any
+feature) plus its error term `e = x − x̂` (one node per position); a transcoder's features are read from the MLP's
+input and its error term is `MLP(input) − decode(f)`, so the MLP itself is replaced. Spliced in this way the model
+computes exactly what it computed before, and the other sites are transparent (their own error terms absorb any
 change), so a node's effect is its total effect through the rest of the model. A node's **effect** is how
 much it adds to the metric: `(clean − patch) · ∂m/∂node`, where `patch` is what the node is ablated to
 (zero, or its mean over reference text: `SiteMeans`). Removing the node changes the metric by about −effect.
