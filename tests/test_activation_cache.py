@@ -21,9 +21,9 @@ from sae_core.training import train
 
 @pytest.fixture(scope="module")
 def cache_dir(tiny_model_dir, tiny_corpus, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("caches") / "l0r-l1m-l1a"
+    folder = tmp_path_factory.mktemp("caches") / "l0r-l1m-l1a-l1t"
     code = main([
-        "cache", "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus), "--sites", "L0R,L1M,L1A",
+        "cache", "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus), "--sites", "L0R,L1M,L1A,L1T",
         "--tokens", "20k", "--context-size", "32", "--lm-batch-size", "4", "--shard-tokens", "1024",
         "--out", str(folder), "--device", "cpu",
     ])
@@ -34,10 +34,11 @@ def cache_dir(tiny_model_dir, tiny_corpus, tmp_path_factory):
 def test_cache_holds_exactly_the_harvested_activations(cache_dir, tiny_model_dir, tiny_corpus):
     info = read_info(cache_dir)
     assert info["tokens"] == 20_000 and info["split"] == "train" and info["context_size"] == 32
-    assert info["sites"] == ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out", "blocks.1.hook_attn_out"]
+    assert info["sites"] == ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out", "blocks.1.hook_attn_out",
+                             "blocks.1.ln2.hook_normalized"]
     assert not cache_dir.with_name(cache_dir.name + ".partial").exists()
     loaded = load_model(str(tiny_model_dir))
-    sites = parse_sites("L0R,L1M", loaded.layout.n_layers)
+    sites = parse_sites("L0R,L1M,L1T", loaded.layout.n_layers)  # a transcoder's rows: MLP input and output
     batches = token_batches(iter_documents(str(tiny_corpus), "train"), loaded.tokenizer, 32, 4)
     direct = {s: [] for s in sites}
     for chunk in harvest_chunks(loaded, sites, batches, 1024):
@@ -51,8 +52,8 @@ def test_cache_holds_exactly_the_harvested_activations(cache_dir, tiny_model_dir
 
 def test_training_on_the_cache_equals_training_on_the_model(cache_dir, tiny_model_dir, tiny_corpus, tmp_path):
     # chunk_tokens = the cache's shard size, so both see the same chunks in the same order
-    from_model = train(_cfg(tiny_model_dir, tiny_corpus, tmp_path / "model"), log=lambda _: None)
-    cfg = _cfg(tiny_model_dir, tiny_corpus, tmp_path / "cache", activation_cache=str(cache_dir))
+    from_model = train(_cfg(tiny_model_dir, tiny_corpus, tmp_path / "model", sites="L0R,L1M,L1A,L1T"), log=lambda _: None)
+    cfg = _cfg(tiny_model_dir, tiny_corpus, tmp_path / "cache", activation_cache=str(cache_dir), sites="L0R,L1M,L1A,L1T")
     from_cache = train(cfg, log=lambda _: None)
     a, b = _weights(from_model.path), _weights(from_cache.path)
     assert a.keys() == b.keys()

@@ -3,7 +3,8 @@
 A cache is a folder of safetensors shards (`shard-00000.safetensors`, one tensor per site, real tokens
 only, in corpus order) and `cache.json` saying what they are: model, sites, corpus, split, context
 size, token count and dtype. The folder is written under a temporary name and renamed when complete,
-so a cache that exists is whole. Nothing is pickled.
+so a cache that exists is whole. Nothing is pickled. A transcoder site's tensor holds its training rows: the
+MLP's input and output side by side, `(n, 2 · d_model)`.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def read_info(folder: str | Path) -> dict[str, Any]:
 
 
 def iter_cached(folder: str | Path, hook_name: str) -> Iterator[torch.Tensor]:
-    """The cached activations of one site, shard by shard, as float32 `(n, d_model)` tensors."""
+    """The cached activations of one site, shard by shard, as float32 `(n, d_model)` tensors (a transcoder's `2 · d_model`)."""
     info = read_info(folder)
     if hook_name not in info["sites"]:
         raise UserError(f"activation cache {folder} holds {', '.join(info['sites'])}, not {hook_name}")
