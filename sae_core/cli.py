@@ -383,13 +383,13 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _sites(args: argparse.Namespace) -> int:
     from .model.load import load_model
-    from .model.sites import Site
+    from .model.sites import ALL_KINDS, Site
     from .options import ModelOptions, config_from_args
 
     loaded = load_model(config_from_args(args, ModelOptions).model)
     n = loaded.layout.n_layers
     print(f"{loaded.name}: {n} layers, d_model {loaded.layout.d_model}, family {loaded.layout.family}")
-    for kind in ("resid_post", "mlp_out", "attn_out", "transcoder"):
+    for kind in ALL_KINDS:
         first, last = Site(0, kind), Site(n - 1, kind)
         print(f"  {kind:<10}  {first.short} … {last.short}   ({first.hook_name} … {last.hook_name})")
     return 0

@@ -52,7 +52,7 @@ def random_sae(site: str, arch: str, d_in: int = 64, d_sae: int = 48, seed: int 
     """An inference SAE with random weights (unit-norm decoder rows) at `site`."""
     parsed = parse_site(site)
     cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, k=6 if arch == "topk" else None, hook_name=parsed.hook_name,
-                    hook_name_out=parsed.target.hook_name if parsed.is_transcoder else "", d_out=d_in if parsed.is_transcoder else None)
+                    hook_name_out=parsed.hook_name_out, d_out=d_in if parsed.is_transcoder else None)
     g = torch.Generator().manual_seed(seed)
     tensors = {
         "W_enc": torch.randn(d_in, d_sae, generator=g) / 4,

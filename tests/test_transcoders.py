@@ -48,7 +48,8 @@ def test_transcoder_sites_are_named_as_saelens_names_their_hooks():
     site = parse_site("L3T", n_layers=6)
     assert site == Site(3, "transcoder") and site.is_transcoder and site.short == "L3T"
     assert site.hook_name == "blocks.3.ln2.hook_normalized"
-    assert site.target == Site(3, "mlp_out") and site.target.hook_name == "blocks.3.hook_mlp_out"
+    assert site.target == Site(3, "mlp_out") and site.hook_name_out == site.target.hook_name == "blocks.3.hook_mlp_out"
+    assert Site(3, "mlp_out").hook_name_out == ""
     assert parse_site("blocks.3.ln2.hook_normalized") == site
     assert [s.short for s in parse_sites("L*/2T", 6)] == ["L0T", "L2T", "L4T"]
     assert not any(s.is_transcoder for s in parse_sites("all", 6))  # `all` names the three SAE sites

@@ -89,10 +89,10 @@ def check_request(loaded: LoadedModel, saes: dict[Site, SAE], prompt: PromptToke
     check_target(prompt, target, loaded.layout.unembed.weight.shape[0], CircuitError)
 
 
-def split_site(sae: SAE, x: Tensor, real: Tensor, source: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def split_site(sae: SAE, x: Tensor, real: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:
     """A site's output `(..., T, d_out)` as its nodes: features `(..., T, d_sae)` of `source` (what the SAE reads: x
     itself, or a transcoder's MLP input), 0 where `real` `(T,)` is False, and error `(..., T, d_out)`."""
-    f = sae.encode(x if source is None else source) * real[:, None]
+    f = sae.encode(source) * real[:, None]
     return f, x - sae.decode(f)
 
 

@@ -244,7 +244,7 @@ def evaluate_saes(
             for s in sites:
                 rows = acts[s][real.to(acts[s].device)]
                 keep = non_outliers(rows, thresholds[s])
-                x, target = saes[s].split_rows(rows[keep])
+                x, target = saes[s].cfg.split_rows(rows[keep])
                 latents = saes[s].encode(x)
                 recon[s].update(target, latents, saes[s].decode(latents), n_outliers=int((~keep).sum()))
         if seen_ce < ce_tokens and mine:

@@ -112,7 +112,7 @@ class RecordWriter:
             x = acts[site].reshape(B * T, -1).float()
             counted = batch.real.reshape(-1).to(x.device) & non_outliers(x, outlier_threshold(saes[site]))
             idx = counted.nonzero().squeeze(1)
-            rows, latents, values = encode_sparse(saes[site], saes[site].split_rows(x[idx])[0])
+            rows, latents, values = encode_sparse(saes[site], saes[site].cfg.split_rows(x[idx])[0])
             tokens = base + idx[rows]
             self._parts[site].append(
                 (values.float().cpu(), latents.to(torch.int32).cpu(), tokens.cpu(), counted.view(B, T).cpu())

@@ -99,7 +99,7 @@ def _provenance(path: Path, config: dict[str, Any]) -> dict[str, Any]:
         if not layer:
             raise SAEFileError(f"{path}: cannot tell this transcoder's layer from its path; keep its layer_L folder in it")
         site = Site(int(layer.group(1)), "transcoder")
-        out.update(hook_name=site.hook_name, hook_name_out=site.target.hook_name)
+        out.update(hook_name=site.hook_name, hook_name_out=site.hook_name_out)
     if isinstance(config.get("model_name"), str):
         out["model_name"] = config["model_name"]
     return out

@@ -71,6 +71,11 @@ class Site:
         return self.kind == TRANSCODER
 
     @property
+    def hook_name_out(self) -> str:
+        """A transcoder site's output hook (its target's, `blocks.6.hook_mlp_out`); empty for an SAE site."""
+        return self.target.hook_name if self.kind == TRANSCODER else ""
+
+    @property
     def target(self) -> Site:
         """The site whose activation the SAE writes: the MLP output for a transcoder, the site itself otherwise."""
         return Site(self.layer, "mlp_out") if self.kind == TRANSCODER else self

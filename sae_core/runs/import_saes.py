@@ -95,7 +95,7 @@ def import_saes(
     for site in sites:
         folder, sae = saes[site]
         # canonical names (sparsify and older SAELens use others)
-        sae.cfg = sae.cfg.replace(hook_name=site.hook_name, hook_name_out=site.target.hook_name if site.is_transcoder else "")
+        sae.cfg = sae.cfg.replace(hook_name=site.hook_name, hook_name_out=site.hook_name_out)
         save_sae(sae, run.sae_dir(site.hook_name), extra_metadata={"imported_from": _source(folder)})
         log(f"imported {folder} as {site.short} ({sae.cfg.architecture}, d_sae {sae.cfg.d_sae:,})")
     info: dict[str, Any] = {

@@ -170,10 +170,6 @@ class SAE(nn.Module):
         """Name and shape of every tensor of this architecture (SAELens's names)."""
         return {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.out_dim), "b_dec": (cfg.out_dim,)}
 
-    def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """`(source, target)` of rows as training and evaluation see them (`SAEConfig.split_rows`)."""
-        return self.cfg.split_rows(rows)
-
     def pre_acts(self, x: Tensor) -> Tensor:
         """`(..., d_in) -> (..., d_sae)`: `(x - b_dec) @ W_enc + b_enc`, computed as one addmm with b_dec folded in
         (a transcoder's `x @ W_enc + b_enc`)."""

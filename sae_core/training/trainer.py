@@ -113,7 +113,7 @@ def _sae_config(cfg: TrainConfig, loaded: LoadedModel, site: Site, d_sae: int) -
         d_sae=d_sae,
         k=cfg.k if cfg.arch in ("topk", "batchtopk") else None,
         hook_name=site.hook_name,
-        hook_name_out=site.target.hook_name if site.is_transcoder else "",
+        hook_name_out=site.hook_name_out,
         d_out=loaded.layout.d_model if site.is_transcoder else None,
         model_name=loaded.name,
         context_size=cfg.context_size,
