@@ -129,8 +129,48 @@ def test_llama_scope_is_found_from_either_file_and_keys_left_out_take_lm_saes_de
     assert load_sae(mlp).cfg.hook_name == "blocks.4.hook_mlp_out" and load_sae(mlp).cfg.model_name == ""
 
 
+TRANSCODER = {"hook_point_in": "blocks.1.ln2.hook_normalized", "hook_point_out": "blocks.1.hook_mlp_out",
+              "dataset_average_activation_norm": {"in": 2.0, "out": 5.0}}
+"""A Llama Scope transcoder (`L1TC`): lm-saes's hook names for the MLP's normalised input and its output, each with its
+own average norm."""
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"apply_decoder_bias_to_pre_encoder": True},
+    {"act_fn": "topk", "jump_relu_threshold": 0.0},
+    {"act_fn": "relu", "sparsity_include_decoder_norm": False, "apply_decoder_bias_to_pre_encoder": True},
+])
+def test_llama_scope_transcoders_encode_and_predict_as_lm_saes(tmp_path, changes):
+    folder = _llama_scope(tmp_path, _hyperparams(**{**TRANSCODER, **changes}), name="Llama3_1-8B-Base-L1TC-8x")
+    sae = load_sae(folder)
+    assert sae.cfg.transcoder and (sae.cfg.hook_name, sae.cfg.hook_name_out) == (TRANSCODER["hook_point_in"], TRANSCODER["hook_point_out"])
+    assert sae.cfg.d_out == D_IN and sae.cfg.model_name == "meta-llama/Llama-3.1-8B"
+    x = _inputs(2.0)
+    _assert_encodes_as_lm_saes(sae, folder, x)
+    torch.testing.assert_close(sae(x), _lm_saes(folder, x)[1], rtol=1e-5, atol=1e-5)  # the MLP-output prediction
+
+
+def test_a_llama_scope_transcoder_imports_at_its_transcoder_site_only(tmp_path):
+    from sae_core.model.load import load_model
+    from sae_core.runs.import_saes import import_saes
+    from sae_core.testing.tiny_models import tiny_model, tiny_tokenizer
+
+    model_dir = tmp_path / "model"
+    tiny_model("llama", n_layers=2, d_model=D_IN).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    loaded = load_model(str(model_dir))
+    folder = _llama_scope(tmp_path, _hyperparams(**TRANSCODER), name="Llama3_1-8B-Base-L1TC-8x")
+    with pytest.raises(SAEFileError, match="is a transcoder but L1M is an SAE site"):
+        import_saes([f"{folder}=L1M"], tmp_path / "run", loaded, model=None, outlier_factor=0, log=lambda m: None)
+    run = import_saes([folder], tmp_path / "run", loaded, model=None, outlier_factor=0, log=lambda m: None)
+    saved = load_sae(run.path / "saes" / "blocks.1.ln2.hook_normalized")
+    assert saved.cfg.hook_name_out == "blocks.1.hook_mlp_out"
+    x = _inputs(2.0)
+    torch.testing.assert_close(saved(x), _lm_saes(folder, x)[1], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(("hp", "weights", "message"), [
-    (_hyperparams(hook_point_in="blocks.1.ln2.hook_normalized", hook_point_out="blocks.1.hook_mlp_out"), None, "a transcoder"),
     (_hyperparams(norm_activation="token-wise"), None, "rescales every input by its own norm"),
     (_hyperparams(use_glu_encoder=True), None, "GLU encoders"),
     (_hyperparams(dataset_average_activation_norm=None), None, "not positive in/out norms"),

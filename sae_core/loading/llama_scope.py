@@ -13,10 +13,17 @@ does before it encodes (the version the release's notebook loads with):
 3. `act_fn: "jumprelu"` (or `"topk"` with a `jump_relu_threshold`, which lm-saes turns into a JumpReLU):
    `pre · (pre > jump_relu_threshold)` with one scalar threshold; `"topk"` without one keeps the `top_k` largest.
 
+A *transcoder* (`hook_point_in` ≠ `hook_point_out`; lm-saes trains them from `blocks.L.ln2.hook_normalized`, the MLP's
+normalised input, to `blocks.L.hook_mlp_out`, our site `L{L}T`) goes through the same steps with its own input and output
+norms; its `decoder.bias` is an output bias, subtracted from the input only if `apply_decoder_bias_to_pre_encoder` says
+so (lm-saes's default, which its docs say to turn off for transcoders), and then folded into `b_enc`. lm-saes runs its
+models unprocessed (`from_pretrained_no_processing`), so `ln2.hook_normalized` is after the norm's weight: the MLP
+module's input, which is what `L{L}T` reads.
+
 Keys the file leaves out take lm-saes's defaults. SAELens's own converter (`saelens:llama_scope_…`) gates on the
 pre-activations *before* step 2 (it ignores the decoder norms, about 1.5 on average in the released SAEs), so the latents
-it fires differ; registry names of these releases are read here instead. Refused, each with its reason: transcoders
-(`hook_point_in` ≠ `hook_point_out`), per-token or per-batch normalisation (not a fixed linear map) and GLU encoders.
+it fires differ; registry names of these releases are read here instead. Refused, each with its reason: per-token or
+per-batch normalisation (not a fixed linear map) and GLU encoders.
 """
 
 from __future__ import annotations
@@ -55,7 +62,9 @@ def load_llama_scope(folder: Path) -> SAE:
     """Our SAE of the Llama Scope folder `folder`, encoding as lm-saes's `from_pretrained` SAE does."""
     hp = {**DEFAULTS, **read_cfg(folder / CFG_FILE)}
     hook_in = str(hp.get("hook_point_in") or "")
-    _refuse(folder, hp, hook_in)
+    hook_out = str(hp.get("hook_point_out") or hook_in)
+    transcoder = hook_out != hook_in
+    _refuse(folder, hp)
     architecture, k, threshold = _activation(hp, folder)
     d_model = positive_int(hp, "d_model", folder / CFG_FILE)
     d_sae = positive_int(hp, "d_sae", folder / CFG_FILE) if hp.get("d_sae") else d_model * positive_int(hp, "expansion_factor", folder / CFG_FILE)
@@ -69,23 +78,23 @@ def load_llama_scope(folder: Path) -> SAE:
         expected["decoder.bias"] = (d_model,)
     check_tensors(path, tensors, expected, f"{CFG_FILE} (d_model={d_model}, d_sae={d_sae})")
     weights = _standardise(hp, {name: t.double() for name, t in tensors.items()}, d_model, folder)
-    if not hp["apply_decoder_bias_to_pre_encoder"]:
+    subtracts_b_dec = hp["use_decoder_bias"] and hp["apply_decoder_bias_to_pre_encoder"]
+    if transcoder and subtracts_b_dec:  # our transcoders' encoders never subtract b_dec: fold it into b_enc
+        weights["b_enc"] = weights["b_enc"] - weights["b_dec"] @ weights["W_enc"]
+    elif not transcoder and not subtracts_b_dec:  # our SAEs' encoders always do: fold it the other way
         weights = fold_input_bias(weights)
     if threshold is not None:
         weights["threshold"] = torch.full((d_sae,), threshold, dtype=torch.float64)
     cfg = SAEConfig(architecture=architecture, d_in=d_model, d_sae=d_sae, k=k, hook_name=hook_in,
+                    hook_name_out=hook_out if transcoder else "", d_out=d_model if transcoder else None,
                     model_name=next((m for prefix, m in _MODELS.items() if folder.name.startswith(prefix)), ""),
                     metadata={"converted_from": "llama_scope", "norm_activation": hp["norm_activation"],
                               "dataset_average_activation_norm": hp["dataset_average_activation_norm"]})
     return create_sae(cfg).load_tensors({name: t.float() for name, t in weights.items()})
 
 
-def _refuse(folder: Path, hp: dict[str, Any], hook_in: str) -> None:
-    """SAEFileError for what has no equivalent here: transcoders, input-dependent normalisation, GLU encoders."""
-    hook_out = hp.get("hook_point_out") or hook_in
-    if hook_out != hook_in:
-        raise SAEFileError(f"{folder}: a transcoder ({hook_in} -> {hook_out}), not an SAE of one site; import a Llama "
-                           "Scope residual (LXR), MLP-output (LXM) or attention-output (LXA) SAE")
+def _refuse(folder: Path, hp: dict[str, Any]) -> None:
+    """SAEFileError for what has no equivalent here: input-dependent normalisation, GLU encoders."""
     if hp["norm_activation"] not in ("dataset-wise", "inference", "none"):
         raise SAEFileError(f"{folder}: norm_activation {hp['norm_activation']!r} rescales every input by its own norm, "
                            "which no fixed SAE reproduces; only dataset-wise (or already folded) normalisation is read")
