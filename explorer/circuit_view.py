@@ -56,9 +56,14 @@ def summed(graph: dict[str, Any]) -> bool:
     return graph.get("settings", {}).get("positions") == "sum"
 
 
+CELL_LINE = 6
+"""Nodes of one site and token per line of its cell; more wrap onto further lines within the site's row."""
+
+
 def layout_nodes(nodes: list[dict], sites: list[str]) -> dict[str, tuple[float, float]]:
-    """(x, y) of each node: x its token position (several nodes at one position and site spread across it; nodes
-    summed over positions side by side, largest |effect| first), y its site's row in forward-pass order."""
+    """(x, y) of each node: x its token position, y its site's row in forward-pass order. Several nodes at one site
+    and token fill that cell largest |effect| first, `CELL_LINE` a line, lines stacked downwards within the row;
+    nodes summed over positions stand side by side in their site's row, largest |effect| first."""
     rows = {site: i for i, site in enumerate(sites)}
     groups: dict[tuple[str, int], list[dict]] = {}
     for node in nodes:
@@ -69,10 +74,15 @@ def layout_nodes(nodes: list[dict], sites: list[str]) -> dict[str, tuple[float, 
         if position == ALL_POSITIONS:
             out.update({node["id"]: (float(i), rows.get(site, 0)) for i, node in enumerate(group)})
             continue
-        width = min(0.8, 0.2 * (len(group) - 1))
+        lines = -(-len(group) // CELL_LINE)
+        height = min(0.6, 0.15 * (lines - 1))
         for i, node in enumerate(group):
-            offset = 0.0 if len(group) == 1 else -width / 2 + width * i / (len(group) - 1)
-            out[node["id"]] = (position + offset, rows.get(site, 0))
+            line, place = divmod(i, CELL_LINE)
+            across = min(CELL_LINE, len(group) - line * CELL_LINE)  # nodes on this line
+            width = min(0.8, 0.16 * (across - 1))
+            dx = 0.0 if across == 1 else -width / 2 + width * place / (across - 1)
+            dy = 0.0 if lines == 1 else height / 2 - height * line / (lines - 1)
+            out[node["id"]] = (position + dx, rows.get(site, 0) + dy)
     return out
 
 

@@ -84,7 +84,8 @@ def test_a_shared_graph_reads_back_and_bad_files_are_refused(graph):
             read_graph(bad)
     nodes, edges = visible(graph, 0.0, 0.0)
     where = layout_nodes(nodes, graph["sites"])
-    assert len(where) == len(nodes) and all(y in range(len(graph["sites"])) for _, y in where.values())
+    assert len(where) == len(nodes) and all(round(y) in range(len(graph["sites"])) and abs(y - round(y)) <= 0.3
+                                            for _, y in where.values())
     figure = graph_figure(graph)
     assert len(figure.data) == len(edges) + len({n["error"] for n in nodes})
     strongest, _ = visible(graph, max(abs(n["effect"]) for n in graph["nodes"]), 0.0)
@@ -100,3 +101,16 @@ def test_clicking_a_feature_node_names_its_feature_page(graph):
     if error is not None:
         assert clicked_feature(graph, [{"customdata": error["id"]}]) == (error, {})
     assert clicked_feature(graph, []) == (None, {})
+
+
+def test_many_nodes_of_one_site_and_token_fill_their_cell_without_sharing_a_place():
+    from explorer.circuit_view import CELL_LINE
+
+    nodes = [{"id": f"L1M/2/{f}", "site": "L1M", "position": 2, "effect": float(f + 1)} for f in range(2 * CELL_LINE + 3)]
+    nodes.append({"id": "L0R/2/0", "site": "L0R", "position": 2, "effect": 1.0})
+    where = layout_nodes(nodes, ["L0R", "L1M"])
+    cell = [where[n["id"]] for n in sorted(nodes[:-1], key=lambda n: -n["effect"])]
+    assert len(set(cell)) == len(cell)  # no two nodes at one place
+    assert all(1.5 <= x <= 2.5 and 0.6 < y < 1.4 for x, y in cell)  # within the token's column and the site's row
+    assert [y for _, y in cell[:CELL_LINE]] == [max(y for _, y in cell)] * CELL_LINE  # the strongest on the top line
+    assert where["L0R/2/0"] == (2.0, 0)  # a lone node stays at its cell's centre

@@ -84,13 +84,15 @@ def test_every_page_in_a_real_browser(app_url):
 
 NODE_XY = """() => {
   const gd = document.querySelector('.js-plotly-plot');
-  const trace = gd.data.find(t => t.name === 'features');
   const layout = gd._fullLayout, box = gd.getBoundingClientRect();
-  const xy = trace.x.map((x, i) => [box.left + layout._size.l + layout.xaxis.l2p(x),
-                                    box.top + layout._size.t + layout.yaxis.l2p(trace.y[i])]);
-  // nodes of one site and token sit side by side and overlap: take one with nothing drawn to its right on its row
-  // (the last drawn of its group), so a click on its centre cannot land on another node
-  const room = xy.map(([x, y]) => Math.min(...xy.filter(([u, v]) => v === y && u > x).map(([u]) => u - x), Infinity));
+  const pixels = t => t.x.map((x, i) => [box.left + layout._size.l + layout.xaxis.l2p(x),
+                                         box.top + layout._size.t + layout.yaxis.l2p(t.y[i])]);
+  const trace = gd.data.find(t => t.name === 'features');
+  const xy = pixels(trace);
+  const all = gd.data.filter(t => t.mode === 'markers').flatMap(pixels);  // every node, error terms too
+  // nodes of one site and token share a cell and may overlap: take the one farthest from any other node, so a
+  // click on its centre cannot land on another
+  const room = xy.map(([x, y]) => Math.min(...all.map(([u, v]) => Math.hypot(u - x, v - y)).filter(d => d > 0), Infinity));
   const best = room.indexOf(Math.max(...room));
   return [xy[best][0], xy[best][1], trace.customdata[best]];
 }"""
