@@ -89,10 +89,11 @@ NODE_XY = """() => {
                                          box.top + layout._size.t + layout.yaxis.l2p(t.y[i])]);
   const trace = gd.data.find(t => t.name === 'features');
   const xy = pixels(trace);
-  const all = gd.data.filter(t => t.mode === 'markers').flatMap(pixels);  // every node, error terms too
+  // every other node, error terms too (the features trace is drawn first, so feature i is all[i])
+  const all = gd.data.filter(t => t.mode === 'markers').flatMap(pixels);
   // nodes of one site and token share a cell and may overlap: take the one farthest from any other node, so a
   // click on its centre cannot land on another
-  const room = xy.map(([x, y]) => Math.min(...all.map(([u, v]) => Math.hypot(u - x, v - y)).filter(d => d > 0), Infinity));
+  const room = xy.map(([x, y], i) => Math.min(...all.filter((_, j) => j !== i).map(([u, v]) => Math.hypot(u - x, v - y)), Infinity));
   const best = room.indexOf(Math.max(...room));
   return [xy[best][0], xy[best][1], trace.customdata[best]];
 }"""

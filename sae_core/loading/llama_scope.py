@@ -16,7 +16,7 @@ does before it encodes (the version the release's notebook loads with):
 A *transcoder* (`hook_point_in` ≠ `hook_point_out`; lm-saes trains them from `blocks.L.ln2.hook_normalized`, the MLP's
 normalised input, to `blocks.L.hook_mlp_out`, our site `L{L}T`) goes through the same steps with its own input and output
 norms; its `decoder.bias` is an output bias, subtracted from the input only if `apply_decoder_bias_to_pre_encoder` says
-so (lm-saes's default, which its docs say to turn off for transcoders), and then folded into `b_enc`. lm-saes runs its
+so (lm-saes's default; its config says to turn it off for transcoders), and then folded into `b_enc`. lm-saes runs its
 models unprocessed (`from_pretrained_no_processing`), so `ln2.hook_normalized` is after the norm's weight: the MLP
 module's input, which is what `L{L}T` reads.
 
