@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import html
 from contextvars import ContextVar
+from typing import Any
 from urllib.parse import urlencode
 
 import pandas as pd
 
 from sae_core.features.labels import display_token
 from sae_core.features.reader import FeaturePage
+from sae_core.model.sites import TRANSCODER, Site
 
 INTERVAL_TITLES = {0: "Top activations"}
 
@@ -146,6 +148,15 @@ def neighbour_table(frame: pd.DataFrame, sae: str) -> pd.DataFrame:
         "label": frame["label"],
         "density": frame["density"],
     })
+
+
+def where_it_reads(sae: dict[str, Any]) -> str:
+    """The SAE's hook; for a transcoder also what it writes, since its examples are read at the MLP's input while its
+    logit effects come from the MLP output it predicts."""
+    if sae.get("site") != TRANSCODER:
+        return str(sae["hook_name"])
+    writes = Site(int(sae["layer"]), TRANSCODER).hook_name_out
+    return f"{sae['hook_name']} → {writes} (a transcoder: fires on the MLP's input, writes its prediction of the MLP's output)"
 
 
 def summary_line(page: FeaturePage) -> str:

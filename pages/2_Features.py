@@ -21,6 +21,7 @@ from explorer.feature_view import (
     release_comparison,
     release_prompts,
     summary_line,
+    where_it_reads,
 )
 from explorer.state import (
     open_feature_store_or_stop,
@@ -156,7 +157,7 @@ def show_feature(sae: str, feature: int) -> None:
         return
     st.subheader(f"{page.sae['short_name']} · feature {feature}")
     st.markdown(f"**{escape_markdown(page.feature['label'])}**")
-    st.caption(f"{page.sae['hook_name']} · {summary_line(page)}")
+    st.caption(f"{where_it_reads(page.sae)} · {summary_line(page)}")
     show_explanations(page)
     short = page.sae["short_name"]
     st.markdown(f"[see it on your own text →]({feature_link(short, feature, page='Prompt')}) · "

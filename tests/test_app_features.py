@@ -108,3 +108,15 @@ def test_a_split_run_browses_like_its_one_file(monkeypatch, precomputed_run, bus
     assert len(split.dataframe) == len(one.dataframe) == 3
     for a, b in zip(split.dataframe, one.dataframe):
         pd.testing.assert_frame_equal(a.value, b.value)
+
+
+def test_a_transcoder_feature_says_what_it_reads_and_writes(monkeypatch, precomputed_run):
+    with FeatureStore(precomputed_run) as store:
+        live = {sae: store.live_features(sae)[0] for sae in ("L1T", "L1M")}
+    captions = {}
+    for sae, feature in live.items():
+        at = _page(monkeypatch, precomputed_run, sae=sae, feature=str(feature))
+        assert not at.exception
+        captions[sae] = next(c.value for c in at.caption if c.value.startswith("blocks."))
+    assert captions["L1T"].startswith("blocks.1.ln2.hook_normalized → blocks.1.hook_mlp_out (a transcoder")
+    assert captions["L1M"].startswith("blocks.1.hook_mlp_out · density")
