@@ -163,6 +163,9 @@ def test_a_llama_scope_transcoder_imports_at_its_transcoder_site_only(tmp_path):
     folder = _llama_scope(tmp_path, _hyperparams(**TRANSCODER), name="Llama3_1-8B-Base-L1TC-8x")
     with pytest.raises(SAEFileError, match="is a transcoder but L1M is an SAE site"):
         import_saes([f"{folder}=L1M"], tmp_path / "run", loaded, model=None, outlier_factor=0, log=lambda m: None)
+    elsewhere = _llama_scope(tmp_path / "x", _hyperparams(**{**TRANSCODER, "hook_point_out": "blocks.0.hook_mlp_out"}))
+    with pytest.raises(SAEFileError, match=r"writes blocks.0.hook_mlp_out \(L0M\), but a transcoder at L1T predicts L1M"):
+        import_saes([elsewhere], tmp_path / "run", loaded, model=None, outlier_factor=0, log=lambda m: None)
     run = import_saes([folder], tmp_path / "run", loaded, model=None, outlier_factor=0, log=lambda m: None)
     saved = load_sae(run.path / "saes" / "blocks.1.ln2.hook_normalized")
     assert saved.cfg.hook_name_out == "blocks.1.hook_mlp_out"

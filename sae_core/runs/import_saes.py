@@ -18,7 +18,7 @@ from .. import __version__
 from ..activations.harvest import harvest_chunks
 from ..activations.outliers import METADATA_KEY as OUTLIER_KEY
 from ..activations.outliers import outlier_threshold, threshold_from_norms
-from ..errors import RunError, SAEFileError
+from ..errors import RunError, SAEFileError, SiteError
 from ..hub import is_hub
 from ..loading import FORMATS, check_sae_fits, load_sae, save_sae
 from ..loading.saelens_registry import is_registry_name
@@ -79,6 +79,7 @@ def import_saes(
                 f"{'a transcoder site' if site.is_transcoder else 'an SAE site'}: place a transcoder at L{{i}}T (MLP input to "
                 "MLP output) and an SAE at L{i}R, L{i}M or L{i}A"
             )
+        _check_output_site(folder, sae, site)
         if site in saes:
             raise SAEFileError(f"{folder} and {saes[site][0]} are both SAEs of {site.hook_name}; import one SAE per site")
         saes[site] = (Path(folder), sae)
@@ -136,6 +137,22 @@ def _record_outlier_thresholds(saes: dict[Site, SAE], loaded: LoadedModel, corpu
         sae.cfg.metadata.update({OUTLIER_KEY: threshold, "outlier_factor": factor, "median_norm": float(norms.median()),
                                  "outlier_threshold_from": f"{sample.tokens:,} tokens of {describe_source(corpus)} at import"})
         log(f"{site.short}: outlier threshold {threshold:.4g} ({factor:g} × median norm {float(norms.median()):.4g})")
+
+
+def _check_output_site(folder: str | Path, sae: SAE, site: Site) -> None:
+    """SAEFileError when a transcoder's file names an output other than its site's (the import renames both hooks to
+    the site's, so a cross-layer or residual-stream output would otherwise be spliced in the wrong place unnoticed).
+    An output name that no site spells cannot be checked and is replaced by the site's."""
+    if not sae.cfg.transcoder or not sae.cfg.hook_name_out:
+        return
+    try:
+        writes = parse_site(sae.cfg.hook_name_out)
+    except SiteError:
+        return
+    if writes != site.target:
+        raise SAEFileError(f"{folder} writes {sae.cfg.hook_name_out} ({writes.short}), but a transcoder at {site.short} "
+                           f"predicts {site.target.short}: only transcoders from an MLP's input to the same layer's MLP "
+                           "output are supported")
 
 
 def _source(path: Path) -> str:
