@@ -52,3 +52,33 @@ def test_synthetic_activations_have_sparse_structure():
     # a handful of directions per row: far from isotropic noise, whose top singular values would be flat
     s = torch.linalg.svdvals(x - x.mean(0))
     assert s[0] / s[-1] > 3
+
+
+def test_native_topk_kernel_selects_what_torch_topk_selects():
+    """The C++ top-k that topk_kernels.py times against ours must select the same values, or its timing says nothing."""
+    import os
+
+    from topk_kernels import NativeTopK, compile_native
+
+    fn = compile_native()
+    if fn is None:
+        assert os.environ.get("CI") != "true", "g++ is missing on CI"
+        pytest.skip("no g++ to compile benchmarks/topk_native.cpp")
+    native = NativeTopK(fn, threads=2)
+    g = torch.Generator().manual_seed(0)
+    cases = {
+        "normal": torch.randn(64, 1000, generator=g),
+        "ties": torch.randint(0, 3, (64, 1000), generator=g).float(),
+        "zeros": torch.zeros(8, 96),
+        "negative": -torch.rand(16, 333, generator=g),
+        "width k": torch.randn(4, 32, generator=g),
+    }
+    for name, pre in cases.items():
+        k = min(32, pre.shape[1])
+        values, indices = torch.empty(pre.shape[0], k), torch.empty(pre.shape[0], k, dtype=torch.long)
+        native(pre, k, values, indices)
+        torch.testing.assert_close(values.sort(1).values, pre.topk(k, dim=1).values.sort(1).values, rtol=0, atol=0, msg=name)
+        assert torch.equal(pre.gather(1, indices), values), name
+        assert (indices.sort(1).values.diff(dim=1) > 0).all(), name  # k distinct columns
+    with pytest.raises(ValueError, match="NaN"):
+        native(torch.tensor([[1.0, float("nan"), 0.0]]), 2, torch.empty(1, 2), torch.empty(1, 2, dtype=torch.long))
