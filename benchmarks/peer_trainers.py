@@ -21,11 +21,12 @@ from torch import Tensor
 from sae_core.activations.harvest import SiteStats
 from sae_core.model.sites import parse_sites
 from sae_core.saes import SAEConfig, SAETrainingOptions, create_training_sae
+from sae_core.saes.cpu_matmul import encoder_block, one_blas_thread
 from sae_core.saes.reference import reference_losses
 from sae_core.training.config import TrainConfig
 from sae_core.training.site_trainer import SiteTrainer
 
-TRAINERS = ("ours", "plain", "sparsify", "saelens", "saelens-sparse", "matmul")
+TRAINERS = ("ours", "plain", "sparsify", "saelens", "saelens-sparse", "matmul", "matmul-ours")
 DEAD_TOKENS = 10_000_000  # sparsify's default dead_feature_threshold; never reached in a benchmark-length run
 
 
@@ -187,9 +188,23 @@ class MatmulAlone(Trainer):
         raise NotImplementedError("the matmul alone reconstructs nothing")
 
 
+class MatmulOurs(MatmulAlone):
+    """The same blocks through `cpu_matmul.encoder_block`: the BLAS our step multiplies with on this machine
+    (numpy's OpenBLAS on an AMD CPU, PyTorch's MKL elsewhere; `SAE_EXPLORER_MATMUL` overrides)."""
+
+    name = "matmul-ours"
+
+    def step(self, x: Tensor) -> None:
+        with one_blas_thread():
+            for start in range(0, x.shape[0], self.ROWS):
+                rows = x[start : start + self.ROWS]
+                encoder_block(self.b_enc, rows, self.W_enc, self.buffer[: rows.shape[0]])
+
+
 def make_trainer(name: str, d_in: int, d_sae: int, k: int, lr: float, init: Tensor, steps: int) -> Trainer:
     """The adapter for `name` (one of TRAINERS); `init` is the first training batch (bias initialisation)."""
     if name == "saelens-sparse":
         return SAELens(d_in, d_sae, k, lr, init, steps, sparse=True)
-    cls = {"ours": Ours, "plain": Plain, "sparsify": Sparsify, "saelens": SAELens, "matmul": MatmulAlone}[name]
+    cls = {"ours": Ours, "plain": Plain, "sparsify": Sparsify, "saelens": SAELens, "matmul": MatmulAlone,
+           "matmul-ours": MatmulOurs}[name]
     return cls(d_in, d_sae, k, lr, init, steps)

@@ -13,6 +13,7 @@ from sae_core.saes import (
     SAEConfig,
     SAETrainingOptions,
     TopKSAE,
+    cpu_matmul,
     create_training_sae,
     sae_from_state,
     sparse_ops,
@@ -180,8 +181,17 @@ def test_geometric_median_minimises_summed_distance() -> None:
 # Fused TopK encoder and sparse decoder ----------------------------------------------------
 
 
+@pytest.fixture(params=["torch", "numpy"])
+def matmul_backend(request, monkeypatch) -> str:
+    """The encoder's block matmul through PyTorch's BLAS or numpy's (`cpu_matmul`), whichever this machine picks."""
+    monkeypatch.setenv(cpu_matmul.ENV, request.param)
+    cpu_matmul.numpy_backend.cache_clear()
+    yield request.param
+    cpu_matmul.numpy_backend.cache_clear()
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_topk_encoder_matches_dense_reference(dtype: torch.dtype) -> None:
+def test_fused_topk_encoder_matches_dense_reference(dtype: torch.dtype, matmul_backend: str) -> None:
     n, d_in, d_sae, k = 48, 12, 80, 6
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(n, d_in, generator=g, dtype=dtype)
@@ -308,7 +318,7 @@ def test_auxk_scale_and_weight() -> None:
 @pytest.mark.parametrize("with_dead", [False, True])
 @pytest.mark.parametrize("grouped", [False, True])
 def test_fast_training_losses_and_gradients_equal_the_dense_reference(arch: str, dtype: torch.dtype, with_dead: bool,
-                                                                      grouped: bool, monkeypatch) -> None:
+                                                                      grouped: bool, matmul_backend: str, monkeypatch) -> None:
     """The whole training forward + backward (fused blocked encoder, sparse decoder, sparse AuxK) vs plain autograd;
     `grouped`: with the grouped top-k that wide SAEs use (`topk_rows`) at this small width too."""
     if grouped:

@@ -1,0 +1,98 @@
+"""The encoder's block matmul on CPU: numpy's BLAS and PyTorch's give `b + x @ W` alike, and the machine's choice is
+fixed by its CPU and libraries (an override by environment variable, a clear error for a wrong value)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_core.errors import UserError
+from sae_core.saes import cpu_matmul
+from sae_core.saes.cpu_matmul import encoder_block, numpy_backend, one_blas_thread
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    """Set `SAE_EXPLORER_MATMUL` and forget the cached choice (before and after)."""
+
+    def choose(value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv(cpu_matmul.ENV, raising=False)
+        else:
+            monkeypatch.setenv(cpu_matmul.ENV, value)
+        numpy_backend.cache_clear()
+
+    yield choose
+    numpy_backend.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["torch", "numpy"])
+@pytest.mark.parametrize("rows", [1, 7, 64])
+def test_encoder_block_is_b_plus_x_times_W(backend, name, rows, monkeypatch):
+    backend(name)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the rows split over two threads (ragged at 7)
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(40, 24, generator=g).T  # the training SAEs' layout: a view of the per-latent (d_sae, d_in) rows
+    x, b = torch.randn(rows, 24, generator=g), torch.randn(40, generator=g)
+    out = torch.full((rows, 40), float("nan"))
+    with one_blas_thread():
+        got = encoder_block(b, x, W, out)
+    assert got.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(out, (x.double() @ W.double() + b.double()).float(), rtol=1e-5, atol=1e-5)
+
+
+def test_other_dtypes_and_gradients_take_pytorchs_path(backend):
+    backend("numpy")
+    x = torch.randn(5, 8, dtype=torch.float64)
+    W = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    out = torch.empty(5, 3, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder_block(torch.zeros(3, dtype=torch.float64), x, W, out), x @ W)
+
+
+def test_the_choice_follows_the_cpu_and_the_override(backend, monkeypatch):
+    backend(None)
+    monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: "GenuineIntel")
+    assert not numpy_backend()
+    numpy_backend.cache_clear()
+    monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: "AuthenticAMD")
+    openblas = cpu_matmul._openblas() is not None
+    assert numpy_backend() == (openblas and torch.backends.mkl.is_available())
+    backend("torch")
+    assert not numpy_backend()
+    backend("NumPy")
+    assert numpy_backend()
+    backend("mkl")
+    with pytest.raises(UserError, match="SAE_EXPLORER_MATMUL='mkl' is not one of auto, torch, numpy"):
+        numpy_backend()
+
+
+def test_openblas_runs_one_thread_while_the_encoder_splits_rows(backend):
+    backend("numpy")
+    blas = cpu_matmul._openblas()
+    if blas is None:
+        pytest.skip("numpy here multiplies with a BLAS other than OpenBLAS")
+    before = blas.info()[0]["num_threads"]
+    with one_blas_thread():
+        assert blas.info()[0]["num_threads"] == 1
+    assert blas.info()[0]["num_threads"] == before
+
+
+def test_a_forked_child_multiplies_with_threads_of_its_own(backend):
+    """The pool's threads do not survive a fork: a child that reused it would wait for them forever."""
+    import multiprocessing
+
+    backend("numpy")
+    x, W, b = torch.randn(8, 6), torch.randn(6, 5), torch.randn(5)
+    with one_blas_thread():
+        encoder_block(b, x, W, torch.empty(8, 5))  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_block_in_child, (x, W, b)).get(timeout=60)
+    torch.testing.assert_close(got, x @ W + b)
+
+
+def _block_in_child(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    torch.set_num_threads(2)
+    with one_blas_thread():
+        return encoder_block(b, x, W, torch.empty(x.shape[0], W.shape[1]))
