@@ -15,6 +15,8 @@ from sae_core.saes.cpu_matmul import encoder_block, numpy_backend, one_blas_thre
 def backend(monkeypatch):
     """Set `SAE_EXPLORER_MATMUL` and forget the cached choice (before and after)."""
 
+    monkeypatch.setattr(cpu_matmul, "MIN_BLOCK_ELEMENTS", 0)  # the numpy path at these tiny sizes too
+
     def choose(value: str | None) -> None:
         if value is None:
             monkeypatch.delenv(cpu_matmul.ENV, raising=False)
@@ -41,13 +43,19 @@ def test_encoder_block_is_b_plus_x_times_W(backend, name, rows, monkeypatch):
     torch.testing.assert_close(out, (x.double() @ W.double() + b.double()).float(), rtol=1e-5, atol=1e-5)
 
 
-def test_other_dtypes_and_gradients_take_pytorchs_path(backend):
+def test_small_blocks_other_dtypes_and_gradients_take_pytorchs_path(backend, monkeypatch):
     backend("numpy")
     x = torch.randn(5, 8, dtype=torch.float64)
     W = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
     out = torch.empty(5, 3, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(encoder_block(torch.zeros(3, dtype=torch.float64), x, W, out), x @ W)
+    monkeypatch.setattr(cpu_matmul, "MIN_BLOCK_ELEMENTS", 16)
+    calls = []
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(a[1].shape) or k["out"])
+    encoder_block(torch.zeros(3), torch.randn(5, 3), torch.randn(3, 3), torch.empty(5, 3))  # 15 entries: PyTorch's
+    encoder_block(torch.zeros(4), torch.randn(5, 3), torch.randn(3, 4), torch.empty(5, 4))  # 20: numpy's
+    assert calls == [(5, 3)]
 
 
 def test_the_choice_follows_the_cpu_and_the_override(backend, monkeypatch):

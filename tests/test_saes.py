@@ -185,6 +185,7 @@ def test_geometric_median_minimises_summed_distance() -> None:
 def matmul_backend(request, monkeypatch) -> str:
     """The encoder's block matmul through PyTorch's BLAS or numpy's (`cpu_matmul`), whichever this machine picks."""
     monkeypatch.setenv(cpu_matmul.ENV, request.param)
+    monkeypatch.setattr(cpu_matmul, "MIN_BLOCK_ELEMENTS", 0)  # numpy's path at these tiny sizes too
     cpu_matmul.numpy_backend.cache_clear()
     yield request.param
     cpu_matmul.numpy_backend.cache_clear()

@@ -2,7 +2,7 @@
 
 PyTorch's x86 wheels multiply with a statically linked MKL, numpy's with OpenBLAS. On AMD CPUs MKL's float32
 GEMM is the slower of the two on the encoder's shapes (a 64x training step 12-14% faster through OpenBLAS on this
-project's AMD EPYC, benchmarks/README.md), so there the blocks go through numpy: the rows split over `torch.get_num_threads()` Python threads (numpy releases
+project's AMD EPYC, benchmarks/README.md), so there wide blocks go through numpy: the rows split over `torch.get_num_threads()` Python threads (numpy releases
 the GIL), OpenBLAS held to one thread in each (threadpoolctl), so that no two thread pools compete for the cores.
 The choice is fixed per machine (CPU vendor and BLAS libraries), never timed, so a run is reproducible there;
 `SAE_EXPLORER_MATMUL=torch` or `=numpy` overrides it. The two differ only in float32 rounding.
@@ -25,6 +25,9 @@ from ..errors import UserError
 
 ENV = "SAE_EXPLORER_MATMUL"
 CHOICES = ("auto", "torch", "numpy")
+MIN_BLOCK_ELEMENTS = 1 << 25
+"""Smaller blocks stay with PyTorch: numpy gained 7-15% a step on 1,024 x 36,864 blocks here, 2% on 1,024 x 18,432,
+nothing at 1,024 x 9,216 and lost 8-22% on 4x SAEs (2,304 latents) at any batch (benchmarks/README.md)."""
 
 
 def cpu_vendor() -> str:
@@ -88,12 +91,13 @@ def one_blas_thread() -> AbstractContextManager[Any]:
 
 
 def encoder_block(b: Tensor, x: Tensor, W: Tensor, out: Tensor) -> Tensor:
-    """`out = b + x @ W` for one block of rows: `torch.addmm`, or numpy's BLAS where `numpy_backend()` says so.
+    """`out = b + x @ W` for one block of rows: `torch.addmm`, or numpy's BLAS where `numpy_backend()` says so
+    and the block has at least `MIN_BLOCK_ELEMENTS` entries.
 
     Call it inside `one_blas_thread()`. Only float32 CPU tensors take the numpy path; `out` must be contiguous.
     """
-    if not (numpy_backend() and out.device.type == "cpu" and x.dtype == W.dtype == out.dtype == torch.float32
-            and out.is_contiguous()):
+    if not (numpy_backend() and out.numel() >= MIN_BLOCK_ELEMENTS and out.device.type == "cpu"
+            and x.dtype == W.dtype == out.dtype == torch.float32 and out.is_contiguous()):
         return torch.addmm(b, x, W, out=out)
     xs, ws, outs = x.detach().numpy(), W.detach().numpy(), out.numpy()
     threads, pool = _threads()
