@@ -1,11 +1,12 @@
 """The fused encoder's pre-activation blocks on CPU, through whichever BLAS multiplies faster on this machine.
 
 PyTorch's x86 wheels multiply with a statically linked MKL, numpy's with OpenBLAS. On AMD CPUs MKL's float32
-GEMM is the slower of the two on the encoder's shapes (a 64x training step 12-14% faster through OpenBLAS on this
-project's AMD EPYC, benchmarks/README.md), so there wide blocks go through numpy: the rows split over `torch.get_num_threads()` Python threads (numpy releases
-the GIL), OpenBLAS held to one thread in each (threadpoolctl), so that no two thread pools compete for the cores.
-The choice is fixed per machine (CPU vendor and BLAS libraries), never timed, so a run is reproducible there;
-`SAE_EXPLORER_MATMUL=torch` or `=numpy` overrides it. The two differ only in float32 rounding.
+GEMM is the slower of the two on wide encoders (a 64x training step 12-18% faster through OpenBLAS on this
+project's AMD EPYC, benchmarks/README.md), so there wide blocks go through numpy: the rows split over
+`torch.get_num_threads()` Python threads (numpy releases the GIL), OpenBLAS held to one thread in each
+(threadpoolctl), so that no two thread pools compete for the cores. The choice is fixed per machine (CPU vendor
+and BLAS libraries), never timed, so a run is reproducible there; `SAE_EXPLORER_MATMUL=torch` or `=numpy`
+overrides it. The two differ only in float32 rounding.
 """
 
 from __future__ import annotations
