@@ -21,7 +21,7 @@ from torch import Tensor
 from sae_core.activations.harvest import SiteStats
 from sae_core.model.sites import parse_sites
 from sae_core.saes import SAEConfig, SAETrainingOptions, create_training_sae
-from sae_core.saes.cpu_matmul import encoder_block, one_blas_thread
+from sae_core.saes.cpu_matmul import encoder_block
 from sae_core.saes.reference import reference_losses
 from sae_core.training.config import TrainConfig
 from sae_core.training.site_trainer import SiteTrainer
@@ -195,10 +195,9 @@ class MatmulOurs(MatmulAlone):
     name = "matmul-ours"
 
     def step(self, x: Tensor) -> None:
-        with one_blas_thread():
-            for start in range(0, x.shape[0], self.ROWS):
-                rows = x[start : start + self.ROWS]
-                encoder_block(self.b_enc, rows, self.W_enc, self.buffer[: rows.shape[0]])
+        for start in range(0, x.shape[0], self.ROWS):
+            rows = x[start : start + self.ROWS]
+            encoder_block(self.b_enc, rows, self.W_enc, self.buffer[: rows.shape[0]])
 
 
 def make_trainer(name: str, d_in: int, d_sae: int, k: int, lr: float, init: Tensor, steps: int) -> Trainer:

@@ -3,12 +3,15 @@ fixed by its CPU and libraries (an override by environment variable, a clear err
 
 from __future__ import annotations
 
+import contextlib
+
+import numpy as np
 import pytest
 import torch
 
 from sae_core.errors import UserError
 from sae_core.saes import cpu_matmul
-from sae_core.saes.cpu_matmul import encoder_block, numpy_backend, one_blas_thread
+from sae_core.saes.cpu_matmul import encoder_block, numpy_backend
 
 
 @pytest.fixture
@@ -37,8 +40,7 @@ def test_encoder_block_is_b_plus_x_times_W(backend, name, rows, monkeypatch):
     W = torch.randn(40, 24, generator=g).T  # the training SAEs' layout: a view of the per-latent (d_sae, d_in) rows
     x, b = torch.randn(rows, 24, generator=g), torch.randn(40, generator=g)
     out = torch.full((rows, 40), float("nan"))
-    with one_blas_thread():
-        got = encoder_block(b, x, W, out)
+    got = encoder_block(b, x, W, out)
     assert got.data_ptr() == out.data_ptr()
     torch.testing.assert_close(out, (x.double() @ W.double() + b.double()).float(), rtol=1e-5, atol=1e-5)
 
@@ -75,15 +77,38 @@ def test_the_choice_follows_the_cpu_and_the_override(backend, monkeypatch):
         numpy_backend()
 
 
-def test_openblas_runs_one_thread_while_the_encoder_splits_rows(backend):
+class StandInBlas:
+    """threadpoolctl's controller as `encoder_block` uses it: `limit(limits=n)` sets the thread count while open."""
+
+    def __init__(self) -> None:
+        self.threads = 2
+
+    @contextlib.contextmanager
+    def limit(self, limits: int):
+        before, self.threads = self.threads, limits
+        try:
+            yield
+        finally:
+            self.threads = before
+
+
+@pytest.mark.parametrize("torch_threads, parts", [(2, [3, 4]), (1, [7])])
+def test_each_part_runs_one_blas_thread_and_an_unknown_blas_threads_itself(backend, monkeypatch, torch_threads, parts):
     backend("numpy")
-    blas = cpu_matmul._openblas()
-    if blas is None:
-        pytest.skip("numpy here multiplies with a BLAS other than OpenBLAS")
-    before = blas.info()[0]["num_threads"]
-    with one_blas_thread():
-        assert blas.info()[0]["num_threads"] == 1
-    assert blas.info()[0]["num_threads"] == before
+    blas = StandInBlas()
+    monkeypatch.setattr(cpu_matmul, "_openblas", lambda: blas)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
+    calls: list[tuple[int, int]] = []
+    matmul = np.matmul
+    monkeypatch.setattr(np, "matmul", lambda a, w, out: calls.append((a.shape[0], blas.threads)) or matmul(a, w, out=out))
+    x, W, b = torch.randn(7, 6), torch.randn(6, 5), torch.randn(5)
+    torch.testing.assert_close(encoder_block(b, x, W, torch.empty(7, 5)), x @ W + b)
+    assert sorted(calls) == [(rows, 1) for rows in parts]  # PyTorch's thread count of parts, OpenBLAS at one thread
+    assert blas.threads == 2  # and back to its own count after the block
+    calls.clear()
+    monkeypatch.setattr(cpu_matmul, "_openblas", lambda: None)  # a BLAS threadpoolctl cannot hold: one whole call
+    torch.testing.assert_close(encoder_block(b, x, W, torch.empty(7, 5)), x @ W + b)
+    assert calls == [(7, 2)]
 
 
 def test_a_forked_child_multiplies_with_threads_of_its_own(backend):
@@ -92,8 +117,7 @@ def test_a_forked_child_multiplies_with_threads_of_its_own(backend):
 
     backend("numpy")
     x, W, b = torch.randn(8, 6), torch.randn(6, 5), torch.randn(5)
-    with one_blas_thread():
-        encoder_block(b, x, W, torch.empty(8, 5))  # the parent's pool exists now
+    encoder_block(b, x, W, torch.empty(8, 5))  # the parent's pool exists now
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
         got = pool.apply_async(_block_in_child, (x, W, b)).get(timeout=60)
@@ -102,5 +126,4 @@ def test_a_forked_child_multiplies_with_threads_of_its_own(backend):
 
 def _block_in_child(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     torch.set_num_threads(2)
-    with one_blas_thread():
-        return encoder_block(b, x, W, torch.empty(x.shape[0], W.shape[1]))
+    return encoder_block(b, x, W, torch.empty(x.shape[0], W.shape[1]))

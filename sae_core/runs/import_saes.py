@@ -143,7 +143,7 @@ def _check_output_site(folder: str | Path, sae: SAE, site: Site) -> None:
     """SAEFileError when a transcoder's file names an output other than its site's (the import renames both hooks to
     the site's, so a cross-layer or residual-stream output would otherwise be spliced in the wrong place unnoticed).
     An output name that no site spells cannot be checked and is replaced by the site's."""
-    if not sae.cfg.transcoder or not sae.cfg.hook_name_out:
+    if not sae.cfg.transcoder:
         return
     try:
         writes = parse_site(sae.cfg.hook_name_out)

@@ -15,7 +15,6 @@ import functools
 import os
 import platform
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -85,17 +84,11 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def one_blas_thread() -> AbstractContextManager[Any]:
-    """While open, numpy's OpenBLAS runs single-threaded (the encoder splits rows over its own threads instead)."""
-    blas = _openblas() if numpy_backend() else None
-    return blas.limit(limits=1) if blas is not None else nullcontext()
-
-
 def encoder_block(b: Tensor, x: Tensor, W: Tensor, out: Tensor) -> Tensor:
     """`out = b + x @ W` for one block of rows: `torch.addmm`, or numpy's BLAS where `numpy_backend()` says so
     and the block has at least `MIN_BLOCK_ELEMENTS` entries.
 
-    Call it inside `one_blas_thread()`. Only float32 CPU tensors take the numpy path; `out` must be contiguous.
+    Only float32 CPU tensors take the numpy path; `out` must be contiguous.
     """
     if not (numpy_backend() and out.numel() >= MIN_BLOCK_ELEMENTS and out.device.type == "cpu"
             and x.dtype == W.dtype == out.dtype == torch.float32 and out.is_contiguous()):
@@ -105,9 +98,11 @@ def encoder_block(b: Tensor, x: Tensor, W: Tensor, out: Tensor) -> Tensor:
     n = xs.shape[0]
     step = -(-n // threads)
     parts = [slice(start, min(n, start + step)) for start in range(0, n, step)]
-    if _openblas() is None or len(parts) == 1:  # a BLAS we cannot hold to one thread: let it thread itself
+    blas = _openblas()
+    if blas is None:  # a BLAS we cannot hold to one thread: let it thread itself over the whole block
         np.matmul(xs, ws, out=outs)
     else:
-        for _ in pool.map(lambda rows: np.matmul(xs[rows], ws, out=outs[rows]), parts):
-            pass
+        with blas.limit(limits=1):  # one BLAS thread in each part: no second thread pool competing for the cores
+            for _ in pool.map(lambda rows: np.matmul(xs[rows], ws, out=outs[rows]), parts):
+                pass
     return out.add_(b)

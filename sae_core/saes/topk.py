@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .base import SAE, SAEConfig, SAETrainingOptions, TrainingSAE, TrainOutput
-from .cpu_matmul import encoder_block, one_blas_thread
+from .cpu_matmul import encoder_block
 from .sparse_ops import (
     SparseActs,
     exact_pre_acts,
@@ -81,16 +81,15 @@ class FusedTopKEncoder(torch.autograd.Function):
         aux_values, aux_indices = sae_in.new_empty(n, n_aux), torch.empty(n, n_aux, dtype=torch.long, device=x.device)
         if buffer is None or buffer.shape[0] < min(rows, n) or buffer.shape[1] != W_enc.shape[1] or buffer.dtype != sae_in.dtype:
             buffer = sae_in.new_empty(min(rows, n), W_enc.shape[1])
-        with one_blas_thread():
-            for start in range(0, n, rows):
-                end = min(n, start + rows)
-                pre = encoder_block(b_enc, sae_in[start:end], W_enc, buffer[: end - start])
-                # top-k before the ReLU: the same values once ReLU'd (a row with fewer than k positive
-                # pre-activations selects zeros either way, which carry no value and no gradient)
-                values[start:end], indices[start:end] = topk_rows(pre, k)
-                if dead is not None:
-                    top, j = pre.index_select(1, dead).topk(k_aux, dim=1, sorted=False)
-                    aux_values[start:end], aux_indices[start:end] = top.relu_(), dead[j]
+        for start in range(0, n, rows):
+            end = min(n, start + rows)
+            pre = encoder_block(b_enc, sae_in[start:end], W_enc, buffer[: end - start])
+            # top-k before the ReLU: the same values once ReLU'd (a row with fewer than k positive
+            # pre-activations selects zeros either way, which carry no value and no gradient)
+            values[start:end], indices[start:end] = topk_rows(pre, k)
+            if dead is not None:
+                top, j = pre.index_select(1, dead).topk(k_aux, dim=1, sorted=False)
+                aux_values[start:end], aux_indices[start:end] = top.relu_(), dead[j]
         if select_dtype is not None:
             values = exact_pre_acts(*exact, per_token(values, indices)).view(n, k)
             if dead is not None:
