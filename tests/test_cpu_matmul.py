@@ -33,16 +33,18 @@ def backend(monkeypatch):
 
 @pytest.mark.parametrize("name", ["torch", "numpy"])
 @pytest.mark.parametrize("rows", [1, 7, 64])
-def test_encoder_block_is_b_plus_x_times_W(backend, name, rows, monkeypatch):
+def test_encoder_block_is_b_plus_x_times_W_or_x_times_W(backend, name, rows, monkeypatch):
     backend(name)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the rows split over two threads (ragged at 7)
     g = torch.Generator().manual_seed(0)
     W = torch.randn(40, 24, generator=g).T  # the training SAEs' layout: a view of the per-latent (d_sae, d_in) rows
     x, b = torch.randn(rows, 24, generator=g), torch.randn(40, generator=g)
-    out = torch.full((rows, 40), float("nan"))
-    got = encoder_block(b, x, W, out)
-    assert got.data_ptr() == out.data_ptr()
-    torch.testing.assert_close(out, (x.double() @ W.double() + b.double()).float(), rtol=1e-5, atol=1e-5)
+    for bias in (b, None):
+        out = torch.full((rows, 40), float("nan"))
+        got = encoder_block(bias, x, W, out)
+        assert got.data_ptr() == out.data_ptr()
+        want = x.double() @ W.double() + (0 if bias is None else b.double())
+        torch.testing.assert_close(out, want.float(), rtol=1e-5, atol=1e-5)
 
 
 def test_small_blocks_other_dtypes_and_gradients_take_pytorchs_path(backend, monkeypatch):

@@ -84,15 +84,15 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def encoder_block(b: Tensor, x: Tensor, W: Tensor, out: Tensor) -> Tensor:
-    """`out = b + x @ W` for one block of rows: `torch.addmm`, or numpy's BLAS where `numpy_backend()` says so
-    and the block has at least `MIN_BLOCK_ELEMENTS` entries.
+def encoder_block(b: Tensor | None, x: Tensor, W: Tensor, out: Tensor) -> Tensor:
+    """`out = b + x @ W` (`x @ W` when b is None) for one block of rows: PyTorch's BLAS, or numpy's where
+    `numpy_backend()` says so and the block has at least `MIN_BLOCK_ELEMENTS` entries.
 
     Only float32 CPU tensors take the numpy path; `out` must be contiguous.
     """
     if not (numpy_backend() and out.numel() >= MIN_BLOCK_ELEMENTS and out.device.type == "cpu"
             and x.dtype == W.dtype == out.dtype == torch.float32 and out.is_contiguous()):
-        return torch.addmm(b, x, W, out=out)
+        return torch.mm(x, W, out=out) if b is None else torch.addmm(b, x, W, out=out)
     xs, ws, outs = x.detach().numpy(), W.detach().numpy(), out.numpy()
     threads, pool = _threads()
     n = xs.shape[0]
@@ -105,4 +105,4 @@ def encoder_block(b: Tensor, x: Tensor, W: Tensor, out: Tensor) -> Tensor:
         with blas.limit(limits=1):  # one BLAS thread in each part: no second thread pool competing for the cores
             for _ in pool.map(lambda rows: np.matmul(xs[rows], ws, out=outs[rows]), parts):
                 pass
-    return out.add_(b)
+    return out if b is None else out.add_(b)
