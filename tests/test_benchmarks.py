@@ -43,7 +43,6 @@ def test_train_vs_peers_runs_every_trainer_on_the_same_data(tmp_path):
         assert run["results"]["ours"]["eval_fvu"] == pytest.approx(run["results"]["plain"]["eval_fvu"], rel=1e-3)
 
 
-
 def test_lm_forward_blas_runs_the_model_through_numpys_blas_to_the_same_activations():
     cmd = [sys.executable, str(BENCHMARKS / "lm_forward_blas.py"), "--model", "tiny", "--site", "L2R", "--batches", "2",
            "--rounds", "1", "--threads", "2"]
@@ -52,6 +51,7 @@ def test_lm_forward_blas_runs_the_model_through_numpys_blas_to_the_same_activati
     assert done.stdout.count(" × 64 ") >= 2  # the tiny model's Linear shapes, each timed alone
     forward = next(line for line in done.stdout.splitlines() if line.startswith("forward to L2R"))
     assert float(forward.rsplit("largest difference ", 1)[1].split()[0]) < 1e-5  # the same model, another BLAS
+
 
 def test_synthetic_activations_have_sparse_structure():
     from train_vs_peers import synthetic_activations
