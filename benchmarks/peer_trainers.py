@@ -171,6 +171,7 @@ class MatmulAlone(Trainer):
 
     name = "matmul"
     ROWS = 1024
+    multiply = staticmethod(lambda b, x, W, out: torch.addmm(b, x, W, out=out))
 
     def __init__(self, d_in: int, d_sae: int, k: int, lr: float, init: Tensor, steps: int):
         g = torch.Generator().manual_seed(0)
@@ -181,7 +182,7 @@ class MatmulAlone(Trainer):
     def step(self, x: Tensor) -> None:
         for start in range(0, x.shape[0], self.ROWS):
             rows = x[start : start + self.ROWS]
-            torch.addmm(self.b_enc, rows, self.W_enc, out=self.buffer[: rows.shape[0]])
+            self.multiply(self.b_enc, rows, self.W_enc, self.buffer[: rows.shape[0]])
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -193,11 +194,7 @@ class MatmulOurs(MatmulAlone):
     (numpy's OpenBLAS on an AMD CPU, PyTorch's MKL elsewhere; `SAE_EXPLORER_MATMUL` overrides)."""
 
     name = "matmul-ours"
-
-    def step(self, x: Tensor) -> None:
-        for start in range(0, x.shape[0], self.ROWS):
-            rows = x[start : start + self.ROWS]
-            encoder_block(self.b_enc, rows, self.W_enc, self.buffer[: rows.shape[0]])
+    multiply = staticmethod(encoder_block)
 
 
 def make_trainer(name: str, d_in: int, d_sae: int, k: int, lr: float, init: Tensor, steps: int) -> Trainer:

@@ -22,7 +22,25 @@ from sae_core.features.reader import FeatureStore
 from sae_core.loading import save_sae
 from sae_core.model.load import load_model
 from sae_core.runs.import_saes import import_saes
+from sae_core.saes import cpu_matmul
 from sae_core.testing.tiny_models import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture
+def choose_matmul(monkeypatch):
+    """`choose_matmul("torch" | "numpy" | None)`: set `SAE_EXPLORER_MATMUL` (None unsets it) and forget the cached
+    choice; numpy's path is taken at any block size, so tiny tests reach it."""
+    monkeypatch.setattr(cpu_matmul, "MIN_BLOCK_ELEMENTS", 0)
+
+    def choose(value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv(cpu_matmul.ENV, raising=False)
+        else:
+            monkeypatch.setenv(cpu_matmul.ENV, value)
+        cpu_matmul.numpy_backend.cache_clear()
+
+    yield choose
+    cpu_matmul.numpy_backend.cache_clear()
 
 
 @pytest.fixture(scope="session")

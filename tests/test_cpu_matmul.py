@@ -14,27 +14,10 @@ from sae_core.saes import cpu_matmul
 from sae_core.saes.cpu_matmul import encoder_block, numpy_backend
 
 
-@pytest.fixture
-def backend(monkeypatch):
-    """Set `SAE_EXPLORER_MATMUL` and forget the cached choice (before and after)."""
-
-    monkeypatch.setattr(cpu_matmul, "MIN_BLOCK_ELEMENTS", 0)  # the numpy path at these tiny sizes too
-
-    def choose(value: str | None) -> None:
-        if value is None:
-            monkeypatch.delenv(cpu_matmul.ENV, raising=False)
-        else:
-            monkeypatch.setenv(cpu_matmul.ENV, value)
-        numpy_backend.cache_clear()
-
-    yield choose
-    numpy_backend.cache_clear()
-
-
 @pytest.mark.parametrize("name", ["torch", "numpy"])
 @pytest.mark.parametrize("rows", [1, 7, 64])
-def test_encoder_block_is_b_plus_x_times_W_or_x_times_W(backend, name, rows, monkeypatch):
-    backend(name)
+def test_encoder_block_is_b_plus_x_times_W_or_x_times_W(choose_matmul, name, rows, monkeypatch):
+    choose_matmul(name)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the rows split over two threads (ragged at 7)
     g = torch.Generator().manual_seed(0)
     W = torch.randn(40, 24, generator=g).T  # the training SAEs' layout: a view of the per-latent (d_sae, d_in) rows
@@ -47,8 +30,8 @@ def test_encoder_block_is_b_plus_x_times_W_or_x_times_W(backend, name, rows, mon
         torch.testing.assert_close(out, want.float(), rtol=1e-5, atol=1e-5)
 
 
-def test_small_blocks_other_dtypes_and_gradients_take_pytorchs_path(backend, monkeypatch):
-    backend("numpy")
+def test_small_blocks_other_dtypes_and_gradients_take_pytorchs_path(choose_matmul, monkeypatch):
+    choose_matmul("numpy")
     x = torch.randn(5, 8, dtype=torch.float64)
     W = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
     out = torch.empty(5, 3, dtype=torch.float64)
@@ -62,19 +45,19 @@ def test_small_blocks_other_dtypes_and_gradients_take_pytorchs_path(backend, mon
     assert calls == [(5, 3)]
 
 
-def test_the_choice_follows_the_cpu_and_the_override(backend, monkeypatch):
-    backend(None)
+def test_the_choice_follows_the_cpu_and_the_override(choose_matmul, monkeypatch):
+    choose_matmul(None)
     monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: "GenuineIntel")
     assert not numpy_backend()
     numpy_backend.cache_clear()
     monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: "AuthenticAMD")
     openblas = cpu_matmul._openblas() is not None
     assert numpy_backend() == (openblas and torch.backends.mkl.is_available())
-    backend("torch")
+    choose_matmul("torch")
     assert not numpy_backend()
-    backend("NumPy")
+    choose_matmul("NumPy")
     assert numpy_backend()
-    backend("mkl")
+    choose_matmul("mkl")
     with pytest.raises(UserError, match="SAE_EXPLORER_MATMUL='mkl' is not one of auto, torch, numpy"):
         numpy_backend()
 
@@ -95,8 +78,8 @@ class StandInBlas:
 
 
 @pytest.mark.parametrize("torch_threads, parts", [(2, [3, 4]), (1, [7])])
-def test_each_part_runs_one_blas_thread_and_an_unknown_blas_threads_itself(backend, monkeypatch, torch_threads, parts):
-    backend("numpy")
+def test_each_part_runs_one_blas_thread_and_an_unknown_blas_threads_itself(choose_matmul, monkeypatch, torch_threads, parts):
+    choose_matmul("numpy")
     blas = StandInBlas()
     monkeypatch.setattr(cpu_matmul, "_openblas", lambda: blas)
     monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
@@ -113,11 +96,11 @@ def test_each_part_runs_one_blas_thread_and_an_unknown_blas_threads_itself(backe
     assert calls == [(7, 2)]
 
 
-def test_a_forked_child_multiplies_with_threads_of_its_own(backend):
+def test_a_forked_child_multiplies_with_threads_of_its_own(choose_matmul):
     """The pool's threads do not survive a fork: a child that reused it would wait for them forever."""
     import multiprocessing
 
-    backend("numpy")
+    choose_matmul("numpy")
     x, W, b = torch.randn(8, 6), torch.randn(6, 5), torch.randn(5)
     encoder_block(b, x, W, torch.empty(8, 5))  # the parent's pool exists now
     ctx = multiprocessing.get_context("fork")

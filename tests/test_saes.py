@@ -13,7 +13,6 @@ from sae_core.saes import (
     SAEConfig,
     SAETrainingOptions,
     TopKSAE,
-    cpu_matmul,
     create_training_sae,
     sae_from_state,
     sparse_ops,
@@ -182,13 +181,10 @@ def test_geometric_median_minimises_summed_distance() -> None:
 
 
 @pytest.fixture(params=["torch", "numpy"])
-def matmul_backend(request, monkeypatch) -> str:
+def matmul_backend(request, choose_matmul) -> str:
     """The encoder's block matmul through PyTorch's BLAS or numpy's (`cpu_matmul`), whichever this machine picks."""
-    monkeypatch.setenv(cpu_matmul.ENV, request.param)
-    monkeypatch.setattr(cpu_matmul, "MIN_BLOCK_ELEMENTS", 0)  # numpy's path at these tiny sizes too
-    cpu_matmul.numpy_backend.cache_clear()
-    yield request.param
-    cpu_matmul.numpy_backend.cache_clear()
+    choose_matmul(request.param)
+    return request.param
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
